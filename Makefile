@@ -1,0 +1,39 @@
+# rewardnode: `make demo` runs the main job, `make test` runs the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint typecheck bench clean
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Re-install only when the package metadata changes: a second `make setup` takes seconds.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/python -m node.demo $(if $(QUICK),--quick,)
+
+lint: setup
+	$(BIN)/ruff check node federation protocol storage tests scripts
+
+typecheck: setup
+	$(BIN)/mypy protocol storage federation
+
+bench: setup
+	$(BIN)/python scripts/bench_store.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Federated training of reward models: Flower apps, strategies, robust aggregation."""

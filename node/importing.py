@@ -1,0 +1,490 @@
+"""Stream typed preference records out of a file: JSONL, JSON or CSV, any of them gzip-compressed.
+
+`iter_records` is a generator the store consumes inside one transaction: when it raises an
+`ImportFormatError` (FILE:LINE: problem; fix) nothing of the file is stored. The record formats
+themselves (trl, hh, conversational, multi, ratings, feedback, demonstrations) live in
+node/formats/; this module finds the records in the file.
+
+Containers, detected from the content (gzip by its magic bytes, not by the name):
+- JSONL: the first non-blank line starts with "{" and is a complete JSON object. Lines are read with
+  a bounded readline: a line over `max_line_bytes` is refused without reading the rest of it into
+  memory. Blank lines are skipped. Line numbers are 1-based physical lines.
+- JSON: a top-level array, or an object with a "records" or "data" list. The file is loaded whole,
+  so files over `max_json_bytes` are refused (convert them to JSONL). "Line" numbers are record
+  index + 1; problems with the file as a whole are reported at line 0.
+- CSV (or tab-separated): a header row naming the columns, e.g. prompt,chosen,rejected (trl);
+  prompt,response_a,response_b,outcome,annotator[,confidence,comment]; prompt,response,rating,
+  scale_min,scale_max; prompt,response,thumbs; prompt,demonstration[,author]. Empty cells of
+  non-text columns count as absent. Because a quoted CSV field may span lines, CSV syntax errors,
+  bad UTF-8 and over-long lines stop the import even with skip_invalid.
+Text is decoded as strict UTF-8 (a leading byte-order mark is allowed).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from json.scanner import make_scanner
+from pathlib import Path
+from typing import IO, Any, Final, cast
+
+from node.errors import ImportFormatError
+from node.formats import ParseContext, RecordError, parser_for
+from node.formats.dispatch import Parser
+from node.formats.fields import (
+    AGREEMENT,
+    CHOSEN,
+    CONFIDENCE,
+    DEMONSTRATION,
+    PROMPT,
+    RATING,
+    REJECTED,
+    RESPONSE,
+    RESPONSE_A,
+    RESPONSE_B,
+    SCALE_MAX,
+    SCALE_MIN,
+    THUMBS,
+    json_type,
+)
+from storage.records import Record
+
+MAX_LINE_BYTES: Final = 16 * 1024 * 1024
+"""Longest accepted JSONL/CSV line (the CLI's --max-line-bytes default)."""
+MAX_JSON_BYTES: Final = 256 * 1024 * 1024
+"""Largest JSON (not JSONL) file loaded whole; larger ones must be converted to JSONL."""
+REJECT_RAW_CHARS: Final = 1000
+"""How much of a rejected line is passed to the rejects callback."""
+
+Rejects = Callable[[int, str, str], None]
+"""rejects(line, raw_text_truncated, reason) is called for each record skipped with skip_invalid."""
+
+_CHUNK: Final = 1 << 20  # bytes per readline call; longer lines are assembled from pieces
+_BOM: Final = b"\xef\xbb\xbf"
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+_OTHER_COMPRESSION: Final = ((b"BZh", "bzip2", "bunzip2"), (b"\xfd7zXZ\x00", "xz", "unxz"),
+                             (b"\x28\xb5\x2f\xfd", "zstd", "zstd -d"), (b"PK\x03\x04", "zip", "unzip"))
+_EXTENSIONS: Final = frozenset({"gz", "gzip", "jsonl", "ndjson", "json", "csv", "tsv", "txt"})
+_READ_ERRORS: Final = (OSError, EOFError, zlib.error)
+_DECODER: Final = json.JSONDecoder()
+_DECODE: Final = _DECODER.decode
+_SCAN: Final = make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed types it as a class  # the C scanner: decode() minus two regex matches per line
+_CSV_TEXT: Final = frozenset({PROMPT, CHOSEN, REJECTED, RESPONSE, RESPONSE_A, RESPONSE_B, DEMONSTRATION})
+_CSV_NUMBERS: Final = frozenset({CONFIDENCE, AGREEMENT, RATING, SCALE_MIN, SCALE_MAX})
+_CSV_BOOLS: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_CSV_LAYOUTS: Final = ("prompt,chosen,rejected (trl); prompt,response_a,response_b,outcome,annotator; "
+                       "prompt,response,rating,scale_min,scale_max; prompt,response,thumbs; prompt,demonstration")
+
+
+def iter_records(
+    path: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    fmt: str = "auto",
+    skip_invalid: bool = False,
+    rejects: Rejects | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_json_bytes: int = MAX_JSON_BYTES,
+) -> Iterator[Record]:
+    """Yield the records of a JSONL/JSON/CSV(.gz) file; raise ImportFormatError at the first bad one."""
+    parse = parser_for(fmt)  # ValueError for an unknown format
+    if source is not None and (type(source) is not str or not source.strip()):
+        raise ValueError(f"source must be a non-empty name or None, got {source!r}")
+    if max_line_bytes <= 0 or max_json_bytes <= 0:
+        raise ValueError("max_line_bytes and max_json_bytes must be positive")
+    ctx = ParseContext(source=source, default_source=default_source(path))
+    return _Reader(os.fspath(path), parse, ctx, skip_invalid, rejects, max_line_bytes, max_json_bytes).records()
+
+
+def default_source(path: str | os.PathLike[str]) -> str:
+    """The file name without its data extensions: "data/train.jsonl.gz" -> "train".
+
+    >>> default_source("exports/org-a.votes.csv.gz")
+    'org-a.votes'
+    """
+    name = Path(path).name
+    while True:
+        stem, dot, ext = name.rpartition(".")
+        if not (dot and stem and ext.lower() in _EXTENSIONS):
+            return name
+        name = stem
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n:,} bytes"
+
+
+def _preview(raw: object) -> str:
+    if isinstance(raw, bytes):
+        text = raw[:4 * REJECT_RAW_CHARS].rstrip(b"\r\n").decode("utf-8", "replace")
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        text = json.dumps(raw, ensure_ascii=False, default=str)
+    return text[:REJECT_RAW_CHARS]
+
+
+def _check_surrogates(obj: dict[str, Any]) -> None:
+    """Refuse lone UTF-16 surrogates that JSON \\ud800-\\udfff escapes can smuggle into a str."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError("a text holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
+                          "valid Unicode", "fix the producer's JSON escaping: such escapes come only in pairs"
+                          ) from None
+
+
+class _LineTooLong(Exception):
+    """Internal: the line being read passed max_line_bytes; the rest of it is still unread."""
+
+
+class _Reader:
+    """One pass over one file; holds what every container reader needs."""
+
+    def __init__(self, path: str, parse: Parser, ctx: ParseContext, skip_invalid: bool,
+                 rejects: Rejects | None, max_line_bytes: int, max_json_bytes: int) -> None:
+        self.path = path
+        self.parse = parse
+        self.ctx = ctx
+        self.skip_invalid = skip_invalid
+        self.rejects = rejects
+        self.limit = max_line_bytes
+        self.cap = max_line_bytes + 1  # readline size that tells "exactly the limit" from "longer"
+        self.chunk = min(_CHUNK, self.cap)
+        self.max_json_bytes = max_json_bytes
+        self.gzip = False
+        self.long_head = b""  # the start of the last over-long line, for the rejects callback
+
+    # ---- errors ---------------------------------------------------------------------------------
+    def error(self, line: int, problem: str, fix: str) -> ImportFormatError:
+        return ImportFormatError(self.path, line, problem, fix)
+
+    def reject(self, line: int, raw: object, exc: RecordError) -> None:
+        """Raise the record's error, or report it to `rejects` and go on under skip_invalid."""
+        if not self.skip_invalid:
+            raise self.error(line, exc.problem, exc.fix) from None
+        if self.rejects is not None:
+            self.rejects(line, _preview(raw), str(exc))
+
+    def unreadable(self, line: int, exc: BaseException) -> ImportFormatError:
+        if self.gzip:
+            return self.error(line, f"the gzip data is truncated or corrupt ({exc})",
+                              "re-download or recompress the file; `gzip -t FILE` checks it")
+        return self.error(line, f"the file cannot be read ({exc})", "check the file and its disk")
+
+    def too_long(self) -> RecordError:
+        return RecordError(f"line is longer than {_human(self.limit)} ({self.limit:,} bytes, the "
+                           f"--max-line-bytes limit)", "split the record or raise --max-line-bytes")
+
+    # ---- reading --------------------------------------------------------------------------------
+    def records(self) -> Iterator[Record]:
+        with self.open_file() as f:
+            kind, bom = self.sniff(f)
+            try:
+                f.seek(len(_BOM) if bom else 0)
+            except _READ_ERRORS as exc:
+                raise self.unreadable(0, exc) from exc
+            if kind == "jsonl":
+                yield from self.jsonl(f)
+            elif kind == "json":
+                yield from self.json(f)
+            else:
+                yield from self.csv(f)
+
+    def open_file(self) -> IO[bytes]:
+        try:
+            with open(self.path, "rb") as probe:
+                magic = probe.read(6)
+        except OSError as exc:
+            raise self.error(0, f"cannot open the file ({exc.strerror or exc})",
+                             "check the path and its permissions") from exc
+        for prefix, name, tool in _OTHER_COMPRESSION:
+            if magic.startswith(prefix):
+                raise self.error(0, f"the file is {name}-compressed; only gzip is read",
+                                 f"decompress it ({tool}) or recompress it with gzip")
+        if magic.startswith(_GZIP_MAGIC):
+            self.gzip = True
+            return cast(IO[bytes], gzip.open(self.path, "rb"))  # a GzipFile: readline(size), seek
+        return open(self.path, "rb", buffering=1 << 16)
+
+    def readline(self, f: IO[bytes], line: int) -> bytes:
+        """The next line (b"" at the end); raises _LineTooLong, leaving the rest of a long line unread."""
+        try:
+            raw = f.readline(self.chunk)
+            if len(raw) == self.chunk and raw[-1] != 10:
+                return self.long_line(f, raw)
+            return raw
+        except _READ_ERRORS as exc:
+            raise self.unreadable(line, exc) from exc
+
+    def long_line(self, f: IO[bytes], first: bytes) -> bytes:
+        """Assemble a line longer than one chunk, stopping (_LineTooLong) as soon as it passes the limit."""
+        parts = [first]
+        total = len(first)
+        while True:
+            if total >= self.cap:  # over the limit and no newline yet: read no further
+                self.long_head = first[:4 * REJECT_RAW_CHARS]
+                raise _LineTooLong
+            piece = f.readline(min(self.chunk, self.cap - total))
+            if not piece:
+                break
+            parts.append(piece)
+            total += len(piece)
+            if piece[-1] == 10:
+                break
+        return b"".join(parts)
+
+    def skip_rest_of_line(self, f: IO[bytes], line: int) -> None:
+        try:
+            while True:
+                piece = f.readline(self.chunk)
+                if not piece or piece[-1] == 10:
+                    return
+        except _READ_ERRORS as exc:
+            raise self.unreadable(line, exc) from exc
+
+    def sniff(self, f: IO[bytes]) -> tuple[str, bool]:
+        """("jsonl" | "json" | "csv", whether a UTF-8 byte-order mark leads the file)."""
+        try:
+            head = f.read(4096)
+            bom = head.startswith(_BOM)
+            first = head.lstrip()[:1] if not bom else head[len(_BOM):].lstrip()[:1]
+            while not first:
+                more = f.read(1 << 16)
+                if not more:
+                    raise self.error(0, "the file is empty", "give a file with at least one record")
+                first = more.lstrip()[:1]
+            f.seek(len(_BOM) if bom else 0)
+        except _READ_ERRORS as exc:
+            raise self.unreadable(0, exc) from exc
+        if first == b"[":
+            return "json", bom
+        if first != b"{":
+            return "csv", bom
+        line = 0
+        while True:  # the first non-blank line: a complete object means JSONL
+            line += 1
+            try:
+                raw = self.readline(f, line)
+            except _LineTooLong:
+                return "jsonl", bom  # the JSONL reader reports the over-long line
+            if raw.strip():
+                break
+        try:
+            obj = _DECODE(raw.decode())
+        except ValueError:
+            return ("json" if raw.rstrip()[-1:] in (b"{", b"[", b",") else "jsonl"), bom
+        if type(obj) is dict and (type(obj.get("records")) is list or type(obj.get("data")) is list):
+            return "json", bom  # a one-line {"records": [...]}
+        return "jsonl", bom
+
+    # ---- JSONL: the hot path ---------------------------------------------------------------------
+    def jsonl(self, f: IO[bytes]) -> Iterator[Record]:
+        readline = f.readline
+        chunk = self.chunk
+        scan = _SCAN
+        parse = self.parse
+        ctx = self.ctx
+        line = 0
+        while True:
+            line += 1
+            try:
+                raw = readline(chunk)
+                if len(raw) == chunk and raw[-1] != 10:
+                    raw = self.long_line(f, raw)
+            except _LineTooLong:
+                self.reject(line, self.long_head, self.too_long())
+                self.skip_rest_of_line(f, line)
+                continue
+            except _READ_ERRORS as exc:
+                raise self.unreadable(line, exc) from exc
+            if not raw:
+                return
+            if raw.isspace():
+                continue
+            try:
+                text = raw.decode()
+                try:
+                    obj, end = scan(text, 0)
+                    if end != len(text) and not text[end:].isspace():
+                        raise ValueError(text)
+                except (StopIteration, ValueError):  # leading blanks, or malformed: decode() says where
+                    obj = _DECODE(text.rstrip("\r\n"))
+            except UnicodeDecodeError as exc:
+                self.reject(line, raw, RecordError(
+                    f"the line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})",
+                    "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"))
+                continue
+            except ValueError as exc:
+                self.reject(line, raw, _json_error(exc, "each line must be one complete JSON object"))
+                continue
+            try:
+                if type(obj) is not dict:
+                    raise RecordError(f"the line holds a JSON {json_type(obj)}, not an object",
+                                      "write one JSON object per line")
+                if b"\\ud" in raw or b"\\uD" in raw:
+                    _check_surrogates(obj)
+                parsed = parse(obj, ctx)
+            except RecordError as exc:
+                self.reject(line, raw, exc)
+                continue
+            if type(parsed) is list:
+                yield from parsed
+            else:
+                yield parsed  # type: ignore[misc]  # a single Record
+
+    # ---- JSON: loaded whole ----------------------------------------------------------------------
+    def json(self, f: IO[bytes]) -> Iterator[Record]:
+        try:
+            data = f.read(self.max_json_bytes + 1)
+        except _READ_ERRORS as exc:
+            raise self.unreadable(0, exc) from exc
+        if len(data) > self.max_json_bytes:
+            raise self.error(0, f"the JSON file is larger than {_human(self.max_json_bytes)} and is loaded whole",
+                             "convert it to JSONL, one record per line (e.g. jq -c '.[]' FILE > FILE.jsonl)")
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            bad_line = data.count(b"\n", 0, exc.start) + 1
+            raise self.error(0, f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {bad_line})",
+                             "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+        surrogates = b"\\ud" in data or b"\\uD" in data
+        del data
+        try:
+            top = _DECODE(text)
+        except ValueError as exc:
+            problem = _json_error(exc, "")
+            raise self.error(0, problem.problem, "fix the JSON, or write one record per line as JSONL") from None
+        del text
+        items = top
+        if type(top) is dict:
+            items = top.get("records", top.get("data"))
+            if type(items) is not list:
+                raise self.error(0, "the top-level JSON object has no 'records' or 'data' list",
+                                 "wrap the records in a list (or in {\"records\": [...]}), or write JSONL")
+        elif type(top) is not list:
+            raise self.error(0, f"the file holds a JSON {json_type(top)}, not a list of records",
+                             "write a JSON list of record objects, or JSONL")
+        parse = self.parse
+        ctx = self.ctx
+        for i, item in enumerate(items):
+            try:
+                if type(item) is not dict:
+                    raise RecordError(f"record {i} is a JSON {json_type(item)}, not an object",
+                                      "make every list item a record object")
+                if surrogates:
+                    _check_surrogates(item)
+                parsed = parse(item, ctx)
+            except RecordError as exc:
+                self.reject(i + 1, item, exc)
+                continue
+            if type(parsed) is list:
+                yield from parsed
+            else:
+                yield parsed  # type: ignore[misc]  # a single Record
+
+    # ---- CSV ------------------------------------------------------------------------------------
+    def text_lines(self, f: IO[bytes], counter: list[int]) -> Iterator[str]:
+        while True:
+            line = counter[0] + 1
+            try:
+                raw = self.readline(f, line)
+            except _LineTooLong:
+                too_long = self.too_long()
+                raise self.error(line, too_long.problem, too_long.fix) from None
+            if not raw:
+                return
+            counter[0] = line
+            try:
+                yield raw.decode()
+            except UnicodeDecodeError as exc:
+                raise self.error(line, f"the line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                                       f"{exc.start + 1})", "re-encode the file as UTF-8, e.g. iconv -f latin1 "
+                                                            "-t utf-8") from None
+
+    def csv(self, f: IO[bytes]) -> Iterator[Record]:
+        if csv.field_size_limit() < self.limit:
+            csv.field_size_limit(self.limit)  # process-wide; a field is never longer than a line allows
+        counter = [0]
+        lines = self.text_lines(f, counter)
+        header_text = ""
+        for header_text in lines:
+            if header_text.strip():
+                break
+        header_line = counter[0]
+        delimiter = "\t" if "\t" in header_text and "," not in header_text else ","
+        reader = csv.reader(lines, delimiter=delimiter)
+        try:
+            header = [name.strip().lower() for name in next(csv.reader([header_text], delimiter=delimiter))]
+        except (csv.Error, StopIteration) as exc:
+            raise self.error(header_line, f"the CSV header cannot be read ({exc})",
+                             f"start the file with a header row, e.g. {_CSV_LAYOUTS}") from None
+        if PROMPT not in header and CHOSEN not in header:
+            raise self.error(header_line, f"not JSONL, JSON or a CSV with a known header (columns: "
+                                          f"{', '.join(header)[:200]})", f"name the CSV columns, e.g. {_CSV_LAYOUTS}")
+        if len(set(header)) != len(header):
+            raise self.error(header_line, "the CSV header names a column twice", "give every column one name")
+        parse = self.parse
+        ctx = self.ctx
+        while True:
+            start = counter[0] + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise self.error(counter[0], f"CSV syntax error ({exc})",
+                                 "quote fields that hold commas, quotes or newlines (RFC 4180)") from None
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            try:
+                if len(row) != len(header):
+                    raise RecordError(f"the row has {len(row)} fields but the header has {len(header)}",
+                                      "quote fields that hold the delimiter, or fill in the missing cells")
+                parsed = parse(_csv_record(header, row), ctx)
+            except RecordError as exc:
+                self.reject(start, delimiter.join(row), exc)
+                continue
+            if type(parsed) is list:
+                yield from parsed
+            else:
+                yield parsed  # type: ignore[misc]  # a single Record
+
+
+def _csv_record(header: list[str], row: list[str]) -> dict[str, Any]:
+    """A CSV row as the JSON record it stands for: numbers parsed, empty non-text cells left out."""
+    d: dict[str, Any] = {}
+    for key, value in zip(header, row, strict=True):
+        if key in _CSV_TEXT:
+            d[key] = value
+        elif not value.strip():
+            continue
+        elif key in _CSV_NUMBERS:
+            try:
+                d[key] = float(value)
+            except ValueError:
+                raise RecordError(f"column '{key}' must be a number, got {value[:40]!r}",
+                                  f"write '{key}' as a plain number such as 0.8") from None
+        elif key == THUMBS:
+            lowered = value.strip().lower()
+            d[key] = _CSV_BOOLS.get(lowered, lowered)
+        else:
+            d[key] = value
+    return d
+
+
+def _json_error(exc: ValueError, fix: str) -> RecordError:
+    if isinstance(exc, json.JSONDecodeError):
+        problem = f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
+        if exc.lineno == 1:
+            problem = f"malformed JSON: {exc.msg} at column {exc.colno} (char {exc.pos})"
+    else:
+        problem = f"malformed JSON: {exc}"
+    return RecordError(problem, f"fix the JSON{'; ' + fix if fix else ''} (or skip bad lines with --skip-invalid)")
