@@ -1,0 +1,1 @@
+"""One module per group of CLI commands: `configure(name, parser)` adds flags, `run_<name>(args)` runs."""

@@ -1,0 +1,76 @@
+"""`rewardnode init` and `rewardnode identity`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from node.app import Node, read_passphrase
+from node.config import CONFIG_FILE, DEFAULT_KEY_FILE, render_config, resolve_home, sqlite_url, validate_name
+from node.errors import NodeError
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "init":
+        parser.add_argument("--name", required=True, help="node name shown to peers, e.g. org-a")
+        parser.add_argument("--encrypt-key", action="store_true",
+                            help="encrypt the identity key with a passphrase ($REWARDNODE_PASSPHRASE or asked)")
+    elif name == "identity":
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from protocol.identity import Identity
+    from storage.store import Store
+
+    name = validate_name(args.name)
+    home = resolve_home(args.home)
+    if (home / CONFIG_FILE).exists():
+        raise NodeError(f"{home} already holds a node ({CONFIG_FILE} exists); pick another --home, or use the existing node")
+    if (home / DEFAULT_KEY_FILE).exists():
+        raise NodeError(f"{home / DEFAULT_KEY_FILE} exists without a {CONFIG_FILE}; move it away (it may be a key you need) and retry")
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db_url = args.db or sqlite_url(home / "store.db")
+    # Open (create and migrate) the database first: a bad --db URL leaves nothing behind.
+    Store.open(db_url).close()
+    passphrase = read_passphrase(confirm=True) if args.encrypt_key else None
+    identity = Identity.generate()
+    identity.save(home / DEFAULT_KEY_FILE, passphrase)
+    config_text = render_config(name, args.db or "sqlite:///store.db", encrypted=passphrase is not None)
+    fd = os.open(home / CONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(config_text)
+    print(f"initialized node {name!r} in {home}")
+    print(f"  identity  {identity.fingerprint}")
+    print(f"  database  {_redact(db_url)}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def run_identity(args: argparse.Namespace) -> int:
+    with Node.open(args.home, db=args.db) as node:
+        identity = node.identity  # an encrypted key asks for its passphrase here
+        info = {
+            "name": node.config.name,
+            "public_key": identity.public_key_hex,
+            "fingerprint": identity.fingerprint,
+            "key_file": str(node.config.identity.key_file),
+            "encrypted": node.config.identity.encrypted,
+            "home": str(node.config.home),
+        }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:12s} {value}")
+    return 0

@@ -1,0 +1,159 @@
+"""The node's configuration: where its home is, and what `node.toml` in that home says.
+
+One frozen dataclass per subsystem; every field documented. CLI flags override the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import NodeError, UsageError
+
+CONFIG_FILE = "node.toml"
+DEFAULT_DB_FILE = "store.db"
+DEFAULT_KEY_FILE = "identity.key"
+PASSPHRASE_ENV = "REWARDNODE_PASSPHRASE"
+HOME_ENV = "REWARDNODE_HOME"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def resolve_home(home: str | os.PathLike[str] | None) -> Path:
+    """The node home: `--home`, else `$REWARDNODE_HOME`, else `~/.rewardnode`."""
+    if home is None:
+        home = os.environ.get(HOME_ENV) or Path.home() / ".rewardnode"
+    return Path(home).expanduser().resolve()
+
+
+def sqlite_url(path: Path) -> str:
+    """SQLAlchemy URL of a SQLite file."""
+    return f"sqlite:///{path}"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where the preference store lives."""
+
+    url: str
+    """SQLAlchemy URL. Default: a SQLite (WAL) file in the node home; PostgreSQL via
+    `postgresql+psycopg://user:password@host:5432/dbname`."""
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """The node's Ed25519 identity key."""
+
+    key_file: Path
+    """Private key, PKCS8 PEM, mode 0600. One identity signs contributions and names the peer."""
+    encrypted: bool = False
+    """True when the key file is passphrase-encrypted; the passphrase comes from
+    `$REWARDNODE_PASSPHRASE` or an interactive prompt."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything `node.toml` configures for one node."""
+
+    home: Path
+    """The node's folder: node.toml, the key, the SQLite store, models and logs."""
+    name: str
+    """Human-readable node name shown to peers, e.g. the organization (`org-a`)."""
+    storage: StorageConfig
+    identity: IdentityConfig
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_FILE
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+def validate_name(name: str) -> str:
+    """Check a node name: 1-64 characters of letters, digits, '.', '_' and '-'."""
+    if not _NAME_RE.match(name):
+        raise UsageError(
+            f"invalid node name {name!r}; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _resolve_db_url(url: str, home: Path) -> str:
+    """Relative SQLite paths in node.toml are relative to the node home."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+        return sqlite_url(home / url[len(prefix):])
+    return url
+
+
+def load_config(home: Path, *, db_override: str | None = None) -> NodeConfig:
+    """Read `home/node.toml`; `db_override` (the `--db` flag) replaces the storage URL."""
+    path = home / CONFIG_FILE
+    if not path.exists():
+        raise NodeError(f"no node at {home} ({CONFIG_FILE} not found); run `rewardnode init --name NAME --home {home}` first")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise NodeError(f"{path}: not valid TOML ({exc}); fix the file or move it away and run `rewardnode init` again") from exc
+
+    def section(key: str) -> dict[str, object]:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            raise NodeError(f"{path}: [{key}] must be a table; see the comments written by `rewardnode init`")
+        return value
+
+    def string(table: dict[str, object], key: str, where: str, default: str | None = None) -> str:
+        value = table.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise NodeError(f"{path}: {where}.{key} must be a non-empty string")
+        return value
+
+    node, storage, identity = section("node"), section("storage"), section("identity")
+    name = validate_name(string(node, "name", "node"))
+    url = db_override or string(storage, "url", "storage", default=f"sqlite:///{DEFAULT_DB_FILE}")
+    key_file = Path(string(identity, "key_file", "identity", default=DEFAULT_KEY_FILE))
+    encrypted = identity.get("encrypted", False)
+    if not isinstance(encrypted, bool):
+        raise NodeError(f"{path}: identity.encrypted must be true or false")
+    return NodeConfig(
+        home=home,
+        name=name,
+        storage=StorageConfig(url=_resolve_db_url(url, home)),
+        identity=IdentityConfig(key_file=key_file if key_file.is_absolute() else home / key_file, encrypted=encrypted),
+    )
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(name: str, db_url: str | None, *, encrypted: bool) -> str:
+    """The documented node.toml that `rewardnode init` writes."""
+    url = db_url or f"sqlite:///{DEFAULT_DB_FILE}"
+    return f"""\
+# rewardnode node configuration, written by `rewardnode init`.
+# Every command reads it from the node home (--home DIR, $REWARDNODE_HOME, or ~/.rewardnode);
+# command-line flags override it (e.g. --db URL).
+
+[node]
+# Human-readable name shown to peers: letters, digits, '.', '_' and '-'.
+name = {_toml_str(name)}
+
+[storage]
+# SQLAlchemy URL of the preference store.
+#   SQLite (default, WAL mode): "sqlite:///store.db" (a relative path is inside the node home)
+#   PostgreSQL: "postgresql+psycopg://user:password@host:5432/dbname"
+# Keep this file private (mode 0600) if the URL holds a password.
+url = {_toml_str(url)}
+
+[identity]
+# Ed25519 private key (PKCS8 PEM, mode 0600), relative to the node home. It signs every
+# contribution this node makes and names it to peers. Back it up; never share it.
+key_file = {_toml_str(DEFAULT_KEY_FILE)}
+# true: the key is encrypted with a passphrase, read from ${PASSPHRASE_ENV} or asked for.
+encrypted = {"true" if encrypted else "false"}
+"""
