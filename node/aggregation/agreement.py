@@ -160,8 +160,15 @@ def krippendorff_alpha_nominal(units: ArrayLike, values: ArrayLike) -> float:
     )[0]
 
 
-def _alpha_from_counts(n_uc: IntArray) -> tuple[float, int]:
-    """Alpha (nominal) and the number of pairable units, from the (U, C) value counts per unit."""
+def _alpha_from_counts(n_uc: IntArray, *, symmetric_pair: bool = False) -> tuple[float, int]:
+    """Alpha (nominal) and the number of pairable units, from the (U, C) value counts per unit.
+
+    `symmetric_pair`: the units are unordered pairs with values (lo, hi, tie, both_bad). Which side
+    is "lo" is an accident of indexing, yet expected disagreement comes from the pooled value
+    marginals: were lo the preferred side of most pairs, chance agreement would look high and alpha
+    collapse toward 0 on sensible labels. So the lo and hi marginals are pooled and split evenly, as
+    if every pair were seen in both orientations; observed disagreement does not depend on it.
+    """
     m_u = n_uc.sum(axis=1)  # (U,) values per unit
     pairable = m_u >= 2
     n_pairable = int(pairable.sum())
@@ -172,6 +179,9 @@ def _alpha_from_counts(n_uc: IntArray) -> tuple[float, int]:
     # o_ck = sum_u (n_uc n_uk - [c = k] n_uc) / (m_u - 1)
     o = (nu * w[:, None]).T @ nu - np.diag(w @ nu)  # (C, C) coincidence matrix
     n_c = o.sum(axis=1)  # (C,)
+    if symmetric_pair:
+        n_c = n_c.copy()
+        n_c[:2] = n_c[:2].sum() / 2.0
     n = n_c.sum()
     expected = n * (n - 1.0) - np.sum(n_c * (n_c - 1.0))  # proportional to D_e
     if expected <= 0.0:
@@ -184,11 +194,12 @@ def pair_alpha(votes: CanonicalVotes, source: IntArray) -> tuple[float, dict[int
     """Alpha (nominal) over pairs: overall, per source (only that source's votes), pairable units overall.
 
     Units are unordered pairs and values the canonical vote (lo / hi / tie / both_bad); one
-    annotator voting twice on a pair gives two values, as two coders would.
+    annotator voting twice on a pair gives two values, as two coders would. The result does not
+    depend on which response of a pair is lo (see `_alpha_from_counts`).
     """
     p = votes.lo.size
     counts = np.bincount(votes.pair * N_OUTCOMES + votes.value, minlength=p * N_OUTCOMES)
-    overall, n_pairable = _alpha_from_counts(counts.reshape(p, N_OUTCOMES))
+    overall, n_pairable = _alpha_from_counts(counts.reshape(p, N_OUTCOMES), symmetric_pair=True)
     by_source: dict[int, float] = {}
     if source.size:
         order = np.argsort(source, kind="stable")  # group votes by source once
@@ -199,7 +210,7 @@ def pair_alpha(votes: CanonicalVotes, source: IntArray) -> tuple[float, dict[int
             # Only pairs this source voted on: re-index them densely to keep the (U, 4) table small.
             pairs, dense = np.unique(votes.pair[rows], return_inverse=True)
             c = np.bincount(dense.ravel() * N_OUTCOMES + votes.value[rows], minlength=pairs.size * N_OUTCOMES)
-            by_source[int(s)] = _alpha_from_counts(c.reshape(pairs.size, N_OUTCOMES))[0]
+            by_source[int(s)] = _alpha_from_counts(c.reshape(pairs.size, N_OUTCOMES), symmetric_pair=True)[0]
     return overall, by_source, n_pairable
 
 

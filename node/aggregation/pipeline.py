@@ -141,7 +141,7 @@ def aggregate(
     labeled = (ann >= 0) & (votes.value != CANON_BOTH_BAD)  # (N',) negative ids are unknown annotators
     reliability = dawid_skene(
         votes.pair[labeled], ann[labeled], votes.value[labeled],
-        n_units=len(pairs), n_classes=3, smoothing=smoothing,
+        n_units=len(pairs), n_classes=3, smoothing=smoothing, symmetric_pair=True,
     )
     t = lap("reliability", t)
 

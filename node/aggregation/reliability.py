@@ -67,6 +67,7 @@ def dawid_skene(
     smoothing: float = DEFAULT_SMOOTHING,
     max_iter: int = 100,
     tol: float = 1e-5,
+    symmetric_pair: bool = False,
 ) -> DawidSkeneResult:
     """Dawid-Skene EM: row i says annotator `annotators[i]` gave unit `units[i]` (0..U-1) class `labels[i]`.
 
@@ -76,6 +77,13 @@ def dawid_skene(
     ([0, 1], [7, 8, 9], [2, 2, 2])
     >>> bool(ds.reliability[2] < ds.reliability[0])
     True
+
+    `symmetric_pair`: classes 0 and 1 are "lo preferred" and "hi preferred" of an unordered pair,
+    and which response is lo is an accident of indexing. The prior and every confusion matrix are
+    then kept invariant under swapping 0 and 1 (the M step pools the counts of both orientations):
+    an annotator is modeled as right or wrong about the order, never as preferring a side by index.
+    Without it, pairs whose better response happens to be lo almost always let EM drift to a
+    degenerate fit (a "tie" class absorbing the majority of lo votes) that ranks labelers wrongly.
     """
     u = as_int_array(units, "units")
     a_raw = as_int_array(annotators, "annotators")
@@ -95,6 +103,8 @@ def dawid_skene(
         raise AggregationInputError(f"labels must lie in 0..{n_classes - 1}; map classes to these codes")
     n_u = int(n_units) if n_units is not None else (int(u.max()) + 1 if m else 0)
     k_ = n_classes
+    swap = np.arange(k_)
+    swap[:2] = [1, 0]  # the lo <-> hi permutation of the classes (used with symmetric_pair)
     ann_ids, ann = np.unique(a_raw, return_inverse=True)  # (J,), (M,) dense annotator ids
     ann = ann.ravel()
     n_ann = ann_ids.size
@@ -125,11 +135,15 @@ def dawid_skene(
 
     def m_step(t: FloatArray) -> tuple[FloatArray, FloatArray]:
         """pi (K,) and the smoothed confusion matrices theta (J, K, K) given posteriors t (K, U')."""
-        prior = (t.sum(axis=1) + 1.0) / (n_l + k_)  # (K,)
+        mass = t.sum(axis=1)  # (K,)
         c = np.zeros(n_ann * k_ * k_)
         for k in range(k_):
             c += np.bincount(cell + k * k_, weights=t[k][uu], minlength=c.size)  # c_j[k, l_i] += T_{u_i k}
         c3 = c.reshape(n_ann, k_, k_)  # (J, K, K)
+        if symmetric_pair:  # pool each count with its lo <-> hi mirror image
+            mass = (mass + mass[swap]) / 2.0
+            c3 = (c3 + c3[:, swap][:, :, swap]) / 2.0
+        prior = (mass + 1.0) / (n_l + k_)  # (K,)
         pooled = c3.sum(axis=0) + 1.0  # (K, K)
         pooled /= pooled.sum(axis=1, keepdims=True)
         theta = c3 + smoothing * pooled[None, :, :]  # (J, K, K)

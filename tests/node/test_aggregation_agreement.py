@@ -173,3 +173,23 @@ def test_orientation_does_not_change_the_pair_tally() -> None:
     two = pair_labels(np.zeros(6, dtype=int), b, a, flipped)
     for field in ("lo", "hi", "n_lo", "n_hi", "n_ties", "n_both_bad", "p_lo"):
         np.testing.assert_array_equal(getattr(one, field), getattr(two, field))
+
+
+def test_pair_alpha_does_not_depend_on_which_side_is_lo() -> None:
+    # 300 pairs, 4 labelers who each pick the better response with probability 0.8. The better
+    # response gets the lower index in every pair (as when "chosen" responses are indexed first):
+    # nearly all votes say "lo", which must not read as chance agreement.
+    rng = np.random.default_rng(1)
+    n_pairs, n_labelers = 300, 4
+    lo = np.repeat(np.arange(n_pairs) * 2, n_labelers)
+    hi = lo + 1
+    correct = rng.random(lo.size) < 0.8
+    outcome = np.where(correct, 0, 1)  # A = the lo response
+    rp = np.repeat(np.arange(n_pairs), 2)
+    aligned, _, _ = pair_alpha(canonical_votes(rp.size, lo, hi, outcome), np.zeros(lo.size, np.int64))
+    # The same votes with response indices shuffled: lo/hi now falls either way.
+    perm = rng.permutation(rp.size)
+    shuffled, _, _ = pair_alpha(canonical_votes(rp.size, perm[lo], perm[hi], outcome), np.zeros(lo.size, np.int64))
+    assert aligned == pytest.approx(shuffled)
+    # Agreement 0.8^2 + 0.2^2 = 0.68 against chance 0.5: alpha close to 0.36.
+    assert 0.28 < aligned < 0.44
