@@ -141,6 +141,23 @@ def _check_surrogates(obj: dict[str, Any]) -> None:
                           ) from None
 
 
+def _check_nul(obj: object) -> None:
+    """Refuse NUL characters (JSON \\u0000): PostgreSQL cannot store them in text, and a store must
+    move between SQLite and PostgreSQL unchanged."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if type(o) is str:
+            if "\x00" in o:
+                raise RecordError("a text holds a NUL character (\\u0000), which a text column cannot store",
+                                  "remove the NUL characters (often left by a binary field or a bad converter)")
+        elif type(o) is dict:
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif type(o) is list:
+            stack.extend(o)
+
+
 class _LineTooLong(Exception):
     """Internal: the line being read passed max_line_bytes; the rest of it is still unread."""
 
@@ -331,6 +348,8 @@ class _Reader:
                                       "write one JSON object per line")
                 if b"\\ud" in raw or b"\\uD" in raw:
                     _check_surrogates(obj)
+                if b"\\u0000" in raw:
+                    _check_nul(obj)
                 parsed = parse(obj, ctx)
             except RecordError as exc:
                 self.reject(line, raw, exc)
@@ -356,6 +375,7 @@ class _Reader:
             raise self.error(0, f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {bad_line})",
                              "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
         surrogates = b"\\ud" in data or b"\\uD" in data
+        nul = b"\\u0000" in data
         del data
         try:
             top = _DECODE(text)
@@ -381,6 +401,8 @@ class _Reader:
                                       "make every list item a record object")
                 if surrogates:
                     _check_surrogates(item)
+                if nul:
+                    _check_nul(item)
                 parsed = parse(item, ctx)
             except RecordError as exc:
                 self.reject(i + 1, item, exc)
@@ -448,6 +470,7 @@ class _Reader:
                 if len(row) != len(header):
                     raise RecordError(f"the row has {len(row)} fields but the header has {len(header)}",
                                       "quote fields that hold the delimiter, or fill in the missing cells")
+                _check_nul(row)
                 parsed = parse(_csv_record(header, row), ctx)
             except RecordError as exc:
                 self.reject(start, delimiter.join(row), exc)

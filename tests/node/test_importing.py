@@ -241,6 +241,9 @@ def test_unknown_format_argument_is_a_value_error(tmp_path: Path) -> None:
     ({**GOOD, "source": ""}, "field 'source' must be a non-empty string"),
     ({**GOOD, "outcome": "B"}, "chosen/rejected always means 'A'"),
     ('{"prompt": "p", "chosen": "\\ud800", "rejected": "r"}', "unpaired UTF-16 surrogate"),
+    ('{"prompt": "p", "chosen": "c\\u0000", "rejected": "r"}', "NUL character"),
+    ({"prompt": "p", "responses": ["a", "b"], "votes": [{"annotator": "x\x00", "a": 0, "b": 1, "outcome": "A"}]},
+     "NUL character"),
 ])
 def test_bad_records_name_file_line_cause_and_fix(tmp_path: Path, line: Any, needle: str) -> None:
     path = write_lines(tmp_path / "bad.jsonl", [GOOD, line])
@@ -441,3 +444,17 @@ def test_crlf_line_endings_and_leading_blanks_parse(tmp_path: Path) -> None:
     path.write_bytes(b"\r\n  " + json.dumps(GOOD).encode() + b"  \r\n" + json.dumps({**GOOD, "prompt": "q"}).encode()
                      + b"\r\n")
     assert [r.prompt for r in iter_records(path)] == ["p", "q"]
+
+
+def test_nul_characters_are_refused_in_csv_and_json_too(tmp_path: Path) -> None:
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("prompt,chosen,rejected\np,c,r\np,c\x00,r\n", encoding="utf-8")
+    error = import_error(csv_path)
+    assert error.line == 3 and "NUL character" in str(error)
+    json_path = tmp_path / "bad.json"
+    json_path.write_text(json.dumps([GOOD, {**GOOD, "prompt": "a\x00b"}]), encoding="utf-8")
+    error = import_error(json_path)
+    assert error.line == 2 and "NUL character" in str(error)
+    # a literal backslash-u0000 in the text is fine: only a real NUL is refused
+    ok = write_lines(tmp_path / "ok.jsonl", [{**GOOD, "prompt": "type \\u0000 to escape"}])
+    assert [r.prompt for r in iter_records(ok)] == ["type \\u0000 to escape"]
