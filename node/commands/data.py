@@ -15,6 +15,14 @@ IMPORT_FORMATS = ("auto", "trl", "hh", "conversational", "multi", "ratings", "fe
 EXPORT_FORMATS = ("trl", "multi")
 
 
+COMMANDS = {
+    "import": "import preference data (JSONL/JSON/CSV, gzip too) into the store",
+    "export-data": "export the stored preference data to a file",
+    "stats": "counts per source: prompts, responses, comparisons, annotators",
+    "aggregate": "Bradley-Terry strengths, soft labels, agreement, reliability, ambiguity queue",
+}
+
+
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "import":
         parser.add_argument("file", metavar="FILE", help="JSONL, JSON or CSV file, optionally gzip-compressed")

@@ -11,6 +11,12 @@ from node.config import CONFIG_FILE, DEFAULT_KEY_FILE, render_config, resolve_ho
 from node.errors import NodeError
 
 
+COMMANDS = {
+    "init": "create a node: node.toml, the database and an Ed25519 identity key",
+    "identity": "show this node's public key and fingerprint",
+}
+
+
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "init":
         parser.add_argument("--name", required=True, help="node name shown to peers, e.g. org-a")

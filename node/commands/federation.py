@@ -1,0 +1,5 @@
+"""Federation commands: create, join, run, verify."""
+
+from __future__ import annotations
+
+COMMANDS: dict[str, str] = {}

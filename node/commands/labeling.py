@@ -1,0 +1,5 @@
+"""Labeling campaigns and labelers."""
+
+from __future__ import annotations
+
+COMMANDS: dict[str, str] = {}
