@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.errors import NodeError, UsageError
@@ -63,6 +65,13 @@ class NodeConfig:
     """Human-readable node name shown to peers, e.g. the organization (`org-a`)."""
     storage: StorageConfig
     identity: IdentityConfig
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+    """Every other [table] of node.toml (server, federation, p2p, rl, ...), as read. Each subsystem
+    turns its own table into its frozen config dataclass (e.g. `ServerConfig.from_toml`)."""
+
+    def table(self, name: str) -> Mapping[str, Any]:
+        """The `[name]` table of node.toml, empty when absent."""
+        return self.tables.get(name, {})
 
     @property
     def config_path(self) -> Path:
@@ -119,11 +128,13 @@ def load_config(home: Path, *, db_override: str | None = None) -> NodeConfig:
     encrypted = identity.get("encrypted", False)
     if not isinstance(encrypted, bool):
         raise NodeError(f"{path}: identity.encrypted must be true or false")
+    tables = {key: section(key) for key in raw if key not in ("node", "storage", "identity")}
     return NodeConfig(
         home=home,
         name=name,
         storage=StorageConfig(url=_resolve_db_url(url, home)),
         identity=IdentityConfig(key_file=key_file if key_file.is_absolute() else home / key_file, encrypted=encrypted),
+        tables=tables,
     )
 
 
