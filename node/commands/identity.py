@@ -10,7 +10,6 @@ from node.app import Node, read_passphrase
 from node.config import CONFIG_FILE, DEFAULT_KEY_FILE, render_config, resolve_home, sqlite_url, validate_name
 from node.errors import NodeError
 
-
 COMMANDS = {
     "init": "create a node: node.toml, the database and an Ed25519 identity key",
     "identity": "show this node's public key and fingerprint",
