@@ -73,9 +73,23 @@ def run_identity(args: argparse.Namespace) -> int:
             "encrypted": node.config.identity.encrypted,
             "home": str(node.config.home),
         }
+        info.update(_p2p_info(node))
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
             print(f"{key:12s} {value}")
     return 0
+
+
+def _p2p_info(node: Node) -> dict[str, object]:
+    """The libp2p peer ID (from the same Ed25519 key) and the addresses peers dial."""
+    try:
+        from protocol.p2p.host import full_addrs, peer_id_of
+    except ImportError:  # py-libp2p not installed: keep the rest of the output
+        return {}
+    from node.p2p import P2PConfig
+
+    peer_id = peer_id_of(node.identity)
+    config = P2PConfig.from_table(node.config.table("p2p"))
+    return {"peer_id": peer_id, "addresses": full_addrs(config.announce or config.listen, peer_id)}

@@ -2,4 +2,64 @@
 
 from __future__ import annotations
 
-COMMANDS: dict[str, str] = {}
+import argparse
+import json
+
+COMMANDS = {
+    "peers": "list known peers (peers.json), add one (`peers add MULTIADDR`), or --probe them",
+}
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "peers":
+        parser.add_argument("action", nargs="?", choices=["list", "add"], default="list",
+                            help="list (default) or add a peer")
+        parser.add_argument("multiaddr", nargs="?", help="for add: /ip4/HOST/tcp/PORT/p2p/PEER_ID")
+        parser.add_argument("--name", help="for add: a label for the peer")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument("--probe", action="store_true",
+                            help="start the p2p host briefly and report which peers answer")
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    from node.app import Node
+    from node.errors import UsageError
+    from node.p2p import P2PConfig, PeerBook
+
+    with Node.open(args.home, db=args.db) as node:
+        book = PeerBook.load(node.config.home)
+        if args.action == "add":
+            if not args.multiaddr:
+                raise UsageError("peers add needs the peer's address: rewardnode peers add /ip4/HOST/tcp/PORT/p2p/ID")
+            added = book.add(args.multiaddr, args.name)
+            print(("added " if added else "already known: ") + args.multiaddr)
+            return 0
+        if args.multiaddr:
+            raise UsageError("a multiaddr is only taken by `peers add`")
+        config = P2PConfig.from_table(node.config.table("p2p"))
+        rows = [dict(p, source="peers.json") for p in book.peers]
+        rows += [{"addr": a, "peer_id": a.rsplit("/", 1)[-1], "name": None, "source": "node.toml"}
+                 for a in config.bootstrap]
+        if args.probe:
+            import logging
+
+            from protocol.p2p.host import HostConfig, P2PHost
+
+            with P2PHost(node.identity, HostConfig(listen=("/ip4/0.0.0.0/tcp/0",), enable_dht=False)) as host:
+                # after start: importing libp2p configures its loggers; we print one line per peer instead
+                logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+                for row in rows:
+                    try:
+                        host.connect(row["addr"], timeout=5)
+                        row["reachable"] = True
+                    except Exception as exc:  # noqa: BLE001 - reported per peer
+                        row["reachable"], row["error"] = False, str(exc)
+    if args.json:
+        print(json.dumps({"peers": rows}, indent=2))
+    elif not rows:
+        print("no known peers; add one with: rewardnode peers add /ip4/HOST/tcp/PORT/p2p/PEER_ID")
+    else:
+        for row in rows:
+            state = "" if "reachable" not in row else ("  up" if row["reachable"] else "  DOWN")
+            print(f"{row.get('name') or '-':16s} {row['addr']}{state}")
+    return 0

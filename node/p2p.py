@@ -1,0 +1,201 @@
+"""Node-side glue for the peer-to-peer layer: [p2p] config, peers.json, and a running host per node home.
+
+`NodeP2P(node).start()` opens the libp2p host with the node's identity, dials the bootstrap peers
+(node.toml `[p2p] bootstrap` plus `peers.json`), announces the node, serves its registered model
+files by hash and calls `on_federation` hooks for every verified federation announcement it hears.
+Joining a federation (Flower) is the federation package's job: register a hook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.errors import NodeError, UsageError
+
+log = logging.getLogger(__name__)
+
+PEERS_FILE = "peers.json"
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
+
+
+@dataclass(frozen=True)
+class P2PConfig:
+    """node.toml `[p2p]`: how this node joins the peer-to-peer network."""
+
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    """Multiaddrs to listen on; open the TCP port in the firewall (default 4001, all interfaces)."""
+    announce: tuple[str, ...] = ()
+    """Public addresses to advertise when behind NAT, e.g. `/ip4/203.0.113.5/tcp/4001`."""
+    bootstrap: tuple[str, ...] = ()
+    """Peers dialed at start, `/ip4/HOST/tcp/PORT/p2p/PEER_ID` (plus those in peers.json)."""
+    capabilities: tuple[str, ...] = ("rm",)
+    """What this node offers, sent in its descriptor."""
+    dht: bool = True
+    """Run the Kademlia DHT to find federation members."""
+    mdns: bool = False
+    """Announce on the local network by mDNS (off by default)."""
+    max_fetch_mib: int = 2048
+    """Largest artifact this node fetches, MiB."""
+    max_age_s: int = 300
+    """Gossip messages older than this are dropped (replay window)."""
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "node.toml [p2p]") -> P2PConfig:
+        """Read the [p2p] table; unknown keys and wrong types are errors that say how to fix them."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise NodeError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            default = getattr(cls, key)
+            if isinstance(default, tuple):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise NodeError(f"{where}: {key} must be a list of strings, e.g. {list(default) or ['...']}")
+                values[key] = tuple(value)
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise NodeError(f"{where}: {key} must be true or false")
+                values[key] = value
+            else:
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise NodeError(f"{where}: {key} must be a positive integer")
+                values[key] = value
+        return cls(**values)
+
+    @property
+    def max_fetch_bytes(self) -> int:
+        return self.max_fetch_mib << 20
+
+
+def check_multiaddr(addr: str) -> str:
+    """A dialable peer address `/ip4|ip6|dns/.../tcp/PORT/p2p/PEER_ID`, or UsageError."""
+    parts = addr.strip().split("/")
+    ok = (len(parts) == 7 and parts[0] == "" and parts[1] in ("ip4", "ip6", "dns", "dns4", "dns6")
+          and parts[3] == "tcp" and parts[4].isdigit() and 0 < int(parts[4]) < 65536 and parts[5] == "p2p"
+          and len(parts[6]) >= 40)
+    if not ok:
+        raise UsageError(f"{addr!r} is not a peer address; give /ip4/HOST/tcp/PORT/p2p/PEER_ID as the peer's "
+                         "`rewardnode identity --json` prints it (addresses)")
+    return addr.strip()
+
+
+@dataclass
+class PeerBook:
+    """Known peers, kept in `HOME/peers.json` (written atomically)."""
+
+    path: Path
+    peers: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, home: Path) -> PeerBook:
+        path = home / PEERS_FILE
+        if not path.exists():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise NodeError(f"{path}: not readable JSON ({exc}); fix it or move it away") from None
+        peers = data.get("peers") if isinstance(data, dict) else None
+        if not isinstance(peers, list) or not all(isinstance(p, dict) and isinstance(p.get("addr"), str)
+                                                  for p in peers):
+            raise NodeError(f'{path}: expected {{"peers": [{{"addr": "..."}}, ...]}}; fix it or move it away')
+        return cls(path, peers)
+
+    def add(self, addr: str, name: str | None = None) -> bool:
+        """Remember a peer address; False when it was already known."""
+        addr = check_multiaddr(addr)
+        if any(p["addr"] == addr for p in self.peers):
+            return False
+        self.peers.append({"addr": addr, "peer_id": addr.rsplit("/", 1)[1], "name": name,
+                           "added_ms": time.time_ns() // 1_000_000})
+        self.save()
+        return True
+
+    @property
+    def addrs(self) -> list[str]:
+        return [p["addr"] for p in self.peers]
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"peers": self.peers}, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+FederationHook = Callable[[Any, Any], None]
+"""Called as hook(announcement: FederationAnnouncement, envelope: Envelope) on the dispatcher thread."""
+
+
+class NodeP2P:
+    """A node's running p2p layer: host, gossip, discovery, artifact server."""
+
+    def __init__(self, home: Path, name: str, identity: Any, config: P2PConfig,
+                 extra_bootstrap: Sequence[str] = ()) -> None:
+        self.home, self.name, self.identity, self.config = home, name, identity, config
+        self.peer_book = PeerBook.load(home)
+        self.extra_bootstrap = tuple(extra_bootstrap)
+        self._federation_hooks: list[FederationHook] = []
+        self.host: Any = None
+        self.gossip: Any = None
+        self.discovery: Any = None
+        self.server: Any = None
+
+    @classmethod
+    def for_node(cls, node: Any) -> NodeP2P:
+        """Build from an opened `node.app.Node`."""
+        return cls(node.config.home, node.config.name, node.identity, P2PConfig.from_table(node.config.table("p2p")))
+
+    def on_federation(self, hook: FederationHook) -> None:
+        """Register a hook for verified federation announcements (the federation engineer's join logic)."""
+        self._federation_hooks.append(hook)
+
+    def start(self) -> NodeP2P:
+        from protocol.envelope import Verifier
+        from protocol.p2p.discovery import Discovery
+        from protocol.p2p.gossip import TOPIC_FEDERATIONS, TOPIC_MODELS, Gossip
+        from protocol.p2p.host import HostConfig, P2PHost
+        from protocol.p2p.transfer import ArtifactServer
+
+        cfg = self.config
+        self.host = P2PHost(self.identity, HostConfig(listen=cfg.listen, announce=cfg.announce,
+                                                      enable_dht=cfg.dht, enable_mdns=cfg.mdns))
+        self.server = ArtifactServer(self.host)
+        self.host.on_start(self.server.install_hook)
+        try:
+            self.host.start()
+        except Exception as exc:
+            raise NodeError(f"could not start the p2p host: {exc}") from None
+        self.gossip = Gossip(self.host, Verifier(max_age_s=cfg.max_age_s))
+        self.gossip.subscribe(TOPIC_FEDERATIONS, self._on_federation)
+        self.gossip.subscribe(TOPIC_MODELS)
+        bootstrap = [*cfg.bootstrap, *self.peer_book.addrs, *self.extra_bootstrap]
+        self.discovery = Discovery(self.host, self.gossip, name=self.name, capabilities=cfg.capabilities,
+                                   bootstrap=bootstrap)
+        failed = self.discovery.start(wait_s=2.0 if bootstrap else 0.0)
+        for addr in failed:
+            log.warning("bootstrap peer %s unreachable", addr)
+        return self
+
+    def _on_federation(self, message: Any, env: Any) -> None:
+        for hook in self._federation_hooks:
+            try:
+                hook(message, env)
+            except Exception:  # noqa: BLE001 - one hook must not stop the others
+                log.exception("federation hook %r failed", hook)
+
+    def stop(self) -> None:
+        if self.host is not None:
+            self.host.stop()
+
+    def __enter__(self) -> NodeP2P:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
