@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from node.app import Node
-    from node.http import Feature
+    from aiohttp import web
 
-FEATURE_FACTORIES: tuple[str, ...] = ()
+    from node.app import Node
+    from node.http import Feature, ServerConfig
+
+FEATURE_FACTORIES: tuple[str, ...] = ("node.labeling:labeling_features",)
 """Feature factories mounted by `rewardnode serve`, in order."""
 
 
@@ -28,3 +30,33 @@ def node_features(node: Node) -> list[Feature]:
         factory: Callable[[Node], Sequence[Feature]] = getattr(importlib.import_module(module_name), attr)
         features.extend(factory(node))
     return features
+
+
+def build_app(node: Node, *, models: Sequence[str] = (), config: ServerConfig | None = None) -> web.Application:
+    """The node's HTTP app: scoring with its registered reward models, plus every feature of node_features.
+
+    `models` (ids or unique prefixes) are served, the first as default; none given: every registered
+    model, the newest personal one as default (scoring is off when none is registered). `config`
+    defaults to node.toml's [server] table. Models load on their first request.
+    """
+    from node.errors import NodeError
+    from node.http import ScorerRegistry, ServerConfig, create_app
+    from node.rm.pipeline import model_path, newest_model
+
+    if config is None:
+        try:
+            config = ServerConfig.from_toml(node.config.table("server"))
+        except ValueError as e:
+            raise NodeError(f"{node.config.config_path} [server]: {e}") from None
+    if models:
+        entries = [node.store.get_model(m) for m in models]
+        default = entries[0]
+    else:
+        entries = node.store.list_models()
+        default = newest_model(node.store) or newest_model(node.store, None)  # type: ignore[assignment]
+    paths = {e.id: model_path(e) for e in entries}
+    scorers = ScorerRegistry.from_artifacts(paths, default=default.id) if paths else None
+    try:
+        return create_app(config, scorers=scorers, features=node_features(node))
+    except ValueError as e:  # no API tokens while authentication is required, ...
+        raise NodeError(f"{e} (in {node.config.config_path})") from None

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
+from functools import lru_cache
 from hashlib import sha256
 from typing import Any, Final, NoReturn
 
@@ -74,6 +75,12 @@ def insert_ignore_sql(table: Table, columns: Sequence[str], dialect_name: str) -
     return str(compiled.string)
 
 
+@lru_cache(maxsize=4)
+def _insert_sql(dialect_name: str) -> dict[str, str]:
+    """The insert statement of every table, compiled once per dialect (compiling costs ~1 ms each)."""
+    return {name: insert_ignore_sql(m.Base.metadata.tables[name], cols, dialect_name) for name, cols in COLUMNS.items()}
+
+
 def import_records(engine: Engine, records: Iterable[Record], *, batch_size: int = DEFAULT_BATCH_SIZE,
                    progress: Callable[[int], None] | None = None) -> ImportResult:
     """Store `records` in one transaction; any exception (from the iterable or the database) stores nothing."""
@@ -126,8 +133,7 @@ class _Importer:
         self.is_pg = self.dialect == "postgresql"
         self.ts: Callable[[datetime], Any] = m.sqlite_timestamp if self.dialect == "sqlite" else m.to_utc
         self.now = self.ts(now)
-        self.sql = {name: insert_ignore_sql(m.Base.metadata.tables[name], cols, self.dialect)
-                    for name, cols in COLUMNS.items()}
+        self.sql = _insert_sql(self.dialect)
         self.ids: dict[str, dict[str, int]] = {"sources": {}, "annotators": {}, "campaigns": {}}
         self.prompt_ids: dict[str, str] = {}  # prompt text -> id, inserted in this transaction
         self.response_ids: dict[str, dict[str, str]] = {}  # prompt id -> {text -> id}, inserted

@@ -350,6 +350,69 @@ class AmbiguityItem(Base):
     )
 
 
+# ---- labeling (migration 0002) --------------------------------------------------------------
+
+TOKEN_KINDS: Final = ("api", "invite", "session")
+TOKEN_ROLES: Final = ("admin", "scorer", "labeler")
+LABEL_CHOICES: Final = ("A", "B", "tie", "both_bad", "skip")
+
+
+class CampaignPair(Base):
+    """A pair of responses to one prompt that a campaign asks its labelers to compare (lo < hi by id)."""
+
+    __tablename__ = "campaign_pairs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"))
+    response_lo_id: Mapped[str] = mapped_column(ForeignKey("responses.id"))
+    response_hi_id: Mapped[str] = mapped_column(ForeignKey("responses.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "response_lo_id", "response_hi_id"),
+        CheckConstraint("response_lo_id < response_hi_id", name="lo_below_hi"),
+    )
+
+
+class CampaignLabel(Base):
+    """One labeler's answer on one campaign pair (at most one each): the side shown left, the choice
+    relative to what was shown (A = left), and the keys of the comparison/demonstration it stored."""
+
+    __tablename__ = "campaign_labels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("campaign_pairs.id", ondelete="CASCADE"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    left_response_id: Mapped[str] = mapped_column(ForeignKey("responses.id"))
+    choice: Mapped[str] = mapped_column(Text)
+    comparison_key: Mapped[str | None] = mapped_column(hash_type())
+    demonstration_key: Mapped[str | None] = mapped_column(hash_type())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        UniqueConstraint("pair_id", "annotator_id"),
+        CheckConstraint(f"choice IN ({_quoted(LABEL_CHOICES)})", name="choice"),
+    )
+
+
+class AccessToken(Base):
+    """A credential of the HTTP server, stored as the sha256 of the secret (never the secret):
+    api tokens (bearer), one-time invite tokens of a campaign, and browser sessions."""
+
+    __tablename__ = "access_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(hash_type(), unique=True)
+    kind: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)  # who holds it: the labeler's annotator name
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({_quoted(TOKEN_KINDS)})", name="kind"),
+        CheckConstraint(f"role IN ({_quoted(TOKEN_ROLES)})", name="role"),
+    )
+
+
 TABLES: Final = tuple(Base.metadata.sorted_tables)
 """Every table, parents before children."""
 

@@ -13,12 +13,13 @@ from several threads (each call takes its own connection); SQLite allows one wri
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage import aggregations, importer, reading, registry, snapshots
+from storage import aggregations, importer, labeling, reading, registry, snapshots
 from storage import models as m
 from storage.db import (
     check_connection,
@@ -30,6 +31,7 @@ from storage.db import (
     write_transaction,
 )
 from storage.errors import InvalidRecordError, StorageError
+from storage.labeling import CampaignInfo, CampaignLabelRow, LabelResult, PairText, PairToLabel, TokenInfo
 from storage.records import Comparison, Record
 from storage.types import (
     AggregationRun,
@@ -272,19 +274,95 @@ class Store:
         """A model by id, unique id prefix or full sha256."""
         return self._read("reading a model", lambda c: registry.get(c, model_id))
 
+    # ---- labeling campaigns and access tokens ---------------------------------------------------
+
+    def create_campaign(self, name: str, *, sources: Sequence[str] = (), pairs: Sequence[tuple[str, str]] = (),
+                        overlap: int = 1, guidelines: str | None = None) -> CampaignInfo:
+        """A labeling campaign over every response pair of `sources`' prompts plus explicit response-id pairs."""
+        def run(conn: Connection) -> int:
+            return labeling.create_campaign(conn, name=name, guidelines=guidelines, overlap=overlap,
+                                            sources=sources, pairs=pairs, now=datetime.now(UTC))
+        self._write("creating a campaign", run)
+        return self.get_campaign(name)
+
+    def list_campaigns(self) -> list[CampaignInfo]:
+        """Every campaign with its progress, by name."""
+        return self._read("listing campaigns", labeling.list_campaigns)
+
+    def get_campaign(self, name: str) -> CampaignInfo:
+        """One campaign with its progress; NotFoundError for an unknown name."""
+        return self._read("reading a campaign", lambda c: labeling.get_campaign(c, name))
+
+    def next_pair(self, campaign: str, annotator: str, *, uncertain: Sequence[int] = ()) -> PairToLabel | None:
+        """The next pair for `annotator` (below overlap, then `uncertain` ids, then the ambiguity queue)."""
+        return self._read("choosing the next pair", lambda c: labeling.next_pair(c, campaign, annotator, uncertain))
+
+    def campaign_pair_texts(self, campaign: str, *, limit: int = 1000) -> list[PairText]:
+        """Texts of the campaign's first `limit` pairs."""
+        return self._read("reading campaign pairs", lambda c: labeling.pair_texts(c, campaign, limit=limit))
+
+    def labeled_count(self, campaign: str, annotator: str) -> int:
+        """Pairs of the campaign `annotator` answered (skips included)."""
+        return self._read("counting labels", lambda c: labeling.labeled_count(c, campaign, annotator))
+
+    def record_label(self, campaign: str, *, pair_id: int, annotator: str, left_response_id: str, choice: str,
+                     confidence: float | None = None, comment: str | None = None, better: str | None = None,
+                     source: str | None = None) -> LabelResult:
+        """Store one labeler's answer on a pair in one transaction (once: a repeat returns stored=False).
+
+        The Comparison has response_a = the response shown left; the source defaults to "labeling:CAMPAIGN"."""
+        return self._write("storing a label", lambda c: labeling.record_label(
+            c, campaign_name=campaign, pair_id=pair_id, annotator=annotator, left_response_id=left_response_id,
+            choice=choice, confidence=confidence, comment=comment, better=better,
+            source=source or f"labeling:{campaign}", now=datetime.now(UTC)))
+
+    def campaign_labels(self, campaign: str) -> list[CampaignLabelRow]:
+        """Every answer of the campaign, oldest first."""
+        return self._read("reading campaign labels", lambda c: labeling.campaign_labels(c, campaign))
+
+    def add_token(self, sha256: str, *, kind: str, role: str, name: str, campaign: str | None = None,
+                  expires_at: datetime | None = None) -> TokenInfo:
+        """Store a credential by the sha256 of its secret (the secret is never stored)."""
+        return self._write("storing a token", lambda c: labeling.add_token(
+            c, sha256=sha256, kind=kind, role=role, name=name, campaign=campaign, expires_at=expires_at,
+            now=datetime.now(UTC)))
+
+    def find_token(self, sha256: str, kinds: Sequence[str]) -> TokenInfo | None:
+        """The live credential of one of `kinds` with this hash, or None."""
+        return self._read("checking a token", lambda c: labeling.find_token(c, sha256, kinds, datetime.now(UTC)))
+
+    def use_invite(self, invite_sha256: str, session_sha256: str, session_expires: datetime) -> TokenInfo | None:
+        """Trade a live invite, once, for a session; None if the invite is unknown, used, revoked or expired."""
+        return self._write("using an invite", lambda c: labeling.use_invite(
+            c, invite_sha256, session_sha256, session_expires, datetime.now(UTC)))
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every credential (never a secret), oldest first."""
+        return self._read("listing tokens", labeling.list_tokens)
+
+    def revoke_token(self, token_id: int) -> None:
+        """Revoke a credential by id."""
+        self._write("revoking a token", lambda c: labeling.revoke_token(c, token_id, datetime.now(UTC)))
+
 
 __all__ = [
     "AggregationRun",
     "AmbiguousItem",
     "AnnotatorScore",
+    "CampaignInfo",
+    "CampaignLabelRow",
     "ComparisonRows",
     "ImportResult",
+    "LabelResult",
     "ModelEntry",
     "PairLabel",
+    "PairText",
+    "PairToLabel",
     "QueueEntry",
     "RankingRow",
     "Snapshot",
     "SourceStats",
     "StorageError",
     "Store",
+    "TokenInfo",
 ]

@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from storage import models as m
+from storage.db import SCHEMA_HEAD
 from storage.errors import MigrationError, StoreUnavailableError
 from storage.records import Comparison, Record
 from storage.store import Store
@@ -23,7 +24,7 @@ def test_migrations_create_every_table_at_head(store: Store) -> None:
     inspector = sa.inspect(store.engine)
     assert set(inspector.get_table_names()) == {t.name for t in m.TABLES} | {"alembic_version"}
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == SCHEMA_HEAD
     indexes = {ix["name"] for ix in inspector.get_indexes("comparisons")}
     assert {"ix_comparisons_prompt_id", "ix_comparisons_source_id", "ix_comparisons_annotator_id",
             "uq_comparisons_idempotency_key"} <= indexes

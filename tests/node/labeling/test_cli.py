@@ -1,0 +1,48 @@
+"""Subprocess smoke run of `rewardnode campaign ...` and `rewardnode token ...`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from node.labeling.service import sha256_hex
+from storage.store import Store
+
+
+def rn(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_campaign_and_token_commands(tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+                            for i in range(3)))
+    (tmp_path / "guide.txt").write_text("Be strict.")
+    assert rn(home, "init", "--name", "org").returncode == 0
+    assert rn(home, "import", str(data), "--source", "s").returncode == 0
+    out = rn(home, "campaign", "create", "c1", "--source", "s", "--overlap", "2", "--guidelines",
+             str(tmp_path / "guide.txt"))
+    assert out.returncode == 0 and "3 pairs" in out.stdout, out.stderr
+    invite = rn(home, "campaign", "invite", "c1", "--labeler", "ann", "--url", "http://127.0.0.1:9999")
+    assert invite.returncode == 0
+    secret = invite.stdout.split("invite=")[1].strip()
+    listed = json.loads(rn(home, "campaign", "list", "--json").stdout)
+    assert [(c["name"], c["pairs"], c["overlap"]) for c in listed] == [("c1", 3, 2)]
+    token = rn(home, "token", "create", "--role", "labeler", "--name", "bob")
+    assert token.returncode == 0
+    api_secret = token.stdout.splitlines()[1].strip()
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        assert store.get_campaign("c1").guidelines == "Be strict."
+        assert store.find_token(sha256_hex(secret), ("invite",)) is not None  # only the hash is stored
+        assert store.find_token(sha256_hex(api_secret), ("api",)) is not None
+    tokens = json.loads(rn(home, "token", "list", "--json").stdout)
+    assert [(t["kind"], t["name"]) for t in tokens] == [("invite", "ann"), ("api", "bob")]
+    assert secret not in json.dumps(tokens)
+    assert rn(home, "token", "revoke", str(tokens[1]["id"])).returncode == 0
+    again = rn(home, "campaign", "create", "c1", "--source", "s")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert rn(home, "campaign", "create", "c2").returncode == 2
