@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage import aggregations, importer, labeling, reading, registry, snapshots
+from storage import aggregations, importer, labeling, reading, registry, samples, snapshots
 from storage import models as m
 from storage.db import (
     check_connection,
@@ -275,6 +275,14 @@ class Store:
         return self._read("reading a model", lambda c: registry.get(c, model_id))
 
     # ---- labeling campaigns and access tokens ---------------------------------------------------
+
+    def add_samples(self, source: str, items: Sequence[samples.Sample]) -> list[list[str]]:
+        """Store unlabeled responses (e.g. a policy's samples) with their producing model, in one transaction.
+
+        `items` holds (prompt, [(response, model), ...]); returns the response ids per prompt, ready for
+        `create_campaign(pairs=...)`. Already stored prompts and responses are kept as they are.
+        """
+        return self._write("storing samples", lambda c: samples.add_samples(c, source, items, datetime.now(UTC)))
 
     def create_campaign(self, name: str, *, sources: Sequence[str] = (), pairs: Sequence[tuple[str, str]] = (),
                         overlap: int = 1, guidelines: str | None = None) -> CampaignInfo:

@@ -14,7 +14,7 @@ from node.errors import NodeError, UsageError
 COMMANDS = {
     "rl": "RL fine-tune an LLM against a reward model (PPO, GRPO or RLOO) with reward-hacking guards",
     "best-of-n": "baseline: sample N responses per prompt and keep the reward model's favorite",
-    "generate": "sample N responses per prompt from a policy into a labeling file (model recorded)",
+    "generate": "sample N responses per prompt from a policy into the store and open a labeling campaign on them",
     "sft": "supervised fine-tuning of a policy on the stored demonstrations (LoRA)",
 }
 
@@ -85,8 +85,12 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         _add_prompts(parser)
         _add_sampling(parser)
         parser.add_argument("--model-name", help="model name recorded with each response (default: the policy)")
-        parser.add_argument("--campaign", help="campaign name recorded in the file")
-        parser.add_argument("--out", metavar="FILE", required=True, help="JSONL file to write (multi format)")
+        parser.add_argument("--store-as", metavar="SOURCE", default="generated",
+                            help="source the samples are stored under (default: generated)")
+        parser.add_argument("--campaign", metavar="NAME",
+                            help="labeling campaign opened on every within-prompt pair (default: gen-<time>)")
+        parser.add_argument("--overlap", type=int, default=1, help="labels wanted per pair in the campaign")
+        parser.add_argument("--out", metavar="FILE", help="also write the samples to a JSONL file (multi format)")
     elif name == "sft":
         parser.add_argument("--source", metavar="NAME", help="demonstrations of this source (default: all)")
         parser.add_argument("--epochs", type=int, default=1)
@@ -262,17 +266,26 @@ def run_generate(args: argparse.Namespace) -> int:
     model_name = args.model_name or str(args.policy)
     candidates = sample_texts(policy.lm, tokenizer, prompts, args.n, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-    # records.py has no unlabeled response record (every record carrying a model is a label), so the samples
-    # go to a `multi`-format file for labeling; `rewardnode import FILE --format multi` stores them with
-    # their votes, and the producing model rides along in each response's "model".
-    with open(args.out, "w", encoding="utf-8") as f:
-        for prompt, group in zip(prompts, candidates, strict=True):
-            record: dict[str, Any] = {"prompt": prompt, "responses": [{"text": t, "model": model_name}
-                                                                      for t in group], "votes": []}
-            if args.campaign:
-                record["campaign"] = args.campaign
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(f"wrote {len(prompts) * args.n} responses ({args.n} per prompt, model {model_name!r}) to {args.out}")
+    groups = [[(t, model_name) for t in group] for group in candidates]
+    campaign = args.campaign or "gen-" + time.strftime("%Y%m%d-%H%M%S")
+    with Node.open(args.home, db=args.db) as node:
+        ids = node.store.add_samples(args.store_as, list(zip(prompts, groups, strict=True)))
+        pairs = [(g[i], g[j]) for g in ids for i in range(len(g)) for j in range(i + 1, len(g)) if g[i] != g[j]]
+        if pairs:
+            node.store.create_campaign(campaign, pairs=pairs, overlap=args.overlap)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            for prompt, group in zip(prompts, candidates, strict=True):
+                record: dict[str, Any] = {"prompt": prompt, "responses": [{"text": t, "model": model_name}
+                                                                          for t in group], "votes": []}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    stored = f"stored {len(prompts) * args.n} responses ({args.n} per prompt, model {model_name!r}) as source " \
+             f"{args.store_as!r}"
+    if pairs:
+        print(f"{stored}; campaign {campaign!r} has {len(pairs)} pairs to label "
+              f"(invite labelers: rewardnode campaign invite {campaign} --labeler NAME)")
+    else:
+        print(f"{stored}; every prompt got identical samples, so there is nothing to compare (raise --temperature)")
     return 0
 
 

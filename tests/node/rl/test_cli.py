@@ -54,9 +54,22 @@ def test_other_commands_in_process(home: Path, policy_dir: Path, rm_dir: Path, t
 
     assert main([*base, "generate", "--policy", str(policy_dir), "--source", "demos", "--n", "2",
                  "--max-new-tokens", "5", "--campaign", "round-1", "--out", str(tmp_path / "gen.jsonl")]) == 0
+    out = capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(len(r["responses"]) == 2 for r in rows)
-    assert rows[0]["responses"][0]["model"] == str(policy_dir) and rows[0]["campaign"] == "round-1"
+    assert rows[0]["responses"][0]["model"] == str(policy_dir)
+    # The samples are in the store with their model, and the campaign holds every distinct within-prompt pair.
+    n_distinct = sum(1 for r in rows if r["responses"][0]["text"] != r["responses"][1]["text"])
+    assert n_distinct > 0  # a random tiny policy at temperature 1 does not repeat itself
+    from node.app import Node
+    from storage.hashing import prompt_id, response_id
+    with Node.open(home) as node:
+        ids = [response_id(prompt_id(r["prompt"]), x["text"]) for r in rows for x in r["responses"]]
+        assert set(node.store.response_texts(ids)) == set(ids)
+        if n_distinct:
+            assert "campaign 'round-1'" in out
+            assert node.store.get_campaign("round-1").name == "round-1"
+            assert len(node.store.campaign_pair_texts("round-1")) == n_distinct
 
     assert main([*base, "sft", "--policy", str(policy_dir), "--epochs", "2", "--lr", "1e-2",
                  "--out", str(tmp_path / "sft")]) == 0

@@ -1,0 +1,57 @@
+"""Unlabeled responses: samples a policy generated, stored so that a campaign can have them labeled.
+
+A response is content-addressed like every imported one (storage/hashing.py), so a sample that is
+later labeled, imported or generated again is the same row; the producing model is kept as first
+stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage import hashing
+from storage import models as m
+from storage.errors import InvalidRecordError
+
+Sample = tuple[str, Sequence[tuple[str, str | None]]]
+"""(prompt text, [(response text, producing model or None), ...])."""
+
+
+def _insert_ignore(conn: Connection, table: type[m.Base], rows: list[dict[str, object]]) -> None:
+    if not rows:
+        return
+    insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+    conn.execute(insert(table).on_conflict_do_nothing(), rows)
+
+
+def add_samples(conn: Connection, source: str, samples: Sequence[Sample], now: datetime) -> list[list[str]]:
+    """Store prompts and their responses under `source`; the response ids, per prompt, in order."""
+    if not source:
+        raise InvalidRecordError("the source name is empty", "name the source the samples are stored under")
+    for prompt, responses in samples:
+        texts = [prompt, *(text for text, _ in responses)]
+        if any(not isinstance(t, str) or not t.strip() or "\x00" in t for t in texts):
+            raise InvalidRecordError(f"a prompt or response of {prompt[:60]!r} is empty or holds a NUL character",
+                                     "leave such samples out")
+    _insert_ignore(conn, m.Source, [{"name": source, "created_at": now}])
+    source_id = conn.execute(select(m.Source.id).where(m.Source.name == source)).scalar_one()
+    prompt_rows: dict[str, dict[str, object]] = {}
+    response_rows: dict[str, dict[str, object]] = {}
+    ids: list[list[str]] = []
+    for prompt, responses in samples:
+        pid = hashing.prompt_id(prompt)
+        prompt_rows.setdefault(pid, {"id": pid, "text": prompt, "source_id": source_id, "created_at": now})
+        group = []
+        for text, model in responses:
+            rid = hashing.response_id(pid, text)
+            response_rows.setdefault(rid, {"id": rid, "prompt_id": pid, "text": text, "model": model,
+                                           "created_at": now})
+            group.append(rid)
+        ids.append(group)
+    _insert_ignore(conn, m.Prompt, list(prompt_rows.values()))
+    _insert_ignore(conn, m.Response, list(response_rows.values()))
+    return ids
