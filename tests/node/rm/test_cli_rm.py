@@ -1,0 +1,236 @@
+"""`rewardnode train / models / eval / score / export / serve` on a tiny BERT, end to end.
+
+`train` and the user mistakes run as real subprocesses; the other commands run in-process through
+node.cli.main (same parser, same error contract) to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from node.app import Node
+from node.cli import main
+from node.http import ServerConfig
+from node.rm.artifact import read_card
+from node.rm.standalone import INT8_FILE, SCORING_FILE, OnnxRewardScorer
+from node.serve import build_app
+
+from .conftest import DISTRACTOR, MARKER, synthetic_pairs
+from .conftest_export import dev_pairs
+
+
+def rn(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "node.cli", *args] + (["--home", str(home)] if home else [])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("REWARDNODE_HOME", None)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str] | tuple[int, str], code: int, *needles: str) -> str:
+    rc, err = (proc.returncode, proc.stderr) if isinstance(proc, subprocess.CompletedProcess) else proc
+    assert rc == code, (rc, err)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("rewardnode: error:")]
+    assert len(lines) == 1 and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_jsonl(path: Path, records: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class Trained:
+    home: Path
+    model_id: str
+    eval_file: Path
+    stdout: str
+
+
+@pytest.fixture(scope="module")
+def trained(bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A node with comparisons (two sources), votes, rankings, ratings and feedback, and a tiny model trained on it."""
+    root = tmp_path_factory.mktemp("cli-rm")
+    home = root / "node"
+    assert main(["init", "--name", "org-rm", "--home", str(home)]) == 0
+    trl = [{"prompt": q.prompt, "chosen": q.chosen, "rejected": q.rejected} for q in synthetic_pairs(64)]
+    multi = [{"prompt": f"m{i} what is the answer", "responses": [f"it is {MARKER} w{i}", f"it is {DISTRACTOR} w{i}",
+                                                                   f"w{i} w{i}"],
+              "votes": [{"annotator": "ann1", "a": 0, "b": 1, "outcome": "A"},
+                        {"annotator": "ann2", "a": 1, "b": 0, "outcome": "B"},
+                        {"annotator": "ann3", "a": 1, "b": 2, "outcome": "both_bad"}],
+              "rankings": [{"annotator": "ann4", "order": [0, 1, 2]}]} for i in range(12)]
+    ratings = [{"prompt": f"r{i % 6} how do I", "response": f"w{i} {MARKER if i % 2 else DISTRACTOR}",
+                "rating": 6 if i % 2 else 2, "scale": [1, 7]} for i in range(12)]
+    feedback = [{"prompt": f"f{i % 6} tell me", "response": f"w{i} {MARKER if i % 2 else DISTRACTOR}",
+                 "thumbs": "up" if i % 2 else "down"} for i in range(12)]
+    for name, records in (("alpha", trl), ("beta", multi), ("gamma", ratings), ("delta", feedback)):
+        path = write_jsonl(root / f"{name}.jsonl", records)
+        assert main(["import", str(path), "--source", name, "--home", str(home)]) == 0
+    proc = rn("train", "--base", str(bert_dir), "--epochs", "3", "--max-length", "48", "--batch-size", "8",
+              "--lr", "3e-3", "--threads", "1", "--dev-fraction", "0.2", home=home)
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"registered model ([0-9a-f]{12}) \(personal\)", proc.stdout)
+    assert match, proc.stdout
+    eval_file = write_jsonl(root / "heldout.jsonl", [
+        {"prompt": q.prompt, "chosen": q.chosen, "rejected": q.rejected, "source": "heldout"} for q in dev_pairs(40)])
+    return Trained(home, match.group(1), eval_file, proc.stdout)
+
+
+def test_train_registers_a_loadable_model_with_its_card(trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "both_bad left out" in trained.stdout and "dev accuracy" in trained.stdout
+    code, out, _ = cli(capsys, "models", "--json", "--home", str(trained.home))
+    assert code == 0
+    [entry] = json.loads(out)
+    assert entry["id"] == trained.model_id and entry["kind"] == "personal"
+    assert entry["metrics"]["n_train"] > 0 and entry["metrics"]["dev_accuracy"] is not None
+    model = AutoModelForSequenceClassification.from_pretrained(entry["path"])
+    assert model.config.num_labels == 1
+    card = read_card(entry["path"])
+    assert card["snapshot"]["id"] == entry["snapshot"] and card["sha256"] == entry["sha256"]
+    assert card["sources"] == ["alpha", "beta", "delta", "gamma"]
+    counts = card["counts"]
+    assert counts["both_bad_skipped"] == 12 and counts["rankings"] == 12
+    assert counts["pairs_from_ratings"] > 0 and counts["pairs_from_feedback"] > 0
+    assert set(card["metrics"]["length_bias"]) >= {"longer_wins_accuracy", "prefers_longer"}
+    assert card["config"]["max_length"] == 48 and card["config"]["epochs"] == 3
+    code, out, _ = cli(capsys, "models", "--home", str(trained.home))
+    assert code == 0 and trained.model_id in out and "personal" in out
+
+
+def test_eval_json_reports_accuracy_calibration_and_length_bias(
+        trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "eval", "--model", trained.model_id[:8], "--data", str(trained.eval_file), "--json",
+                       "--threads", "1", "--home", str(trained.home))
+    assert code == 0
+    report = json.loads(out)
+    assert report["n"] == 40 and report["by_source"]["heldout"]["n"] == 40
+    assert report["accuracy"] >= 0.9  # the marker is learnable; dev pairs were never trained on
+    for key in ("ece", "longer_wins_accuracy", "mean_margin", "length_correlation", "prefers_longer"):
+        assert key in report
+    assert report["n_truncated"] >= 4  # the long prompts of dev_pairs are cut in the middle
+    code, out, _ = cli(capsys, "eval", "--data", str(trained.eval_file), "--source", "renamed",
+                       "--home", str(trained.home))
+    assert code == 0 and "renamed: accuracy" in out  # --source names the file's records, as in import
+
+
+def test_score_ranks_the_marker_higher(trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    home = ["--home", str(trained.home)]
+    code, good, _ = cli(capsys, "score", "--prompt", "q1 help me", "--response", f"w1 {MARKER} w2", *home)
+    assert code == 0
+    code, bad, _ = cli(capsys, "score", "--prompt", "q1 help me", "--response", f"w1 {DISTRACTOR} w2", "--json", *home)
+    assert code == 0
+    answer = json.loads(bad)
+    assert answer["model"] == trained.model_id and float(good) > answer["reward"]
+
+
+def test_export_hf_and_onnx_int8_through_the_gate(trained: Trained, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    home = ["--home", str(trained.home)]
+    code, out, _ = cli(capsys, "export", "--format", "hf", "--out", str(tmp_path / "hf"), *home)
+    assert code == 0 and "model.safetensors" in out
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").config.num_labels == 1
+
+    code, out, err = cli(capsys, "export", "--model", trained.model_id, "--format", "onnx-int8", "--out",
+                         str(tmp_path / "int8"), "--threads", "1", *home)
+    assert code == 0, err
+    assert "int8 fidelity gate PASSED" in out and "latency onnx_int8" in out and "model.int8.onnx" in out
+    checks = json.loads((tmp_path / "int8" / SCORING_FILE).read_text())["checks"]["int8"]
+    assert checks["passed"] and checks["n_dev_pairs"] > 0  # the dev split, rebuilt from the card's snapshot
+    scorer = OnnxRewardScorer(tmp_path / "int8", variant="int8")
+    good, bad = scorer.score(["q1 help me"] * 2, [f"w1 {MARKER} w2", f"w1 {DISTRACTOR} w2"])
+    assert good > bad
+
+    code, out, err = cli(capsys, "export", "--format", "onnx", "--out", str(tmp_path / "fp32"), "--no-latency",
+                         "--data", str(trained.eval_file), *home)
+    assert code == 0, err
+    assert not (tmp_path / "fp32" / INT8_FILE).exists() and "checks on 40 dev pairs" in out
+
+
+def test_int8_gate_failure_refuses_unless_forced(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import node.rm.export as export
+
+    monkeypatch.setattr(export, "_int8_fidelity", lambda *a: (0.5, 3.0))  # an int8 model that flips half the pairs
+    home = ["--home", str(trained.home)]
+    out_dir = tmp_path / "refused"
+    code, _, err = cli(capsys, "export", "--format", "onnx-int8", "--out", str(out_dir), "--no-latency", *home)
+    one_line_error((code, err), 1, "int8 fidelity gate failed", "--force")
+    assert not out_dir.exists() and not list(tmp_path.iterdir())  # nothing half-written
+    code, out, err = cli(capsys, "export", "--format", "onnx-int8", "--out", str(out_dir), "--no-latency",
+                         "--force", *home)
+    assert code == 0 and "WARNING: int8 fidelity gate FAILED" in err and "FAILED (forced)" in out
+    assert json.loads((out_dir / SCORING_FILE).read_text())["checks"]["int8"]["forced"] is True
+
+
+@pytest.fixture
+def node(trained: Trained) -> Iterator[Node]:
+    with Node.open(trained.home) as n:
+        yield n
+
+
+async def test_serve_app_scores_with_the_registered_model(trained: Trained, node: Node, aiohttp_client) -> None:
+    client = await aiohttp_client(build_app(node, config=ServerConfig(require_auth=False)))
+    resp = await client.get("/v1/models")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["default"] == trained.model_id
+    items = [{"prompt": "q1 help me", "response": f"w1 {MARKER} w2"},
+             {"prompt": "q1 help me", "response": f"w1 {DISTRACTOR} w2"}]
+    resp = await client.post("/v1/score", json={"items": items})
+    assert resp.status == 200, await resp.text()
+    scores = (await resp.json())["scores"]
+    assert scores[0] > scores[1]
+    resp = await client.post("/v1/score", json={"model": "nope", "items": items})
+    assert resp.status == 404 and (await resp.json())["ok"] is False
+
+
+def test_serve_refuses_an_unknown_model(node: Node) -> None:
+    from storage.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="ffffff"):
+        build_app(node, models=["ffffff"], config=ServerConfig(require_auth=False))
+
+
+def test_user_mistakes_give_one_line_and_the_right_code(trained: Trained, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # as real processes
+    one_line_error(rn("score", "--model", "abcdef123456", "--prompt", "p", "--response", "r", home=trained.home),
+                   1, "abcdef123456")
+    one_line_error(rn("eval", "--data", str(tmp_path / "missing.jsonl"), home=trained.home), 2, "no such file")
+    empty = tmp_path / "empty"
+    assert rn("init", "--name", "empty", home=empty).returncode == 0
+    one_line_error(rn("train", "--epochs", "1", home=empty), 1, "store is empty", "rewardnode import")
+    # in-process: the same parser and error contract, without another torch import
+    code, _, err = cli(capsys, "score", "--prompt", "p", "--response", "r", "--home", str(empty))
+    one_line_error((code, err), 1, "no personal reward model", "rewardnode train")
+    code, _, err = cli(capsys, "export", "--format", "onnx", "--out", str(tmp_path), "--home", str(trained.home))
+    one_line_error((code, err), 2, "not empty")
+    code, _, err = cli(capsys, "train", "--epochs", "0", "--home", str(trained.home))
+    one_line_error((code, err), 2, "--epochs = 0 must be >= 1")
+    code, _, err = cli(capsys, "train", "--source", "nope", "--home", str(trained.home))
+    one_line_error((code, err), 1, "no source named 'nope'")
+    code, _, err = cli(capsys, "eval", "--model", str(tmp_path), "--data", str(trained.eval_file),
+                       "--home", str(trained.home))
+    one_line_error((code, err), 2, "not a model folder")
