@@ -1,5 +1,225 @@
-"""Federation commands: create, join, run, verify."""
+"""Federation commands: `federation create|join|run|status` and `verify MODEL`."""
 
 from __future__ import annotations
 
-COMMANDS: dict[str, str] = {}
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from node.errors import NodeError, UsageError
+
+COMMANDS: dict[str, str] = {
+    "federation": "create, join, run or inspect a federation (signed agreement, Flower rounds)",
+    "verify": "re-check a federated model's hashes, agreement and signed manifest chain",
+}
+
+STRATEGY_CHOICES = ("fedavg", "median", "trimmed-mean", "krum")
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "verify":
+        parser.add_argument("model", metavar="MODEL", help="registry id (or unique prefix) of a federated model")
+        parser.add_argument("--no-merge-check", action="store_true",
+                            help="skip re-deriving the merged weights from base + shared arrays")
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+        return
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = sub.add_parser("create", help="write and sign a federation agreement (this node coordinates)")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--member", metavar="KEY", action="append", required=True,
+                        help="a member's Ed25519 public key (hex, from `rewardnode identity --json`); repeat")
+    create.add_argument("--strategy", choices=STRATEGY_CHOICES, default="fedavg")
+    create.add_argument("--rounds", type=int, default=3)
+    create.add_argument("--min-participants", type=int, default=None, help="default: every member")
+    create.add_argument("--local-epochs", type=int, default=1)
+    create.add_argument("--base-model", default="minilm", help='"minilm" or a local model folder')
+    create.add_argument("--share", choices=("lora", "full"), default="lora",
+                        help="what leaves a node: LoRA adapters + head (default) or all weights")
+    create.add_argument("--learning-rate", type=float, default=1e-3)
+    create.add_argument("--batch-size", type=int, default=8)
+    create.add_argument("--max-length", type=int, default=128)
+    create.add_argument("--clip-norm", type=float, default=0.0, help="server-side update norm bound (0 = off)")
+    create.add_argument("--dp-clip-norm", type=float, default=0.0, help="client-side DP clipping (0 = off)")
+    create.add_argument("--dp-noise-multiplier", type=float, default=0.0)
+    create.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies")
+    join = sub.add_parser("join", help="join a federation: check the signed agreement, record the coordinator")
+    join.add_argument("name", metavar="NAME")
+    join.add_argument("--coordinator", metavar="HOST:PORT", required=True, help="the coordinator's SuperLink")
+    join.add_argument("--agreement", metavar="FILE", help="agreement.json the coordinator sent (needed once)")
+    join.add_argument("--ca", metavar="FILE", help="the coordinator's CA certificate (TLS)")
+    run = sub.add_parser("run", help="run the rounds (coordinator) or serve them (member)")
+    run.add_argument("name", metavar="NAME")
+    run.add_argument("--engine", choices=("local", "deployment"), default="deployment",
+                     help="local: every member home is on this machine, one process; deployment: Flower SuperLink/"
+                          "SuperNodes over TLS")
+    run.add_argument("--member-home", metavar="DIR", action="append", default=[],
+                     help="(--engine local) a member's node home; repeat")
+    run.add_argument("--port", type=int, default=9093, help="(coordinator) SuperLink port (default 9093)")
+    run.add_argument("--listen", default="127.0.0.1", help="(coordinator) SuperLink bind address")
+    run.add_argument("--serve", action="store_true",
+                     help="(member) keep serving after the federated model landed (default: exit then)")
+    run.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    status = sub.add_parser("status", help="agreement, rounds done and registered federated models")
+    status.add_argument("name", metavar="NAME")
+    status.add_argument("--json", action="store_true")
+    for action_parser in (create, join, run, status):  # --home/--db also after the action
+        action_parser.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS, help="node home")
+        action_parser.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help="database URL")
+
+
+def run_federation(args: argparse.Namespace) -> int:
+    from federation.errors import FederationError
+
+    try:
+        return {"create": _create, "join": _join, "run": _run, "status": _status}[args.action](args)
+    except FederationError as exc:
+        raise NodeError(str(exc)) from None
+
+
+def _create(args: argparse.Namespace) -> int:
+    from federation.agreement import Agreement, save_agreement
+    from federation.errors import FederationError
+    from node.app import Node
+    from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir, prepare_tls
+    from protocol.identity import PublicKey
+
+    with Node.open(args.home, db=args.db) as node:
+        target = federation_dir(node.config.home, args.name) / AGREEMENT_FILE
+        if target.exists():
+            raise NodeError(f"federation {args.name!r} already exists at {target}; pick another name")
+        try:
+            members = tuple(PublicKey.parse(k).hex for k in args.member)
+        except ValueError as exc:
+            raise UsageError(f"--member: {exc}") from None
+        try:
+            agreement = Agreement(
+                name=args.name, coordinator=node.identity.public_key_hex, members=members,
+                base_model=args.base_model, base_model_sha256=base_model_sha256(args.base_model), share=args.share,
+                strategy=args.strategy, rounds=args.rounds,
+                min_participants=args.min_participants or len(members), local_epochs=args.local_epochs,
+                learning_rate=args.learning_rate, batch_size=args.batch_size, max_length=args.max_length,
+                clip_norm=args.clip_norm, dp_clip_norm=args.dp_clip_norm,
+                dp_noise_multiplier=args.dp_noise_multiplier, round_timeout_s=args.round_timeout)
+        except (FederationError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        save_agreement(target, agreement.sign(node.identity))
+        ca = prepare_tls(node.config.home, args.name)
+    print(f"created federation {args.name!r} ({agreement.federation_id[:16]}...): {len(members)} member(s), "
+          f"{agreement.strategy}, {agreement.rounds} round(s)")
+    print(f"  agreement  {target}  (send it to every member: rewardnode federation join {args.name} "
+          "--coordinator HOST:PORT --agreement FILE --ca CA)")
+    print(f"  TLS CA     {ca}")
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from federation.agreement import verify_agreement
+    from federation.errors import FederationError
+    from node.app import Node
+    from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir, write_join
+
+    with Node.open(args.home, db=args.db) as node:
+        home = node.config.home
+        target = federation_dir(home, args.name) / AGREEMENT_FILE
+        source = Path(args.agreement) if args.agreement else target
+        if not source.is_file():
+            raise UsageError(f"no agreement for {args.name!r} yet; pass --agreement FILE (the coordinator's "
+                             "agreement.json)")
+        try:
+            agreement = verify_agreement(source.read_bytes())
+        except FederationError as exc:
+            raise NodeError(str(exc)) from None
+        if agreement.name != args.name:
+            raise UsageError(f"the agreement is for federation {agreement.name!r}, not {args.name!r}")
+        if node.identity.public_key_hex not in agreement.members:
+            raise NodeError(f"this node ({node.identity.short_fingerprint}) is not a member of {args.name!r}; ask the "
+                            "coordinator to add its key (rewardnode identity --json) and re-create the agreement")
+        mine = base_model_sha256(agreement.base_model)
+        if mine != agreement.base_model_sha256:
+            raise NodeError(f"this node's {agreement.base_model!r} differs from the agreed base model; install it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+        join = {"coordinator": args.coordinator, "federation_id": agreement.federation_id}
+        if args.ca:
+            shutil.copyfile(args.ca, target.parent / "ca.pem")
+            join["ca"] = "ca.pem"
+        write_join(home, args.name, join)
+    print(f"joined federation {args.name!r} ({agreement.federation_id[:16]}...) coordinated by "
+          f"{agreement.coordinator[:16]}... at {args.coordinator}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from federation.errors import BelowQuorum
+    from node.app import Node
+    from node.federated import agreement_for, run_local
+
+    with Node.open(args.home, db=args.db) as node:
+        home = node.config.home
+        agreement = agreement_for(home, args.name)
+        is_coordinator = node.identity.public_key_hex == agreement.coordinator
+    if args.engine == "local":
+        if not is_coordinator:
+            raise UsageError("--engine local runs on the coordinator; pass the members' homes with --member-home")
+        if not args.member_home:
+            raise UsageError("--engine local needs --member-home DIR for every member on this machine")
+        try:
+            outcome = run_local(home, [Path(h) for h in args.member_home], args.name)
+        except BelowQuorum as exc:
+            raise NodeError(str(exc)) from None
+        print(f"federation {args.name!r}: {len(outcome.rounds)} round(s); "
+              f"registered on {len(outcome.registered)} member(s): {sorted(set(outcome.registered.values()))}")
+        return 0
+    from node.federated import run_coordinator, run_member
+
+    if is_coordinator:
+        outcome = run_coordinator(home, args.name, port=args.port, host=args.listen, timeout_s=args.timeout)
+        print(f"federation {args.name!r}: {outcome['rounds']} round(s), accepted per round {outcome['accepted']}, "
+              f"round seconds {[round(x, 2) for x in outcome['round_seconds']]}; registered on "
+              f"{len(outcome['registered'])} member(s)")
+        return 0
+    model_id = run_member(home, args.name, serve=args.serve, timeout_s=args.timeout)
+    if model_id:
+        print(f"federated model {model_id} registered (verify it: rewardnode verify {model_id})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from node.app import Node
+    from node.federated import MODEL_KIND, agreement_for, federation_dir
+
+    with Node.open(args.home, db=args.db) as node:
+        agreement = agreement_for(node.config.home, args.name)
+        rounds = sorted((federation_dir(node.config.home, args.name) / "rounds").glob("round-*.manifest.json"))
+        models = [m for m in node.store.list_models()
+                  if m.kind == MODEL_KIND and m.provenance.get("federation_id") == agreement.federation_id]
+        info = {"name": agreement.name, "federation_id": agreement.federation_id,
+                "coordinator": agreement.coordinator, "members": list(agreement.members),
+                "strategy": agreement.strategy, "rounds": agreement.rounds, "rounds_done": len(rounds),
+                "min_participants": agreement.min_participants, "models": [m.id for m in models]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:17} {value}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from federation.errors import ChainBroken
+    from node.app import Node
+    from node.federated import verify_model
+
+    with Node.open(args.home, db=args.db) as node:
+        try:
+            result = verify_model(node, args.model, check_merge=not args.no_merge_check)
+        except ChainBroken as exc:
+            raise NodeError(f"model {args.model} does not verify: {exc}") from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"model {result['model']} verifies: federation {result['federation']!r}, {result['rounds']} round(s), "
+              f"{len(result['contributors'])} contributor(s), {result['rejections']} rejection(s) recorded")
+    return 0

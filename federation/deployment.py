@@ -1,0 +1,255 @@
+"""Flower's deployment engine for a federation: TLS material, SuperLink, SuperNodes and `flwr run`.
+
+The coordinator runs `flower-superlink` (TLS with a CA and server certificate generated here) and
+submits the Flower app with `flwr run`; each member runs `flower-supernode` for its own node home
+(`--node-config home=...`), and the SuperNode starts a ClientApp process per message that trains
+on that home's store. Processes are started in their own session and stopped by process group.
+
+Polling: Flower 1.41's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
+alone adds up to 3 s per round. `python -m federation.deployment supernode ...` runs the stock
+`flower-supernode` with that sleep capped at `POLL_S` (see `_fast_poll`), SuperExec's task poll is
+set to POLL_S / 2 (FLWR_SUPEREXEC_TASK_POLL_INTERVAL), and the ServerApp pulls replies every 50 ms
+(federation.apps.send_and_receive) instead of HttpGrid's 3 s.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+POLL_S = 0.2
+"""What the SuperNode sleeps between empty pulls (Flower's default is 3 s)."""
+
+APP_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "rewardnode-federation"
+version = "1.0.0"
+description = "rewardnode federated reward-model rounds (signed contributions, robust aggregation)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "rewardnode"
+
+[tool.flwr.app.components]
+serverapp = "{serverapp}"
+clientapp = "{clientapp}"
+
+[tool.flwr.app.config]
+home = ""
+federation = ""
+"""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the CA members trust, and the SuperLink's certificate and key."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def make_tls(out: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 30) -> TlsFiles:
+    """A fresh CA and a server certificate for `hosts` (IPs or DNS names), signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rewardnode federation CA")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])).issuer_name(ca_name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    files = TlsFiles(out / "ca.pem", out / "server.pem", out / "server.key")
+    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(files.server_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment every Flower process gets: no telemetry, no update check, venv bin on PATH."""
+    env = dict(os.environ)
+    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_HOME": str(flwr_home),
+                "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                # SuperExec polls for app tasks every 1 s by default; a round pays it on both sides.
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(POLL_S / 2),
+                "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")})
+    return env
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+class Proc:
+    """A Flower process in its own session, stopped (with its children) by process group."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = log.open("ab")
+        self.popen = subprocess.Popen(args, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole group this process leads (its SuperExec and app children too)."""
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.kill(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            self.popen.wait(timeout)
+        self._out.close()
+
+
+def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g}s; see the process log")
+
+
+def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = "127.0.0.1") -> Proc:
+    """`flower-superlink` on host:port (TLS unless tls is None), no runtime dependency installation."""
+    args = [_bin("flower-superlink"), "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
+    if tls is None:
+        args.append("--insecure")
+    else:
+        args += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+                 "--ssl-keyfile", str(tls.server_key)]
+    proc = Proc(args, flower_env(workdir / "flwr"), workdir / "superlink.log")
+    wait_for_port(port)
+    return proc
+
+
+def start_supernode(workdir: Path, superlink: str, ca_cert: Path | None, node_config: dict[str, str],
+                    runtime_port: int | None = None) -> Proc:
+    """`flower-supernode` (with the fast poll) serving one node home."""
+    config = " ".join(f"{k}={_toml_str(v)}" for k, v in node_config.items())
+    args = [sys.executable, "-m", "federation.deployment", "supernode", "--superlink", superlink,
+            "--port", str(runtime_port or free_port()), "--node-config", config]
+    args += ["--insecure"] if ca_cert is None else ["--root-certificates", str(ca_cert)]
+    return Proc(args, flower_env(workdir / "flwr"), workdir / "supernode.log")
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_app(app_dir: Path, serverapp: str, clientapp: str) -> Path:
+    """The Flower app folder `flwr run` bundles: only a pyproject naming the two components."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(APP_PYPROJECT.format(serverapp=serverapp, clientapp=clientapp))
+    (app_dir / "rewardnode_federation_app.py").write_text('"""The components live in the rewardnode package."""\n')
+    return app_dir
+
+
+def write_connection(flwr_home: Path, superlink: str, ca_cert: Path | None) -> None:
+    """FLWR_HOME/config.toml with one connection named "federation"."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ['[superlink]', 'default = "federation"', '', '[superlink.federation]', f'address = "{superlink}"']
+    lines += ["insecure = true"] if ca_cert is None else [f"root-certificates = {_toml_str(str(ca_cert))}"]
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def flwr_run(workdir: Path, app_dir: Path, run_config: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Submit the app and stream its logs until the run ends."""
+    config = " ".join(f"{k}={_toml_str(v)}" for k, v in run_config.items())
+    return subprocess.run([_bin("flwr"), "run", str(app_dir), "federation", "--stream", "--run-config", config],
+                          env=flower_env(workdir / "flwr"), capture_output=True, text=True, timeout=timeout_s,
+                          cwd=app_dir)
+
+
+# --- the SuperNode with a short poll ---------------------------------------------------------------
+
+
+class _FastTime:
+    """Stands in for the `time` module inside flwr.supernode.start_client_internal: caps its sleeps."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, POLL_S))
+
+
+def _fast_poll() -> None:
+    import flwr.supernode.start_client_internal as internal
+
+    setattr(internal, "time", _FastTime())  # noqa: B010 (patch one module's view of `time`)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] != "supernode":
+        print("usage: python -m federation.deployment supernode [flower-supernode args]", file=sys.stderr)
+        return 2
+    _fast_poll()
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv = ["flower-supernode", *argv[1:]]
+    flower_supernode()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,91 @@
+"""Round bookkeeping, free of Flower: verify replies, aggregate updates, sign the manifest.
+
+The coordinator's state between rounds is the global arrays and the manifest chain; `CoordinatorRound`
+turns one round's raw replies into the next global arrays and one more signed manifest, or raises
+`BelowQuorum` (and leaves the state as it was) when too few valid contributions remain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.aggregation import aggregate, flatten, unflatten
+from federation.agreement import Agreement
+from federation.codec import Arrays, arrays_sha256
+from federation.contribution import Accepted, Rejection, RoundContext, verify_round
+from federation.errors import BelowQuorum
+from federation.manifest import GENESIS, build_manifest, manifest_link, sign_manifest
+from protocol.envelope import Verifier
+from protocol.identity import Identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one finished round produced."""
+
+    round: int
+    global_arrays: Arrays
+    manifest: str
+    """Signed manifest, canonical envelope JSON."""
+    accepted: tuple[Accepted, ...]
+    rejected: tuple[Rejection, ...]
+
+
+class FederationState:
+    """The coordinator's running state: global arrays, chain, and the replay-protecting verifier."""
+
+    def __init__(self, agreement: Agreement, coordinator: Identity, initial: Mapping[str, NDArray[np.floating]]) -> None:
+        if coordinator.public_key_hex != agreement.coordinator:
+            raise ValueError("this node is not the agreement's coordinator; run the round on the coordinator node")
+        self.agreement = agreement
+        self.coordinator = coordinator
+        self.global_arrays: Arrays = {n: np.asarray(a, dtype=np.float32) for n, a in initial.items()}
+        self.names = sorted(self.global_arrays)
+        self.chain: list[str] = []
+        self.round = 0
+        # One verifier for the whole federation: a nonce replayed in any later round is refused.
+        self.verifier = Verifier(set(agreement.members), max_age_s=max(3600.0, 4 * agreement.round_timeout_s))
+
+    @property
+    def prev_link(self) -> str:
+        return manifest_link(self.chain[-1]) if self.chain else GENESIS
+
+    def context(self, round: int) -> RoundContext:
+        return RoundContext(self.agreement.federation_id, round, self.agreement.base_model_sha256,
+                            {n: tuple(a.shape) for n, a in self.global_arrays.items()})
+
+    def finish_round(self, replies: Sequence[tuple[str, Mapping[str, NDArray[np.floating]]]],
+                     extra_rejections: Sequence[Rejection] = ()) -> RoundResult:
+        """Verify, aggregate and sign round `self.round + 1` from its replies (envelope JSON, update arrays)."""
+        r = self.round + 1
+        a = self.agreement
+        accepted, rejected = verify_round(list(replies), self.context(r), self.verifier)
+        rejected = [*extra_rejections, *rejected]
+        if len(accepted) < a.min_participants:
+            reasons = "; ".join(f"{x.sender[:12] or '?'}: {x.reason}" for x in rejected) or "no replies"
+            raise BelowQuorum(
+                f"round {r}: {len(accepted)} valid contribution(s), fewer than min_participants = "
+                f"{a.min_participants} ({reasons}); the round is aborted and the global model unchanged: "
+                "bring members back online and run the federation again"
+            )
+        rows = np.stack([flatten(x.update, self.names) for x in accepted])  # (K, D)
+        counts = np.array([x.num_examples for x in accepted], dtype=np.float64)  # (K,)
+        delta = aggregate(a.strategy, rows, counts, trim_fraction=a.trim_fraction, n_byzantine=a.n_byzantine,
+                          clip_norm=a.clip_norm or None)  # (D,)
+        new_global = unflatten(flatten(self.global_arrays, self.names) + delta, self.global_arrays, self.names)
+        manifest = build_manifest(
+            a, r, global_before_sha256=arrays_sha256(self.global_arrays), aggregate_sha256=arrays_sha256(new_global),
+            prev_manifest_sha256=self.prev_link, accepted=accepted, rejected=rejected)
+        signed = sign_manifest(self.coordinator, manifest)
+        self.global_arrays, self.round = new_global, r
+        self.chain.append(signed)
+        log.info("round %d: aggregated %d contribution(s) with %s, rejected %d", r, len(accepted), a.strategy,
+                 len(rejected))
+        return RoundResult(r, new_global, signed, tuple(accepted), tuple(rejected))

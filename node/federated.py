@@ -1,0 +1,498 @@
+"""Node-side federation glue: local training on this node's store, the federated model in the registry,
+`verify` of its manifest chain, and an ensemble scorer (personal + federated, with disagreement).
+
+Only the shared arrays (LoRA adapters + reward head, or every weight) ever leave the node, as
+signed updates; the pairs are read here and stay here.
+
+Files under the node home:
+
+    federation/<name>/agreement.json   signed agreement (coordinator's envelope)
+    federation/<name>/join.json        coordinator address (members)
+    federation/<name>/rounds/          coordinator: round-NNNN.manifest.json + global-NNNN.arrays
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from federation.agreement import Agreement, load_agreement
+from federation.codec import Arrays, arrays_sha256, decode_arrays, encode_arrays
+from federation.errors import ChainBroken, FederationError
+from federation.manifest import verify_chain
+from node.app import Node
+from node.errors import NodeError
+from node.rm.artifact import WEIGHTS_FILE, RewardScorer, file_sha256, save_reward_model
+from node.rm.data import LengthGroupedBatchSampler, PairCollator, PairEncoder, PreferencePair, tokenize_pairs
+from node.rm.loss import reward_loss
+from node.rm.model import disable_dropout, load_backbone, resolve_backbone_path, rewards
+from protocol.canonical import parse_json
+from protocol.identity import Identity
+
+log = logging.getLogger(__name__)
+
+FEDERATION_DIR = "federation"
+AGREEMENT_FILE = "agreement.json"
+JOIN_FILE = "join.json"
+SHARED_ARRAYS_FILE = "shared.arrays"
+MODEL_KIND = "federated"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def federation_dir(home: Path, name: str) -> Path:
+    if not _NAME_RE.fullmatch(name):
+        raise NodeError(f"federation name {name!r} is invalid; use 1-64 characters of [A-Za-z0-9._-]")
+    return home / FEDERATION_DIR / name
+
+
+def base_model_sha256(base_model: str) -> str:
+    """SHA-256 of the backbone's weights file: what every member must start from."""
+    path = Path(resolve_backbone_path(base_model))
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        raise NodeError(f"backbone {base_model!r} has no weights file in {path}; point at a model folder")
+    return file_sha256(files[0])
+
+
+def build_model(agreement: Agreement) -> tuple[nn.Module, Any]:
+    """The backbone with the agreement's LoRA/head setup; seeded so every node builds the same one."""
+    torch.manual_seed(agreement.seed)
+    model, tokenizer = load_backbone(agreement.base_model, lora=agreement.share == "lora",
+                                     lora_r=agreement.lora_r, lora_alpha=agreement.lora_alpha)
+    disable_dropout(model)
+    return model, tokenizer
+
+
+def shared_arrays(model: nn.Module) -> Arrays:
+    """What leaves the node: every trainable parameter (adapters + head under LoRA), as float32."""
+    return {n: p.detach().cpu().numpy().astype(np.float32) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_shared(model: nn.Module, arrays: Arrays) -> None:
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(arrays) != expected:
+        raise FederationError(f"shared arrays do not match this model ({len(set(arrays) ^ expected)} names differ); "
+                              "every member must use the agreement's base model and share setting")
+    with torch.no_grad():
+        for n, a in arrays.items():
+            params[n].copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)))
+
+
+def initial_arrays(agreement: Agreement) -> Arrays:
+    """Round 0's global arrays (fresh adapters + head from the agreement's seed)."""
+    return shared_arrays(build_model(agreement)[0])
+
+
+def local_pairs(node: Node) -> list[PreferencePair]:
+    """This node's preference pairs, from a fresh snapshot of its store."""
+    from node.rm.pipeline import snapshot_pairs
+
+    snapshot = node.store.create_snapshot()
+    return snapshot_pairs(node.store, snapshot.id)[1]
+
+
+class NodeParticipant:
+    """A member: trains the shared arrays on its own pairs; registers the final federated model."""
+
+    def __init__(self, node: Node | None, agreement: Agreement, *, pairs: list[PreferencePair] | None = None,
+                 identity: Identity | None = None) -> None:
+        if node is None and (pairs is None or identity is None):
+            raise ValueError("without a node, pass both pairs and identity (benchmarks and simulations do)")
+        self.node = node
+        self.agreement = agreement
+        self.identity = identity or node.identity  # type: ignore[union-attr]
+        mine = base_model_sha256(agreement.base_model)
+        if mine != agreement.base_model_sha256:
+            raise FederationError(f"this node's copy of {agreement.base_model!r} hashes to {mine[:16]}..., the "
+                                  f"agreement says {agreement.base_model_sha256[:16]}...; install the agreed backbone")
+        self.pairs = pairs if pairs is not None else local_pairs(node)  # type: ignore[arg-type]
+        if not self.pairs:
+            raise FederationError("this node has no preference pairs to train on; import comparisons first")
+        self.model, self.tokenizer = build_model(agreement)
+        self.encoder = PairEncoder(self.tokenizer, agreement.max_length, min(16, agreement.max_length // 4))
+        self.data = tokenize_pairs(self.pairs, self.encoder)
+        self.collator = PairCollator(self.encoder.pad_token_id)
+
+    def train(self, global_arrays: Arrays, round: int) -> tuple[Arrays, int, dict[str, float]]:
+        """`local_epochs` of AdamW on this node's pairs, from the global arrays."""
+        a = self.agreement
+        load_shared(self.model, global_arrays)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=a.learning_rate, weight_decay=0.0)
+        sampler = LengthGroupedBatchSampler(self.data.lengths, a.batch_size, seed=a.seed + round)
+        self.model.train()
+        total, steps = 0.0, 0
+        for epoch in range(a.local_epochs):
+            sampler.set_epoch(epoch)
+            for idx in sampler:
+                batch = self.collator([self.data[i] for i in idx])
+                b = len(idx)
+                r = rewards(self.model, batch).float()  # (2B,) chosen rows first
+                loss = reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                total += float(loss.detach())
+                steps += 1
+        self.model.eval()
+        return shared_arrays(self.model), len(self.pairs), {"train-loss": total / max(steps, 1)}
+
+    def finalize(self, global_arrays: Arrays, chain: list[str]) -> str:
+        """Verify the chain against the final arrays, save the model, register it as "federated"."""
+        verify_chain(chain, self.agreement, final_sha256=arrays_sha256(global_arrays))
+        if self.node is None:
+            raise FederationError("this participant has no node to register the model in")
+        return str(register_federated(self.node, self.agreement, global_arrays, chain).id)
+
+
+def register_federated(node: Node, agreement: Agreement, global_arrays: Arrays, chain: list[str]) -> Any:
+    """Save the merged federated model under models_dir and register it with its manifest chain."""
+    model, tokenizer = build_model(agreement)
+    load_shared(model, global_arrays)
+    model.eval()
+    digest = arrays_sha256(global_arrays)
+    out = node.config.models_dir / f"federated-{agreement.name}-{digest[:12]}"
+    card = {"kind": MODEL_KIND, "federation": agreement.name, "federation_id": agreement.federation_id,
+            "rounds": len(chain), "scoring": {"max_length": agreement.max_length,
+                                              "min_prompt_tokens": min(16, agreement.max_length // 4)}}
+    if not out.exists():
+        sha = save_reward_model(model, tokenizer, out, card)
+        (out / SHARED_ARRAYS_FILE).write_bytes(encode_arrays(global_arrays))
+    else:
+        sha = file_sha256(out / WEIGHTS_FILE)
+    agreement_env = (federation_dir(node.config.home, agreement.name) / AGREEMENT_FILE).read_text()
+    return node.store.register_model(
+        name=f"federated-{agreement.name}", kind=MODEL_KIND, path=str(out), sha256=sha,
+        base_model=agreement.base_model, snapshot_id=None,
+        metrics={"rounds": len(chain)},
+        provenance={"federation": agreement.name, "federation_id": agreement.federation_id,
+                    "agreement": agreement_env, "manifests": list(chain), "shared_arrays_sha256": digest,
+                    "registered_at": int(time.time())},
+    )
+
+
+def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict[str, Any]:
+    """Re-check a federated model: weights hash, agreement, every manifest and contribution signature,
+    the shared arrays against the last manifest and (check_merge) the weights against the arrays.
+    Raises `ChainBroken` naming the first break."""
+    from federation.agreement import verify_agreement
+
+    entry = node.store.get_model(model_id)
+    if entry.kind != MODEL_KIND:
+        raise ChainBroken(f"model {entry.id} is {entry.kind!r}, not federated: it has no manifest chain to verify")
+    path = Path(entry.path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file() or file_sha256(weights) != entry.sha256:
+        raise ChainBroken(f"{weights} is missing or does not hash to the registered sha256 {entry.sha256[:16]}...")
+    prov = entry.provenance
+    try:
+        agreement = verify_agreement(str(prov["agreement"]).encode("utf-8"))
+    except (KeyError, FederationError) as exc:
+        raise ChainBroken(f"the model's agreement does not verify: {exc}") from None
+    if agreement.federation_id != prov.get("federation_id"):
+        raise ChainBroken("the provenance names another federation than its signed agreement")
+    arrays_file = path / SHARED_ARRAYS_FILE
+    try:
+        arrays = decode_arrays(arrays_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ChainBroken(f"{arrays_file} is missing or damaged: {exc}") from None
+    digest = arrays_sha256(arrays)
+    if digest != prov.get("shared_arrays_sha256"):
+        raise ChainBroken(f"{arrays_file} hashes to {digest[:16]}..., the registry recorded "
+                          f"{str(prov.get('shared_arrays_sha256'))[:16]}...")
+    manifests = verify_chain(list(prov.get("manifests", [])), agreement, final_sha256=digest)
+    if check_merge:
+        from safetensors.torch import load_file
+
+        model, _ = build_model(agreement)
+        load_shared(model, arrays)
+        merge = getattr(model, "merge_and_unload", None)
+        merged = merge() if callable(merge) else model
+        saved = load_file(str(weights))
+        state = merged.state_dict()
+        for key, tensor in saved.items():
+            if key in state and not torch.allclose(state[key].float(), tensor.float(), atol=1e-5):
+                raise ChainBroken(f"weight {key} of {weights} differs from base + the federated shared arrays")
+    return {"model": entry.id, "federation": agreement.name, "rounds": len(manifests),
+            "contributors": sorted({c["sender"] for m in manifests for c in m.contributions}),
+            "rejections": sum(len(m.rejections) for m in manifests)}
+
+
+# --- ensemble ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnsembleScore:
+    """One (prompt, response) scored by both models."""
+
+    reward: float
+    """Weighted mean of the standardized personal and federated rewards."""
+    personal: float
+    federated: float
+    disagreement: float
+    """|z_personal - z_federated|: large when the node's own preferences and the federation's differ."""
+
+
+class EnsembleScorer:
+    """Personal + federated reward models; rewards are standardized per model before mixing."""
+
+    def __init__(self, personal: str | Path, federated: str | Path, *, personal_weight: float = 0.5,
+                 reference: tuple[list[str], list[str]] | None = None) -> None:
+        if not 0.0 <= personal_weight <= 1.0:
+            raise ValueError(f"personal_weight must be in [0, 1], got {personal_weight}")
+        self.personal = RewardScorer(personal)
+        self.federated = RewardScorer(federated)
+        self.w = personal_weight
+        self._stats: tuple[float, float, float, float] | None = None
+        if reference is not None:  # fixed standardization, so a single response scores the same every time
+            p, f = np.array(self.personal.score(*reference)), np.array(self.federated.score(*reference))
+            self._stats = (float(p.mean()), float(p.std() or 1.0), float(f.mean()), float(f.std() or 1.0))
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[EnsembleScore]:
+        p = np.array(self.personal.score(prompts, responses))
+        f = np.array(self.federated.score(prompts, responses))
+        mp, sp, mf, sf = self._stats or (float(p.mean()), float(p.std() or 1.0), float(f.mean()), float(f.std() or 1.0))
+        zp, zf = (p - mp) / sp, (f - mf) / sf
+        return [EnsembleScore(float(self.w * a + (1 - self.w) * b), float(x), float(y), float(abs(a - b)))
+                for a, b, x, y in zip(zp, zf, p, f, strict=True)]
+
+
+def read_join(home: Path, name: str) -> dict[str, Any]:
+    path = federation_dir(home, name) / JOIN_FILE
+    if not path.is_file():
+        raise NodeError(f"this node has not joined federation {name!r}; run `rewardnode federation join {name} "
+                        "--coordinator HOST:PORT --agreement FILE`")
+    value: dict[str, Any] = parse_json(path.read_bytes())
+    return value
+
+
+def write_join(home: Path, name: str, values: dict[str, Any]) -> None:
+    path = federation_dir(home, name) / JOIN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def agreement_for(home: Path, name: str) -> Agreement:
+    return load_agreement(federation_dir(home, name) / AGREEMENT_FILE)
+
+
+# --- running a federation ---------------------------------------------------------------------------
+
+
+def coordinator_state(node: Node, agreement: Agreement) -> Any:
+    """A fresh coordinator state for `agreement` (round 0, initial arrays from the agreement seed)."""
+    from federation.rounds import FederationState
+
+    return FederationState(agreement, node.identity, initial_arrays(agreement))
+
+
+def save_round(node: Node, agreement: Agreement, result: Any) -> None:
+    """Keep the signed manifest and the new global arrays under federation/<name>/rounds/."""
+    rounds = federation_dir(node.config.home, agreement.name) / "rounds"
+    rounds.mkdir(parents=True, exist_ok=True)
+    (rounds / f"round-{result.round:04d}.manifest.json").write_text(result.manifest + "\n")
+    (rounds / f"global-{result.round:04d}.arrays").write_bytes(encode_arrays(result.global_arrays))
+
+
+def _constant(participant: NodeParticipant) -> Any:
+    return lambda _context: participant
+
+
+def run_local(coordinator_home: Path, member_homes: list[Path], name: str, *,
+              on_reply: Any = None, before_round: Any = None) -> Any:
+    """Run federation `name` in one process: the real ServerApp loop and ClientApps on a LocalGrid.
+
+    Each member is a node home on this machine that has joined the federation. `on_reply(node_id,
+    message)` sees every reply a ClientApp sends; `before_round(grid, round)` can inject faults.
+    """
+    from flwr.app import Context, RecordDict
+
+    from federation.apps import make_client_app, run_federation
+    from federation.local_grid import LocalGrid
+
+    coord = Node.open(coordinator_home)
+    agreement = agreement_for(coord.config.home, name)
+    members = [Node.open(h) for h in member_homes]
+    participants = {i + 1: NodeParticipant(m, agreement_for(m.config.home, name)) for i, m in enumerate(members)}
+    nodes = {i: (make_client_app(_constant(p)), Context(run_id=1, node_id=i, node_config={}, state=RecordDict(),
+                                                         run_config={}))
+             for i, p in participants.items()}
+    grid = LocalGrid(nodes, on_reply=on_reply)
+    state = coordinator_state(coord, agreement)
+    try:
+        if before_round is not None:
+            before_round(grid, 1)
+
+        def after(result: Any) -> None:
+            save_round(coord, agreement, result)
+            if before_round is not None and result.round < agreement.rounds:
+                before_round(grid, result.round + 1)
+
+        return run_federation(grid, state, on_round=after, node_wait_s=0.0)
+    finally:
+        grid.shutdown()
+        for n in (coord, *members):
+            n.close()
+
+
+# --- the deployment engine (Flower SuperLink / SuperNodes) ------------------------------------------
+
+TLS_DIR = "tls"
+OUTCOME_FILE = "outcome.json"
+RUN_CONFIG_HOME = "home"
+RUN_CONFIG_FEDERATION = "federation"
+_participants: dict[tuple[str, str], NodeParticipant] = {}
+
+
+def _participant_for(context: Any) -> NodeParticipant:
+    """The member this SuperNode serves: node home from --node-config, federation from the run config."""
+    home, name = str(context.node_config[RUN_CONFIG_HOME]), str(context.run_config[RUN_CONFIG_FEDERATION])
+    key = (home, name)
+    if key not in _participants:
+        node = Node.open(home)
+        _participants[key] = NodeParticipant(node, agreement_for(node.config.home, name))
+    return _participants[key]
+
+
+def _coordinator_for(context: Any) -> Any:
+    node = Node.open(str(context.run_config[RUN_CONFIG_HOME]))
+    name = str(context.run_config[RUN_CONFIG_FEDERATION])
+    agreement = agreement_for(node.config.home, name)
+    state = coordinator_state(node, agreement)
+    state.node = node  # kept for the round callbacks
+    return state
+
+
+def _server_app() -> Any:
+    from federation.apps import make_server_app
+
+    holder: dict[str, Any] = {}
+
+    def state_for(context: Any) -> Any:
+        holder["state"] = _coordinator_for(context)
+        return holder["state"]
+
+    def on_round(result: Any) -> None:
+        state = holder["state"]
+        save_round(state.node, state.agreement, result)
+
+    def on_done(outcome: Any) -> None:
+        state = holder["state"]
+        path = federation_dir(state.node.config.home, state.agreement.name) / "rounds" / OUTCOME_FILE
+        path.write_text(json.dumps({
+            "rounds": len(outcome.rounds), "registered": {str(k): v for k, v in outcome.registered.items()},
+            "round_seconds": list(outcome.round_seconds), "train_seconds": list(outcome.train_seconds),
+            "accepted": [len(r.accepted) for r in outcome.rounds],
+            "rejected": [[x.to_dict() for x in r.rejected] for r in outcome.rounds]}, indent=2) + "\n")
+
+    return make_server_app(state_for, on_done=on_done, on_round=on_round)
+
+
+def _client_app() -> Any:
+    from federation.apps import make_client_app
+
+    return make_client_app(_participant_for)
+
+
+# The Flower components `flwr run` loads (node.federated:server_app / :client_app); Flower checks
+# for these names statically, so they are plain module attributes.
+server_app = _server_app()
+client_app = _client_app()
+
+
+def prepare_tls(home: Path, name: str) -> Path:
+    """Generate the federation's CA + SuperLink certificate (coordinator, at create time); returns ca.pem."""
+    from federation.deployment import make_tls
+
+    return make_tls(federation_dir(home, name) / TLS_DIR).ca_cert
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so `finally` stops the Flower processes this command started."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1", timeout_s: float = 3600.0) -> dict[str, Any]:
+    """Start the TLS SuperLink on port `port`, submit the app with `flwr run`, wait for the run to end,
+    stop the SuperLink; returns the outcome the ServerApp wrote."""
+    from federation.deployment import TlsFiles, flwr_run, start_superlink, write_app, write_connection
+
+    fed = federation_dir(home, name)
+    tls_dir = fed / TLS_DIR
+    tls = TlsFiles(tls_dir / "ca.pem", tls_dir / "server.pem", tls_dir / "server.key")
+    if not tls.server_key.is_file():
+        raise NodeError(f"no TLS material in {tls_dir}; it is made by `rewardnode federation create`")
+    work = fed / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    outcome_path = fed / "rounds" / OUTCOME_FILE
+    outcome_path.unlink(missing_ok=True)
+    _exit_on_sigterm()
+    superlink = start_superlink(work, port, tls, host=host)
+    try:
+        write_connection(work / "flwr", f"127.0.0.1:{port}", tls.ca_cert)
+        app = write_app(work / "app", "node.federated:server_app", "federation.worker:client_app")
+        done = flwr_run(work, app, {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name}, timeout_s)
+        (work / "flwr-run.log").write_text(done.stdout + done.stderr)
+    finally:
+        superlink.stop()
+    if not outcome_path.is_file():
+        raise NodeError(f"the federation run ended without an outcome (a round below quorum, or a crash); see "
+                        f"{work / 'flwr-run.log'} and {work / 'superlink.log'}")
+    outcome: dict[str, Any] = json.loads(outcome_path.read_text())
+    return outcome
+
+
+def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float = 3600.0) -> str | None:
+    """Run this member's SuperNode and its warm worker until the federated model lands in its registry
+    (or until stopped: serve)."""
+    import tempfile
+
+    from federation.deployment import start_supernode
+    from federation.worker import NODE_CONFIG_SOCKET, Worker
+
+    agreement = agreement_for(home, name)
+    join = read_join(home, name)
+    fed = federation_dir(home, name)
+    ca = fed / str(join["ca"]) if join.get("ca") else None
+    work = fed / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    sock = work / "worker.sock"
+    if len(str(sock)) > 100:  # AF_UNIX paths are limited to ~108 bytes
+        sock = Path(tempfile.mkdtemp(prefix="rewardnode-")) / "worker.sock"
+    _exit_on_sigterm()
+    with Node.open(home) as node:
+        before = {m.id for m in node.store.list_models()}
+        worker = Worker(NodeParticipant(node, agreement), sock)  # model, data and key stay warm in this process
+        proc = start_supernode(work, str(join["coordinator"]), ca,
+                               {RUN_CONFIG_HOME: str(home), NODE_CONFIG_SOCKET: str(sock)})
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if proc.popen.poll() is not None:
+                    raise NodeError(f"the SuperNode exited ({proc.popen.returncode}); see {proc.log}")
+                if not serve:
+                    new = [m for m in node.store.list_models() if m.id not in before and m.kind == MODEL_KIND
+                           and m.provenance.get("federation_id") == agreement.federation_id]
+                    if new:
+                        return new[-1].id
+                time.sleep(0.5)
+            raise NodeError(f"no federated model arrived within {timeout_s:g}s; is the coordinator running?")
+        finally:
+            proc.stop()
+            worker.close()
+            if sock.parent != work:
+                sock.parent.rmdir()

@@ -1,0 +1,213 @@
+"""Poisoning benchmark: 1 of N members attacks; robust rules vs FedAvg, on the real federation code.
+
+    python scripts/bench_federation.py [--nodes 4] [--rounds 3] [--pairs 48] [--base-model DIR|minilm]
+
+Every run goes through federation/apps.py (ServerApp loop, ClientApp handlers, signed contributions,
+verification, aggregation, signed manifests) on the in-process LocalGrid. Member 0 attacks:
+
+- label-flip: trains on its pairs with chosen and rejected swapped;
+- scale100:   sends 100 x its honest update;
+- sign-flip:  sends -10 x its honest update.
+
+--deployment N measures instead the round overhead of Flower's deployment engine: a TLS SuperLink
+and N SuperNodes on 127.0.0.1 (one node home each, created in a temp folder with the CLI), 3 rounds,
+`rewardnode federation run` on every side, timings read from the coordinator's outcome.json.
+
+Reported: dev pair accuracy of the final global model on held-out pairs (higher is better) and,
+per run, the in-process round overhead (round time minus the slowest member's training time).
+Without --base-model a tiny BERT is built in a temp folder (seconds); numbers are then about the
+aggregation rules, not about reward-model quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from federation.agreement import Agreement  # noqa: E402
+from federation.apps import make_client_app, run_federation  # noqa: E402
+from federation.codec import Arrays  # noqa: E402
+from federation.local_grid import LocalGrid  # noqa: E402
+from federation.rounds import FederationState  # noqa: E402
+from node.federated import NodeParticipant, base_model_sha256, build_model, initial_arrays, load_shared  # noqa: E402
+from node.rm.data import PairCollator, PairEncoder, PreferencePair, tokenize_pairs  # noqa: E402
+from node.rm.model import rewards  # noqa: E402
+from protocol.identity import Identity  # noqa: E402
+
+ATTACKS = ("none", "label-flip", "scale100", "sign-flip")
+STRATEGIES = ("fedavg", "median", "trimmed-mean", "krum")
+
+
+class Attacker:
+    """Wraps an honest participant and poisons what it sends (the signature is still valid: an insider)."""
+
+    def __init__(self, honest: NodeParticipant, attack: str) -> None:
+        self.honest, self.attack = honest, attack
+        self.identity = honest.identity
+        self.flipped: list[PreferencePair] | None = None
+
+    @property
+    def agreement(self) -> Agreement:
+        return self.honest.agreement
+
+    def train(self, global_arrays: Arrays, round: int) -> tuple[Arrays, int, dict[str, float]]:
+        if self.attack == "label-flip":
+            saved = self.honest.data
+            if self.flipped is None:
+                self.flipped = [PreferencePair(p.prompt, p.rejected, p.chosen) for p in self.honest.pairs]
+            self.honest.data = tokenize_pairs(self.flipped, self.honest.encoder)
+            try:
+                return self.honest.train(global_arrays, round)
+            finally:
+                self.honest.data = saved
+        local, n, metrics = self.honest.train(global_arrays, round)
+        factor = {"scale100": 100.0, "sign-flip": -10.0}.get(self.attack, 1.0)
+        return {k: global_arrays[k] + factor * (local[k] - global_arrays[k]) for k in local}, n, metrics
+
+    def finalize(self, global_arrays: Arrays, chain: list[str]) -> str:
+        return ""
+
+
+def accuracy(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) -> float:
+    model, tokenizer = build_model(agreement)
+    load_shared(model, arrays)
+    model.eval()
+    encoder = PairEncoder(tokenizer, agreement.max_length, min(16, agreement.max_length // 4))
+    data = tokenize_pairs(pairs, encoder)
+    batch = PairCollator(encoder.pad_token_id)([data[i] for i in range(len(data))])
+    with torch.inference_mode():
+        r = rewards(model, batch).float()  # (2B,)
+    b = len(pairs)
+    return float((r[:b] > r[b:]).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=48, help="pairs per member")
+    parser.add_argument("--base-model", default=None)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--deployment", type=int, default=0, metavar="N",
+                        help="measure the deployment engine's round overhead with N members instead")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.deployment:
+        deployment_overhead(args.deployment, args.rounds)
+        return
+    from tests.federation.conftest import build_tiny_bert, secret_pairs
+
+    tmp = tempfile.TemporaryDirectory()
+    base = args.base_model or str(build_tiny_bert(Path(tmp.name)))
+    coordinator = Identity.generate()
+    members = [Identity.generate() for _ in range(args.nodes)]
+
+    def pairs_of(seed: int, n: int) -> list[PreferencePair]:
+        return [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in secret_pairs(n, seed, f"n{seed}")]
+
+    def agreement(strategy: str) -> Agreement:
+        return Agreement(name="bench", coordinator=coordinator.public_key_hex,
+                         members=tuple(m.public_key_hex for m in members), base_model=base,
+                         base_model_sha256=base_model_sha256(base), strategy=strategy, rounds=args.rounds,
+                         min_participants=args.nodes - 1, learning_rate=0.01, max_length=32, n_byzantine=1,
+                         trim_fraction=0.25, round_timeout_s=600)
+
+    first = agreement("fedavg")
+    honest = [NodeParticipant(None, first, pairs=pairs_of(i, args.pairs), identity=m) for i, m in enumerate(members)]
+    dev = pairs_of(1000, 200)
+    init = initial_arrays(first)
+    print(f"{args.nodes} members x {args.pairs} pairs, {args.rounds} rounds, base {Path(base).name}; "
+          f"dev accuracy of the initial model {accuracy(first, init, dev):.3f}")
+    print(f"{'attack':>11} | " + " | ".join(f"{s:>12}" for s in args.strategies.split(",")))
+    overheads: list[float] = []
+    for attack in args.attacks.split(","):
+        row = []
+        for strategy in args.strategies.split(","):
+            a = agreement(strategy)
+            for p in honest:
+                p.agreement = a
+            participants: list[object] = [Attacker(honest[0], attack) if attack != "none" else honest[0], *honest[1:]]
+            nodes = {i + 1: (make_client_app(lambda ctx, p=p: p), _context(i + 1)) for i, p in enumerate(participants)}
+            grid = LocalGrid(nodes)
+            t0 = time.perf_counter()
+            outcome = run_federation(grid, FederationState(a, coordinator, init), node_wait_s=0.0, finalize=False)
+            grid.shutdown()
+            overheads += [r - t for r, t in zip(outcome.round_seconds, outcome.train_seconds, strict=True)]
+            row.append(f"{accuracy(a, outcome.final, dev):.3f} ({time.perf_counter() - t0:4.1f}s)")
+        print(f"{attack:>11} | " + " | ".join(f"{c:>12}" for c in row), flush=True)
+    print(f"in-process round overhead (round - slowest member's training): median "
+          f"{statistics.median(overheads) * 1000:.0f} ms, max {max(overheads) * 1000:.0f} ms over {len(overheads)} rounds")
+    print(f"update size per member: {sum(v.size for v in init.values())} float32 "
+          f"({sum(v.size for v in init.values()) * 4 / 1024:.1f} KiB)")
+    _ = np
+
+
+def deployment_overhead(n: int, rounds: int) -> None:
+    import json
+    import subprocess
+
+    from federation.deployment import free_port, wait_for_port
+    from node.cli import main as cli
+    from tests.federation.conftest import build_tiny_bert, secret_pairs
+
+    root = Path(tempfile.mkdtemp(prefix="bench-fed-"))
+    bert = build_tiny_bert(root / "bert")
+    port = free_port()
+    keys, homes = [], []
+    coord = root / "coord"
+    cli(["--home", str(coord), "init", "--name", "coord"])
+    for i in range(n):
+        home = root / f"org{i}"
+        cli(["--home", str(home), "init", "--name", f"org{i}"])
+        data = home / "pairs.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in secret_pairs(32, i, f"t{i}")))
+        cli(["--home", str(home), "import", str(data)])
+        keys.append(Identity.load(home / "identity.key").public_key_hex)
+        homes.append(home)
+    create = ["--home", str(coord), "federation", "create", "fed", "--base-model", str(bert), "--rounds",
+              str(rounds), "--max-length", "32"]
+    cli(create + [x for k in keys for x in ("--member", k)])
+    fed = coord / "federation" / "fed"
+    for home in homes:
+        cli(["--home", str(home), "federation", "join", "fed", "--coordinator", f"127.0.0.1:{port}", "--agreement",
+             str(fed / "agreement.json"), "--ca", str(fed / "tls" / "ca.pem")])
+    run = [sys.executable, "-m", "node.cli"]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(run + ["--home", str(coord), "federation", "run", "fed", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    wait_for_port(port, 120)
+    procs += [subprocess.Popen(run + ["--home", str(h), "federation", "run", "fed"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) for h in homes]
+    codes = [p.wait(900) for p in procs]
+    wall = time.perf_counter() - t0
+    outcome = json.loads((fed / "rounds" / "outcome.json").read_text())
+    rs, ts = outcome["round_seconds"], outcome["train_seconds"]
+    print(f"deployment engine, TLS, {n} members on 127.0.0.1, exit codes {codes}, {wall:.1f}s wall end to end")
+    for i, (r, t) in enumerate(zip(rs, ts, strict=True), start=1):
+        print(f"  round {i}: {r:.2f}s, slowest member trained {t:.3f}s -> overhead {r - t:.2f}s")
+    print(f"  (files under {root})")
+
+
+def _context(node_id: int):  # type: ignore[no-untyped-def]
+    from flwr.app import Context, RecordDict
+
+    return Context(run_id=1, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
+
+
+if __name__ == "__main__":
+    main()

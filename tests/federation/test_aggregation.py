@@ -1,0 +1,90 @@
+"""Every aggregation rule equals a naive numpy reference written from its definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from federation import aggregation as agg
+
+
+@pytest.fixture
+def updates() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(7, 5))
+
+
+def test_fedavg_matches_loop(updates: np.ndarray) -> None:
+    w = np.arange(1.0, 8.0)
+    ref = sum(w[k] * updates[k] for k in range(7)) / w.sum()
+    np.testing.assert_allclose(agg.fedavg(updates, w), ref)
+
+
+def test_median_matches_per_coordinate_sort(updates: np.ndarray) -> None:
+    ref = [sorted(updates[:, j])[3] for j in range(5)]
+    np.testing.assert_allclose(agg.coordinate_median(updates), ref)
+
+
+def test_trimmed_mean_matches_per_coordinate_trim(updates: np.ndarray) -> None:
+    b = int(0.3 * 7)
+    ref = [np.mean(sorted(updates[:, j])[b: 7 - b]) for j in range(5)]
+    np.testing.assert_allclose(agg.trimmed_mean(updates, 0.3), ref)
+
+
+def test_krum_matches_brute_force(updates: np.ndarray) -> None:
+    f = 2
+    m = 7 - f - 2
+    scores = []
+    for i in range(7):
+        d = sorted(float(np.sum((updates[i] - updates[j]) ** 2)) for j in range(7) if j != i)
+        scores.append(sum(d[:m]))
+    np.testing.assert_allclose(agg.krum_scores(updates, f), scores, rtol=1e-9)
+    best = int(np.argmin(scores))
+    np.testing.assert_allclose(agg.krum(updates, f), updates[best])
+    sel = list(np.argsort(scores)[:3])
+    out, chosen = agg.multi_krum(updates, f, 3)
+    assert chosen == sel
+    np.testing.assert_allclose(out, updates[sel].mean(axis=0))
+
+
+def test_clipping_caps_norm_and_keeps_direction() -> None:
+    u = np.array([3.0, 4.0])
+    np.testing.assert_allclose(agg.clip_by_norm(u, 1.0), u / 5)
+    np.testing.assert_allclose(agg.clip_by_norm(u, 10.0), u)
+    rows = agg.clip_rows(np.array([[3.0, 4.0], [0.3, 0.4]]), 1.0)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), [1.0, 0.5])
+
+
+def test_dp_noise_has_the_calibrated_scale() -> None:
+    rng = np.random.default_rng(1)
+    u = np.full(20000, 10.0)
+    out = agg.dp_privatize(u, clip_norm=1.0, noise_multiplier=0.5, rng=rng)
+    noise = out - agg.clip_by_norm(u, 1.0)
+    assert abs(noise.std() - 0.5) < 0.02
+
+
+def test_robust_rules_resist_one_scaled_attacker() -> None:
+    rng = np.random.default_rng(2)
+    honest = rng.normal(1.0, 0.1, size=(4, 10))
+    bad = np.vstack([honest, -100.0 * honest[0]])
+    w = np.ones(5)
+    for name in ("median", "trimmed-mean", "krum"):
+        assert np.abs(agg.aggregate(name, bad, w) - 1.0).max() < 0.5, name
+    assert np.abs(agg.aggregate("fedavg", bad, w) - 1.0).max() > 10
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        agg.fedavg(np.array([[np.nan]]), np.ones(1))
+    with pytest.raises(ValueError, match="weights"):
+        agg.fedavg(np.ones((2, 2)), np.array([1.0]))
+    with pytest.raises(ValueError, match="unknown strategy"):
+        agg.aggregate("mean-ish", np.ones((2, 2)), np.ones(2))
+
+
+def test_flatten_roundtrip() -> None:
+    arrays = {"a": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.float32)}
+    names = sorted(arrays)
+    v = agg.flatten(arrays, names)
+    back = agg.unflatten(v, arrays, names)
+    for n in names:
+        np.testing.assert_array_equal(back[n], arrays[n])
