@@ -23,11 +23,12 @@ SAMPLES = Path(__file__).resolve().parents[2] / "node" / "samples"
 
 # ---- strategies ------------------------------------------------------------------------------
 
+# NUL is left out: import refuses it (PostgreSQL cannot store it), see test_importing.py.
 TRICKY = ["a,b", 'say "hi"', "line1\nline2", "\n\nHuman: q\n\nAssistant:", "ü€😀", "tab\there", "\\u0041", "{}"]
-text = (st.text(st.characters(codec="utf-8"), min_size=1, max_size=40) | st.sampled_from(TRICKY)).filter(
-    lambda s: not s.isspace())
+chars = st.characters(codec="utf-8", exclude_characters="\x00")
+text = (st.text(chars, min_size=1, max_size=40) | st.sampled_from(TRICKY)).filter(lambda s: not s.isspace())
 shared_text = st.sampled_from(["p1", "p2", "x", "y", "z"]) | text  # shared prompts/responses make groups
-name = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12).filter(lambda s: not s.isspace())
+name = st.text(chars, min_size=1, max_size=12).filter(lambda s: not s.isspace())
 maybe_name = st.none() | name
 unit = st.none() | st.floats(0, 1)
 timezones = st.none() | st.builds(lambda m: timezone(timedelta(minutes=m)), st.integers(-23 * 60, 23 * 60))
