@@ -147,11 +147,3 @@ def test_user_mistakes_are_one_line(tmp_path: Path, home: Path) -> None:
     unknown = rn("frobnicate")
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
 
-
-def test_demo_quick_runs(tmp_path: Path) -> None:
-    env = {**os.environ, "REWARDNODE_DEMO_DIR": str(tmp_path / "demo")}
-    proc = subprocess.run([sys.executable, "-m", "node.demo", "--quick"], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "alpha" in proc.stdout and "hh-rlhf" in proc.stdout and "ambiguity queue" in proc.stdout
-    assert (tmp_path / "demo" / "org-a" / "store.db").exists()

@@ -1,0 +1,68 @@
+"""Tiny models for `python -m node.demo --quick`, built from configs in seconds, nothing downloaded.
+
+- a 2-layer BERT reward-model backbone (saved headless, like all-MiniLM-L6-v2) with a WordPiece
+  tokenizer trained here on the demo's own texts;
+- a 2-layer Llama policy with a byte-level BPE tokenizer trained here, and a one-line chat template.
+
+They learn little; they let the quick demo (and its test) run every step of the real pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 2000, seed: int = 0) -> Path:
+    """A 2-layer BERT (hidden 32) + WordPiece tokenizer trained on `texts`, saved to `out`."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.decoder = decoders.WordPiece()
+    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+def build_tiny_policy(out: Path, texts: Sequence[str], *, vocab_size: int = 600, seed: int = 0) -> Path:
+    """A 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained on `texts`, saved to `out`."""
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>",
+                                        model_max_length=1024)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tok.token_to_id("<s>"),
+        eos_token_id=tok.token_to_id("</s>"), pad_token_id=tok.token_to_id("</s>"), tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out

@@ -1,0 +1,86 @@
+"""`python -m node.demo --quick` end to end, as `make demo QUICK=1` runs it: three node homes with private
+and federated reward models (the federated one verifies on every node), a PPO log, the ONNX export
+(int8, or the gate's refusal reported and fp32 written instead), the final table and the HTML report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(400)
+ORGS = ("org-a", "org-b", "org-c")
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_quick_demo_runs_every_step(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    env = {**os.environ, "REWARDNODE_DEMO_DIR": str(demo), "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "node.demo", "--quick"], capture_output=True, text=True, env=env,
+                          timeout=380, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+
+    # every step is shown as the command it runs, the engine is named
+    for command in ("init --name org-a", "import", "aggregate", "train --base", "peers add", "federation create",
+                    "federation run demo-fed --engine local", "verify", "eval --model", "rl --policy",
+                    "export --model"):
+        assert f" {command}" in out, command
+    assert "engine: in-process" in out
+
+    results = json.loads((demo / "demo_results.json").read_text())
+    fed_ids = set()
+    for org in ORGS:
+        home = demo / org
+        assert (home / "store.db").is_file() and (home / "identity.key").is_file()
+        models = json.loads(_cli(home, "models", "--json").stdout)
+        kinds = {m["kind"] for m in models}
+        assert {"personal", "federated"} <= kinds, models
+        [fed] = [m for m in models if m["kind"] == "federated"]
+        verified = _cli(home, "verify", fed["id"], "--json")
+        assert verified.returncode == 0, verified.stderr
+        report = json.loads(verified.stdout)
+        assert report["rounds"] == 3 and len(report["contributors"]) == 3
+        fed_ids.add(fed["id"])
+        join = json.loads((home / "federation" / "demo-fed" / "join.json").read_text()) if org != "org-a" else {}
+        assert org == "org-a" or join["learned_via"] == "gossip"
+    assert len(fed_ids) == 1
+
+    # the private models stay private: each home registers only its own personal model
+    personal = {org: [m["path"] for m in json.loads(_cli(demo / org, "models", "--json").stdout)
+                      if m["kind"] == "personal"] for org in ORGS}
+    for org, paths in personal.items():
+        assert len(paths) == 1 and paths[0].startswith(str(demo / org))
+
+    log = [json.loads(line) for line in (demo / "org-a" / "rl" / "demo-ppo" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all("audit_reward" in r and "kl" in r for r in log)
+
+    export = results["export"]
+    if export["ok"]:
+        assert list((demo / "export" / "federated-int8").glob("*int8*.onnx")), "int8 export missing"
+        assert "int8 fidelity gate PASSED" in out
+    else:  # the gate refused: said so, nothing forced, fp32 written instead
+        assert "int8 fidelity gate failed" in out + done.stderr and "nothing was forced" in out
+        assert not (demo / "export" / "federated-int8").exists() or not any((demo / "export" / "federated-int8")
+                                                                             .iterdir())
+        assert (demo / "export" / "federated-fp32" / "model.onnx").is_file()
+
+    # the final table
+    assert "reward-model accuracy on each source's held-out pairs" in out
+    for source in ("hh-rlhf", "finegrained-rlhf", "llmbar"):
+        assert any(line.strip().startswith(source) and "%" in line for line in out.splitlines())
+    for label in ("PPO reward", "audit reward", "KL to reference"):
+        assert label in out
+    assert "sha256" in out and str(demo) in out
+    page = (demo / "demo_report.html").read_text()
+    assert page.count("<svg") >= 3 and "federated" in page
