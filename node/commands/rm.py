@@ -92,6 +92,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--port", type=int, metavar="N", help="TCP port (default: [server] port, else 8080)")
         parser.add_argument("--model", metavar="ID", action="append", help="serve these registered models "
                             "(repeatable; the first is the default; default: the newest personal model)")
+        parser.add_argument("--no-p2p", action="store_true", help="do not start the libp2p host (node.toml [p2p]: "
+                            "discovery, signed gossip, model transfer) beside the HTTP API")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +415,21 @@ def run_serve(args: argparse.Namespace) -> int:
         if not args.model and not node.store.list_models():
             print("warning: no reward model is registered: /v1/score and /v1/compare are off; train one with "
                   "`rewardnode train`", file=sys.stderr)
-        run_server(app, config.host, config.port)
+        p2p = None
+        if not args.no_p2p:
+            from node.p2p import NodeP2P
+
+            try:
+                p2p = NodeP2P.for_node(node).start()
+            except NodeError as e:
+                raise NodeError(f"{e}; free the [p2p] listen port in {node.config.config_path}, or serve "
+                                "without peers: --no-p2p") from None
+            print(f"p2p: peer {p2p.host.peer_id} listening on {', '.join(p2p.host.addrs)}", file=sys.stderr)
+        try:
+            run_server(app, config.host, config.port)
+        finally:
+            if p2p is not None:
+                p2p.stop()
     finally:
         node.close()
     return 0

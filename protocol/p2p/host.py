@@ -121,6 +121,10 @@ class P2PHost:
             err = self._error
             self.stop()
             raise HostError(f"p2p host failed to start: {err!r}; check [p2p] listen in node.toml") from err
+        if self.config.listen and not self.addrs:  # py-libp2p logs a failed bind and goes on listening nowhere
+            self.stop()
+            raise HostError(f"p2p host could not listen on {', '.join(self.config.listen)} (port in use or "
+                            "address not local)")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
