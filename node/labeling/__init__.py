@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from node.labeling.auth import (
     login_submit,
     logout,
 )
-from node.labeling.dashboard import dashboard
+from node.labeling.dashboard import HOME_KEY, dashboard
 from node.labeling.pages import campaigns_page, label_page, label_submit
 from node.labeling.service import SERVICE_KEY, LabelingService, LabelingSettings, PairScorer
 from storage.store import Store
@@ -43,8 +44,10 @@ def _page(method: str, path: str, handler: object, summary: str, operation_id: s
 
 
 def labeling_feature(store: Store, *, settings: LabelingSettings | None = None,
-                     scorer_loader: Callable[[], PairScorer] | None = None) -> Feature:
-    """The Feature: pages, ingestion API, dashboard, and the store-backed authenticators."""
+                     scorer_loader: Callable[[], PairScorer] | None = None, home: Path | None = None) -> Feature:
+    """The Feature: pages, ingestion API, dashboard, and the store-backed authenticators.
+
+    `home` is the node home; the dashboard lists the peers in its peers.json (none without it)."""
     service = LabelingService(store, settings=settings, scorer_loader=scorer_loader)
     authenticators = (StoreBearerAuthenticator(service), SessionAuthenticator(service))
 
@@ -54,6 +57,8 @@ def labeling_feature(store: Store, *, settings: LabelingSettings | None = None,
 
     def setup(app: web.Application) -> None:
         app[SERVICE_KEY] = service
+        if home is not None:
+            app[HOME_KEY] = home
         install_authenticators(app, authenticators)
         app.cleanup_ctx.append(lifecycle)
 
@@ -87,4 +92,4 @@ def _latest_model_loader(node: Node) -> Callable[[], PairScorer] | None:
 def labeling_features(node: Node) -> list[Feature]:
     """FEATURE_FACTORIES entry: the labeling feature over the node's store; the newest registered reward
     model (if any) picks uncertain pairs."""
-    return [labeling_feature(node.store, scorer_loader=_latest_model_loader(node))]
+    return [labeling_feature(node.store, scorer_loader=_latest_model_loader(node), home=node.config.home)]

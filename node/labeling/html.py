@@ -81,3 +81,50 @@ def bar_chart(title: str, items: Sequence[tuple[str, float]], *, width: int = 56
                      f"<text x='{label_w + w + 4:.1f}' y='{y + 13}' font-size='12'>{h(fmt.format(value))}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+LINE_COLORS = ("#c0392b", "#4a7bd0", "#27ae60", "#8e44ad")
+
+
+def line_chart(title: str, series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *, width: int = 560,
+               height: int = 180, x_label: str = "step") -> str:
+    """Line charts as inline SVG: one polyline per (name, [(x, y), ...]) over a shared x axis.
+
+    Each series is scaled to its own y range (loss and accuracy differ in units); the legend under the
+    title gives each series' first, last, min and max values.
+    """
+    series = [(name, list(points)) for name, points in series if points]
+    if not series:
+        return none_yet(title)
+    left, right, top, legend_h = 8, 8, 20 + 16 * len(series), 18
+    plot_h = height - top - legend_h
+    xs = [x for _, points in series for x, _ in points]
+    x_lo, x_hi = min(xs), max(xs)
+    x_scale = (width - left - right) / (x_hi - x_lo) if x_hi > x_lo else 0.0
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' role=img width='{width}' height='{height}' "
+             f"viewBox='0 0 {width} {height}'><title>{h(title)}</title>"
+             f"<text x='0' y='14' font-size='13' font-weight='bold'>{h(title)}</text>"
+             f"<rect x='{left}' y='{top}' width='{width - left - right}' height='{plot_h}' fill='none' "
+             f"stroke='#ddd'/>"]
+    for i, (name, points) in enumerate(series):
+        color = LINE_COLORS[i % len(LINE_COLORS)]
+        ys = [y for _, y in points]
+        y_lo, y_hi = min(ys), max(ys)
+        y_scale = plot_h / (y_hi - y_lo) if y_hi > y_lo else 0.0
+
+        def at(x: float, y: float, y_lo: float = y_lo, y_scale: float = y_scale) -> tuple[float, float]:
+            px = left + (x - x_lo) * x_scale if x_scale else width / 2
+            py = top + plot_h - (y - y_lo) * y_scale if y_scale else top + plot_h / 2
+            return px, py
+
+        coords = [at(x, y) for x, y in points]
+        parts.append(f"<text x='0' y='{30 + 16 * i}' font-size='12' fill='{color}'>{h(name)}: "
+                     f"{ys[0]:.4g} → {ys[-1]:.4g} (min {y_lo:.4g}, max {y_hi:.4g})</text>"
+                     f"<polyline data-series='{h(name)}' fill='none' stroke='{color}' stroke-width='1.5' "
+                     f"points='{' '.join(f'{px:.1f},{py:.1f}' for px, py in coords)}'/>")
+        if len(coords) == 1:  # a single evaluation draws no line: mark it
+            parts.append(f"<circle cx='{coords[0][0]:.1f}' cy='{coords[0][1]:.1f}' r='3' fill='{color}'/>")
+    parts.append(f"<text x='{left}' y='{height - 4}' font-size='11'>{h(x_label)} {x_lo:g}</text>"
+                 f"<text x='{width - right}' y='{height - 4}' font-size='11' text-anchor='end'>"
+                 f"{h(x_label)} {x_hi:g}</text></svg>")
+    return "".join(parts)

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 MODEL_KIND = "personal"
 RUNS_DIR = "runs"
 SPLIT_METHOD = "split_by_prompt/sha256"
+HISTORY_POINTS = 200
+"""Most training-curve points a model card keeps (longer histories are subsampled evenly)."""
 _VOTE = {"A": 1.0, "B": 0.0, "tie": 0.5}
 
 
@@ -292,9 +294,11 @@ def train_and_register(
             "length_bias": {"longer_wins_accuracy": dev.get("longer_wins_accuracy"),
                             "prefers_longer": dev.get("prefers_longer"),
                             "reward_length_correlation": dev.get("length_correlation")},
-            "training": {k: summary[k] for k in ("global_step", "epochs_completed", "finished", "stopped_early",
-                                                 "best_step", "best_dev_accuracy", "train_seconds",
-                                                 "pairs_per_second", "history")},
+            "training": {**{k: summary[k] for k in ("global_step", "epochs_completed", "finished", "stopped_early",
+                                                    "best_step", "best_dev_accuracy", "train_seconds",
+                                                    "pairs_per_second")},
+                         "history": card_history(summary.get("history") or []),
+                         "history_points": len(summary.get("history") or [])},
         },
     }
     card = _plain(card)
@@ -314,6 +318,16 @@ def train_and_register(
                         f"it is registered at {existing.path}. Change --seed or the data to train another") from None
     shutil.rmtree(run_dir, ignore_errors=True)
     return TrainedModel(entry, card, out)
+
+
+def card_history(history: list[dict[str, Any]], limit: int = HISTORY_POINTS) -> list[dict[str, Any]]:
+    """The training curve for the card: every dev evaluation, or `limit` evenly spaced ones (first and last kept)."""
+    if len(history) <= limit:
+        return list(history)
+    if limit <= 1:
+        return history[-1:]
+    last = len(history) - 1
+    return [history[round(i * last / (limit - 1))] for i in range(limit)]
 
 
 def _plain(value: Any) -> Any:

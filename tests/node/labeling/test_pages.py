@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
+from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from federation.manifest import GENESIS, RoundManifest, sign_manifest
+from node.http import ServerConfig, create_app
+from node.labeling import labeling_feature
+from node.labeling.html import line_chart, none_yet
 from node.labeling.service import sha256_hex
+from node.p2p import PeerBook
+from protocol.identity import Identity
 from storage.records import Comparison
 from storage.store import Store
 from tests.node.labeling.conftest import ADMIN, ADMIN_TOKEN, CAMPAIGN, LABELER, assert_error
@@ -141,3 +150,63 @@ async def test_logout_ends_the_session(client: TestClient, store: Store) -> None
     assert resp.status == 303
     assert (await client.get(f"/label/{CAMPAIGN}", allow_redirects=False)).status == 303
     assert store.list_tokens()[-1].revoked_at is not None
+
+
+def polyline_points(html: str, series: str) -> list[str]:
+    match = re.search(rf"<polyline data-series='{series}'[^>]* points='([^']*)'", html)
+    assert match, series
+    return match.group(1).split()
+
+
+async def test_dashboard_shows_curves_rounds_and_peers(aiohttp_client: Any, store: Store, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    client = await aiohttp_client(create_app(ServerConfig(), features=[labeling_feature(store, home=home)]))
+    html = await (await client.get("/dashboard", headers=ADMIN)).text()
+    assert "Peers: none yet" in html and "Federation rounds: none yet" in html
+    # a personal model with a card holding its history, and one whose card is gone
+    history = [{"step": 10 * (i + 1), "epoch": 1, "train_loss": 0.7 - 0.05 * i,
+                "dev_accuracy": None if i == 0 else 0.5 + 0.04 * i} for i in range(7)]
+    model_dir = tmp_path / "rm-curve"
+    model_dir.mkdir()
+    (model_dir / "model_card.json").write_text(json.dumps({"metrics": {"training": {"history": history}}}))
+    store.register_model(name="rm-curve", kind="personal", path=str(model_dir), sha256="b" * 64, base_model="tiny",
+                         snapshot_id=None, metrics={}, provenance={})
+    store.register_model(name="rm-lost", kind="personal", path=str(tmp_path / "gone"), sha256="c" * 64,
+                         base_model="tiny", snapshot_id=None, metrics={}, provenance={})
+    # a federated model whose chain has an accepted contribution, a rejection and an unreadable manifest
+    coordinator, member, bad = Identity.generate(), Identity.generate(), Identity.generate()
+    manifest = RoundManifest(
+        federation_id="f" * 64, round=1, strategy="fedavg", base_model_sha256="d" * 64,
+        global_before_sha256="e" * 64, aggregate_sha256="a1b2c3d4e5f6" + "0" * 52, prev_manifest_sha256=GENESIS,
+        contributions=({"sender": member.public_key_hex, "update_sha256": "9" * 64, "num_examples": 321,
+                        "envelope": "{}"},),
+        rejections=({"sender": bad.public_key_hex, "reason": "norm_too_large", "detail": "update norm 93.1 > 10"},))
+    store.register_model(name="federated-demo", kind="federated", path=str(tmp_path / "fed"), sha256="d" * 64,
+                         base_model="tiny", snapshot_id=None, metrics={"rounds": 2},
+                         provenance={"federation": "demo",
+                                     "manifests": [sign_manifest(coordinator, manifest), "not an envelope"]})
+    addr = "/ip4/203.0.113.5/tcp/4001/p2p/12D3KooW" + "x" * 44
+    assert PeerBook.load(home).add(addr, "org-b")
+    html = await (await client.get("/dashboard", headers=ADMIN)).text()
+
+    loss, accuracy = polyline_points(html, "train loss"), polyline_points(html, "dev accuracy")
+    assert len(loss) == len(history) and len(accuracy) == len(history) - 1  # the None accuracy is left out
+    assert float(loss[0].split(",")[1]) < float(loss[-1].split(",")[1])  # loss falls; SVG y grows downwards
+    assert "rm-curve (bbbbbbbbbbbb): training curve" in html and "step 10" in html and "step 70" in html
+    assert "rm-lost (cccccccccccc): no curve recorded" in html
+    assert member.public_key_hex[:12] in html and "321" in html and "a1b2c3d4e5f6" in html
+    assert f"{bad.public_key_hex[:12]}: norm_too_large (update norm 93.1 &gt; 10)" in html
+    assert "unreadable manifest" in html and member.public_key_hex not in html  # fingerprints are short
+    assert "org-b" in html and addr in html and "Peers: none yet" not in html
+    (home / "peers.json").write_text("{broken")
+    html = await (await client.get("/dashboard", headers=ADMIN)).text()
+    assert "not readable JSON" in html
+
+
+def test_line_chart_scales_each_series_and_marks_single_points() -> None:
+    svg = line_chart("t", [("a", [(0, 1.0), (5, 3.0)]), ("b", [(2, 0.5)]), ("empty", [])])
+    assert polyline_points(svg, "a") == ["8.0,162.0", "552.0,52.0"]
+    assert "<circle cx='225.6' cy='107.0'" in svg
+    assert "data-series='empty'" not in svg and "step 0" in svg and "step 5" in svg
+    assert line_chart("t", [("a", [])]) == none_yet("t")

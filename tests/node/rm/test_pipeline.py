@@ -12,6 +12,8 @@ from node.errors import NodeError
 from node.rm.artifact import read_card
 from node.rm.config import TrainConfig
 from node.rm.pipeline import (
+    HISTORY_POINTS,
+    card_history,
     dev_pairs_for_card,
     newest_model,
     pairs_from_records,
@@ -128,6 +130,10 @@ def test_train_and_register_writes_card_and_registry(store: Store, tiny_config: 
     assert set(card["metrics"]["length_bias"]) == {"longer_wins_accuracy", "prefers_longer",
                                                    "reward_length_correlation"}
     assert "hh" in card["metrics"]["dev_accuracy_by_source"]
+    history = card["metrics"]["training"]["history"]  # the training curve the dashboard draws
+    assert history and len(history) == card["metrics"]["training"]["history_points"]
+    assert {"step", "train_loss", "dev_accuracy"} <= history[-1].keys()
+    assert [p["step"] for p in history] == sorted(p["step"] for p in history)
     assert AutoModelForSequenceClassification.from_pretrained(trained.path).config.num_labels == 1
     assert not run_dir_for(models_dir, data, config).exists()  # the checkpoint goes once registered
     assert dev_pairs_for_card(store, card) == data.dev
@@ -135,3 +141,12 @@ def test_train_and_register_writes_card_and_registry(store: Store, tiny_config: 
         train_and_register(store, config, data, models_dir=models_dir, node_name="org-t", progress=False)
     assert [p.name for p in models_dir.iterdir() if p.name != "runs"] == [trained.path.name]  # no orphan copy
     assert len(store.list_models()) == 1
+
+
+def test_card_history_keeps_short_curves_and_subsamples_long_ones() -> None:
+    short = [{"step": i} for i in range(5)]
+    assert card_history(short) == short
+    long = [{"step": i} for i in range(1000)]
+    kept = card_history(long)
+    assert len(kept) == HISTORY_POINTS and kept[0] == long[0] and kept[-1] == long[-1]
+    assert len({p["step"] for p in kept}) == HISTORY_POINTS  # no point twice
