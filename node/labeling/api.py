@@ -150,7 +150,11 @@ async def _store(request: web.Request, kind: str, build: Callable[[_Body], Recor
     data = await read_json_object(request)
     _check_fields(data, schema)
     body = _Body(data, request.config_dict[CONFIG_KEY].max_text_chars)
-    record = build(body)
+    return await _save(request, build(body), kind)
+
+
+async def _save(request: web.Request, record: Record, kind: str) -> web.Response:
+    """Store one record (once: a retry with its idempotency key stores nothing) and acknowledge it."""
     service = request.config_dict[SERVICE_KEY]
     try:
         result = await service.call(service.store.import_records, [record])
@@ -238,15 +242,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     _check_fields(body, FEEDBACK_IN)
     record = build(_Body(body, request.config_dict[CONFIG_KEY].max_text_chars))
-    service = request.config_dict[SERVICE_KEY]
-    try:
-        result = await service.call(service.store.import_records, [record])
-    except InvalidRecordError as e:
-        raise ValidationError("", e.cause) from None
-    except StorageError as e:
-        raise ServiceUnavailable(f"the store could not save the record ({e.cause}); retry") from None
-    kind = str(data)
-    return json_response({"ok": True, "kind": kind, "stored": result.added[kind] == 1})
+    return await _save(request, record, str(data))
 
 
 async def get_stats(request: web.Request) -> web.Response:
