@@ -119,6 +119,24 @@ class PeerBook:
         self.save()
         return True
 
+    def record(self, name: str, public_key: str, peer_id: str, addresses: Sequence[str]) -> None:
+        """Remember a peer whose signed descriptor was verified: marks it verified and seen now.
+
+        An entry added by hand for the same peer ID keeps its address and gains the key; a peer met
+        only through discovery is added with its first announced address.
+        """
+        now = time.time_ns() // 1_000_000
+        entry = next((p for p in self.peers if p.get("peer_id") == peer_id), None)
+        if entry is None:
+            if not addresses:
+                return
+            entry = {"addr": f"{addresses[0]}/p2p/{peer_id}", "peer_id": peer_id, "name": name, "added_ms": now,
+                     "source": "discovered"}
+            self.peers.append(entry)
+        entry.update({"name": entry.get("name") or name, "public_key": public_key, "verified": True,
+                      "last_seen_ms": now})
+        self.save()
+
     @property
     def addrs(self) -> list[str]:
         return [p["addr"] for p in self.peers]
@@ -177,11 +195,17 @@ class NodeP2P:
         self.gossip.subscribe(TOPIC_MODELS)
         bootstrap = [*cfg.bootstrap, *self.peer_book.addrs, *self.extra_bootstrap]
         self.discovery = Discovery(self.host, self.gossip, name=self.name, capabilities=cfg.capabilities,
-                                   bootstrap=bootstrap)
+                                   bootstrap=bootstrap, on_peer=self._on_peer)
         failed = self.discovery.start(wait_s=2.0 if bootstrap else 0.0)
         for addr in failed:
             log.warning("bootstrap peer %s unreachable", addr)
         return self
+
+    def _on_peer(self, descriptor: Any) -> None:
+        try:
+            self.peer_book.record(descriptor.name, descriptor.public_key, descriptor.peer_id, descriptor.addresses)
+        except OSError as exc:  # a read-only home must not stop discovery
+            log.warning("could not update %s: %s", self.peer_book.path, exc)
 
     def _on_federation(self, message: Any, env: Any) -> None:
         for hook in self._federation_hooks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 COMMANDS = {
     "peers": "list known peers (peers.json), add one (`peers add MULTIADDR`), or --probe them",
@@ -54,6 +55,11 @@ def run_peers(args: argparse.Namespace) -> int:
                         row["reachable"] = True
                     except Exception as exc:  # noqa: BLE001 - reported per peer
                         row["reachable"], row["error"] = False, str(exc)
+                        continue
+                    known = next((p for p in book.peers if p["addr"] == row["addr"]), None)
+                    if known is not None:
+                        known["last_seen_ms"] = row["last_seen_ms"] = time.time_ns() // 1_000_000
+                book.save()
     if args.json:
         print(json.dumps({"peers": rows}, indent=2))
     elif not rows:
@@ -61,5 +67,8 @@ def run_peers(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             state = "" if "reachable" not in row else ("  up" if row["reachable"] else "  DOWN")
-            print(f"{row.get('name') or '-':16s} {row['addr']}{state}")
+            seen = row.get("last_seen_ms")
+            seen_txt = time.strftime("%Y-%m-%d %H:%M", time.localtime(seen / 1000)) if seen else "never seen"
+            verified = "verified" if row.get("verified") else "unverified"
+            print(f"{row.get('name') or '-':16s} {row['addr']}  {verified}, {seen_txt}{state}")
     return 0

@@ -41,7 +41,15 @@ def test_federation_learned_through_gossip_reaches_the_hook(tmp_path: Path) -> N
             wait_for(lambda: a.gossip.topic_peers("rewardnode/federations/v1"), 10, "b on the topic")
             a.gossip.publish(ann)
             assert seen.wait(10)
+            wait_for(lambda: any(p.get("verified") for p in PeerBook.load(b_home).peers), 10, "b to record a")
+            wait_for(lambda: PeerBook.load(a_home).peers, 10, "a to record b")
     assert got[0][0] == ann and got[0][1].sender == coord.public_key_hex
+    # Both peer books now hold the other node, verified by its signed descriptor, with a last-seen time.
+    [b_knows] = PeerBook.load(b_home).peers
+    assert b_knows["name"] == "coord" and b_knows["public_key"] == coord.public_key_hex and b_knows["last_seen_ms"]
+    [a_knows] = PeerBook.load(a_home).peers
+    assert a_knows["peer_id"] == b.host.peer_id and a_knows["verified"] and a_knows["source"] == "discovered"
+    assert a_knows["addr"].endswith(f"/p2p/{b.host.peer_id}")
 
 
 def test_config_and_peer_book_errors(tmp_path: Path) -> None:
