@@ -34,6 +34,28 @@ ORGS = {  # organization -> the bundled real source it owns (each org imports a 
     "org-c": ("llmbar", SAMPLES / "llmbar" / "train.jsonl.gz"),
 }
 FEDERATION = "demo-fed"
+SIMULATED_LABELERS = {"sim-careful": 0.92, "sim-good": 0.85, "sim-ok": 0.75, "sim-hasty": 0.62, "sim-spammer": 0.5}
+"""Simulated labelers (name -> how often they prefer the originally chosen reply) who re-label some of org-a's
+pairs, so that the demo shows agreement, labeler reliability and the ambiguity queue on real texts. Their
+votes are imported as their own source, `hh-rlhf-relabel`, and name themselves `sim-*`."""
+RELABELED_PAIRS = 40
+
+
+def simulated_votes(rows: Sequence[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """`multi` records: every simulated labeler votes on each pair, sides shown in random order."""
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        votes = []
+        for name, accuracy in SIMULATED_LABELERS.items():
+            u = rng.random()
+            outcome = "A" if u < accuracy else ("tie" if u < accuracy + (1 - accuracy) * 0.2 else "B")
+            if rng.random() < 0.5:
+                votes.append({"annotator": name, "a": 0, "b": 1, "outcome": outcome})
+            else:
+                votes.append({"annotator": name, "a": 1, "b": 0, "outcome": {"A": "B", "B": "A"}.get(outcome, outcome)})
+        out.append({"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]], "votes": votes})
+    return out
 
 
 @dataclass(frozen=True)
@@ -167,8 +189,14 @@ class Demo:
             self.rn("create the node (SQLite store, Ed25519 identity)", org, "init", "--name", org)
             self.rn(f"import {cfg.train_pairs} real {source} pairs", org, "import",
                     str(self.root / "data" / f"{source}-train.jsonl"), "--source", source)
+            first = org == "org-a"
+            if first:
+                self.rn(f"{len(SIMULATED_LABELERS)} simulated labelers (sim-*) re-label {RELABELED_PAIRS} of them",
+                        org, "import", str(self.root / "data" / f"{source}-relabel.jsonl"), "--source",
+                        f"{source}-relabel", "--format", "multi")
+                self.rn("counts per source", org, "stats")
             self.rn("aggregate: Bradley-Terry, agreement, reliability, ambiguity queue", org, "aggregate", "--top",
-                    "0", echo=False)
+                    "3" if first else "0", echo=first)
             self.rn("train the private reward model", org, "train", "--base", base, "--epochs", "1",
                     "--max-length", str(cfg.max_length), "--batch-size", "8", "--seed", "0",
                     *(["--lr", "1e-3"] if cfg.quick else []))
@@ -218,6 +246,10 @@ class Demo:
                     train.extend(g)
             for name, rows in (("train", train), ("heldout", test)):
                 (data / f"{source}-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            if org == "org-a":
+                relabel = [r for r in train if isinstance(r.get("prompt"), str)][:RELABELED_PAIRS]
+                (data / f"{source}-relabel.jsonl").write_text(
+                    "".join(json.dumps(r) + "\n" for r in simulated_votes(relabel)))
             held.extend({**r, "source": source} for r in test)
             self.say(f"  {org}: {source}: {len(train)} pairs to import, {len(test)} held out "
                      f"(of {len(records)} bundled)  -> $D/data/{source}-{{train,heldout}}.jsonl")
