@@ -122,7 +122,8 @@ class TokenInfo:
 # ---- campaigns ------------------------------------------------------------------------------
 
 
-def _insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> int:
+def insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING of `rows` into `table`; the number of rows inserted."""
     if not rows:
         return 0
     dialect_insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
@@ -130,8 +131,9 @@ def _insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> 
     return int(result.rowcount)
 
 
-def _name_id(conn: Connection, table: Any, name: str, now: datetime) -> int:
-    _insert_ignore(conn, table, [{"name": name, "created_at": now}])
+def name_id(conn: Connection, table: Any, name: str, now: datetime) -> int:
+    """The id of the named row of a name table (sources, annotators, campaigns), created if missing."""
+    insert_ignore(conn, table, [{"name": name, "created_at": now}])
     return int(conn.execute(select(table.c.id).where(table.c.name == name)).scalar_one())
 
 
@@ -196,7 +198,7 @@ def create_campaign(conn: Connection, *, name: str, guidelines: str | None, over
     else:
         conn.execute(update(_campaigns).where(_campaigns.c.id == campaign_id).values(
             guidelines=guidelines, overlap=overlap))
-    _insert_ignore(conn, _pairs, [{"campaign_id": campaign_id, "prompt_id": pid, "response_lo_id": lo,
+    insert_ignore(conn, _pairs, [{"campaign_id": campaign_id, "prompt_id": pid, "response_lo_id": lo,
                                    "response_hi_id": hi, "created_at": now} for pid, lo, hi in found])
     return int(campaign_id)
 
@@ -332,7 +334,7 @@ def record_label(conn: Connection, *, campaign_name: str, pair_id: int, annotato
         raise InvalidRecordError(f"response {left_response_id[:12]} is not one of pair {pair_id}",
                                  "send the id of the response shown on the left")
     right = p.response_hi_id if left_response_id == p.response_lo_id else p.response_lo_id
-    aid = _name_id(conn, _annotators, annotator, now)
+    aid = name_id(conn, _annotators, annotator, now)
     existing = conn.execute(select(_labels.c.comparison_key).where(
         _labels.c.pair_id == pair_id, _labels.c.annotator_id == aid)).one_or_none()
     if existing is not None:

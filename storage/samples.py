@@ -10,22 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 
 from storage import hashing
 from storage import models as m
 from storage.errors import InvalidRecordError
+from storage.labeling import insert_ignore, name_id
 
 Sample = tuple[str, Sequence[tuple[str, str | None]]]
 """(prompt text, [(response text, producing model or None), ...])."""
-
-
-def _insert_ignore(conn: Connection, table: type[m.Base], rows: list[dict[str, object]]) -> None:
-    if not rows:
-        return
-    insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
-    conn.execute(insert(table).on_conflict_do_nothing(), rows)
 
 
 def add_samples(conn: Connection, source: str, samples: Sequence[Sample], now: datetime) -> list[list[str]]:
@@ -37,8 +30,7 @@ def add_samples(conn: Connection, source: str, samples: Sequence[Sample], now: d
         if any(not isinstance(t, str) or not t.strip() or "\x00" in t for t in texts):
             raise InvalidRecordError(f"a prompt or response of {prompt[:60]!r} is empty or holds a NUL character",
                                      "leave such samples out")
-    _insert_ignore(conn, m.Source, [{"name": source, "created_at": now}])
-    source_id = conn.execute(select(m.Source.id).where(m.Source.name == source)).scalar_one()
+    source_id = name_id(conn, m.Source.__table__, source, now)
     prompt_rows: dict[str, dict[str, object]] = {}
     response_rows: dict[str, dict[str, object]] = {}
     ids: list[list[str]] = []
@@ -52,6 +44,6 @@ def add_samples(conn: Connection, source: str, samples: Sequence[Sample], now: d
                                            "created_at": now})
             group.append(rid)
         ids.append(group)
-    _insert_ignore(conn, m.Prompt, list(prompt_rows.values()))
-    _insert_ignore(conn, m.Response, list(response_rows.values()))
+    insert_ignore(conn, m.Prompt.__table__, list(prompt_rows.values()))
+    insert_ignore(conn, m.Response.__table__, list(response_rows.values()))
     return ids
