@@ -99,6 +99,28 @@ class _Tee(io.TextIOBase):
         self.target.flush()
 
 
+def _run_isolated(argv: list[str], out: _Tee, err: _Tee) -> int:
+    """`python -m node.cli ARGV` as a child process, its stdout and stderr copied to `out` and `err` as they come."""
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+    def pump(stream: Any, target: _Tee) -> None:
+        for line in stream:
+            target.write(line)
+
+    readers = [threading.Thread(target=pump, args=(proc.stdout, out), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, err), daemon=True)]
+    for t in readers:
+        t.start()
+    code = proc.wait()
+    for t in readers:
+        t.join()
+    return code
+
+
 @dataclass
 class Demo:
     root: Path
@@ -142,8 +164,13 @@ class Demo:
             thread.join()
 
     def rn(self, title: str, org: str, *argv: str, echo: bool = True, check: bool = True,
-           detail: Any = None) -> tuple[int, str, str]:
-        """Run `rewardnode --home HOME ARGV` in this process; prints the command; returns (code, stdout, stderr)."""
+           detail: Any = None, isolated: bool = False) -> tuple[int, str, str]:
+        """Run `rewardnode --home HOME ARGV`; prints the command; returns (code, stdout, stderr).
+
+        In this process by default (fast); `isolated` runs it as its own process, exactly as a user would,
+        for the long ML steps: they then start from a clean interpreter (no model-loading or thread state
+        left by earlier steps).
+        """
         from node.cli import main as cli
 
         home = self.home(org)
@@ -152,7 +179,10 @@ class Demo:
         out, err = _Tee(self.out, echo), _Tee(sys.stderr, True)
         with self.progress(title, detail), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = cli(["--home", str(home), *argv])
+                if isolated:
+                    code = _run_isolated(["--home", str(home), *argv], out, err)
+                else:
+                    code = cli(["--home", str(home), *argv])
             except Exception as exc:  # noqa: BLE001 - a bug in a step still names the step
                 code = 1
                 err.write(f"{type(exc).__name__}: {exc}\n")
@@ -381,7 +411,8 @@ class Demo:
                 "--policy", policy, "--reward", fed_id, "--audit", audit_id, "--algo", "ppo", "--steps",
                 str(cfg.ppo_steps), "--batch-prompts", str(cfg.ppo_prompts), "--num-minibatches", "2",
                 "--max-new-tokens", str(cfg.max_new_tokens), "--source", "hh-rlhf", "--limit", "32",
-                "--out", str(out), detail=lambda: f"{_lines(out / 'log.jsonl')} of {cfg.ppo_steps} steps")
+                "--out", str(out), isolated=True,
+                detail=lambda: f"{_lines(out / 'log.jsonl')} of {cfg.ppo_steps} steps")
         log = read_log(out / "log.jsonl")
         if not log:
             raise StepFailed(f"step 'PPO' failed: {out / 'log.jsonl'} is empty; inspect {self.home('org-a')}")
