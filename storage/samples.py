@@ -30,7 +30,7 @@ def add_samples(conn: Connection, source: str, samples: Sequence[Sample], now: d
         if any(not isinstance(t, str) or not t.strip() or "\x00" in t for t in texts):
             raise InvalidRecordError(f"a prompt or response of {prompt[:60]!r} is empty or holds a NUL character",
                                      "leave such samples out")
-    source_id = name_id(conn, m.Source.__table__, source, now)
+    source_id = name_id(conn, m.table_of(m.Source), source, now)
     prompt_rows: dict[str, dict[str, object]] = {}
     response_rows: dict[str, dict[str, object]] = {}
     ids: list[list[str]] = []
@@ -44,6 +44,6 @@ def add_samples(conn: Connection, source: str, samples: Sequence[Sample], now: d
                                            "created_at": now})
             group.append(rid)
         ids.append(group)
-    insert_ignore(conn, m.Prompt.__table__, list(prompt_rows.values()))
-    insert_ignore(conn, m.Response.__table__, list(response_rows.values()))
+    insert_ignore(conn, m.table_of(m.Prompt), list(prompt_rows.values()))
+    insert_ignore(conn, m.table_of(m.Response), list(response_rows.values()))
     return ids

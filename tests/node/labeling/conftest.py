@@ -17,6 +17,7 @@ from node.labeling import labeling_feature
 from node.labeling.service import sha256_hex
 from storage.records import Comparison, Record
 from storage.store import Store
+from tests.node.http.conftest import assert_error  # noqa: F401 -- the one error shape, re-exported for the tests here
 
 ADMIN_TOKEN = "store-admin-token-0123456789"
 LABELER_TOKEN = "store-labeler-token-0123456789"
@@ -90,8 +91,3 @@ async def client(make_client: ClientFactory) -> TestClient:
     return await make_client()
 
 
-def assert_error(body: Any, status: int, *fragments: str) -> None:
-    assert set(body) == {"ok", "error", "status"}, body
-    assert body["ok"] is False and body["status"] == status, body
-    for fragment in fragments:
-        assert fragment in body["error"], (fragment, body["error"])
