@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from storage import hashing
+from storage import hashing, importer
 from storage import models as m
 from storage.errors import InvalidRecordError
 from storage.records import Comparison, Demonstration, Feedback, Ranking, Rating, Record
+from storage.rows import CHECKED_CONSTRAINTS, COLUMNS
 from storage.store import Store
 from storage.types import SourceStats
 from tests.storage.conftest import sample_records
@@ -156,7 +157,59 @@ def test_foreign_keys_hold_after_import_and_checks_are_back_on(store: Store) -> 
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+        assert conn.exec_driver_sql("PRAGMA ignore_check_constraints").scalar_one() == 0
 
+
+def test_the_importer_enforces_every_check_constraint_of_the_tables_it_fills(store: Store) -> None:
+    # SQLite imports skip CHECK constraints (rows.py enforces them): a new CHECK must be enforced there too
+    inspector = sa.inspect(store.engine)
+    checks = {ck["name"] for table in COLUMNS for ck in inspector.get_check_constraints(table)}
+    assert checks == CHECKED_CONSTRAINTS
+
+
+def _indexes(store: Store) -> list[tuple[str, str, str]]:
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(
+            "SELECT tbl_name, name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name")]
+
+
+def _many(tag: str, n: int) -> list[Record]:
+    return [Comparison(tag, f"{tag} p{i % 7}", f"a{i}", f"b{i}", "A", annotator=f"u{i % 5}") for i in range(n)]
+
+
+def test_a_big_import_rebuilds_the_secondary_indexes_it_dropped(store: Store,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite only: on PostgreSQL DROP INDEX would lock readers out, so indexes stay")
+    dropped: list[str] = []
+    finish = importer._Importer.finish
+
+    def spy(self: importer._Importer) -> None:
+        dropped.extend(name for name, _ in self.dropped)
+        finish(self)
+
+    monkeypatch.setattr(importer._Importer, "finish", spy)
+    monkeypatch.setattr(importer, "DEFER_INDEXES_MIN_ROWS", 10)
+    before = _indexes(store)
+    store.import_records(sample_records("a") + _many("a", 40), batch_size=8)
+    assert set(dropped) == {"ix_responses_prompt_id", "ix_comparisons_annotator_id", "ix_comparisons_prompt_id",
+                            "ix_comparisons_source_id"}  # not the unique ones: they deduplicate
+    assert _indexes(store) == before
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+    assert store.comparison_rows(sources=["a"]).source == ("a",) * 44
+
+    dropped.clear()  # fewer rows than the tables hold: the indexes are updated in place
+    assert store.import_records(_many("b", 30), batch_size=8).added["comparisons"] == 30
+    assert dropped == []
+    counts, stats = store.table_counts(), store.stats()
+    monkeypatch.setattr(importer, "DEFER_INDEXES_MIN_ROWS", 1)
+    with pytest.raises(ValueError, match="bad line 7"):  # a failed import leaves indexes and rows as they were
+        store.import_records(_failing(_many("c", 200), after=150), batch_size=8)
+    assert _indexes(store) == before
+    assert store.table_counts() == counts and store.stats() == stats
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
 
 def test_created_at_defaults_to_import_time_in_utc(store: Store) -> None:
     before = datetime.now(UTC)
