@@ -211,11 +211,28 @@ def _resume(part: Path, ann: ModelAnnouncement) -> int:
     return good
 
 
+_dest_locks: dict[Path, threading.Lock] = {}
+_dest_locks_guard = threading.Lock()
+
+
+def _dest_lock(dest: Path) -> threading.Lock:
+    with _dest_locks_guard:
+        return _dest_locks.setdefault(dest.resolve(), threading.Lock())
+
+
 def fetch(host: P2PHost, ann: ModelAnnouncement, providers: Sequence[str], dest: str | os.PathLike[str], *,
           max_bytes: int, attempts: int = 6, chunk_timeout_s: float = 30.0, timeout: float = 3600.0) -> FetchResult:
-    """Fetch the artifact `ann` describes into `dest` from `providers` (peer IDs); see the module doc."""
-    return host.call(fetch_async, host, ann, providers, Path(dest), max_bytes, attempts, chunk_timeout_s,
-                     timeout=timeout)
+    """Fetch the artifact `ann` describes into `dest` from `providers` (peer IDs); see the module doc.
+
+    Threads of one process fetching into the same `dest` take turns (they would share `DEST.part`); one
+    that finds `dest` already holding the artifact returns without fetching.
+    """
+    path = Path(dest)
+    with _dest_lock(path):
+        if path.is_file() and path.stat().st_size == ann.size and _sha256_file(path) == ann.sha256:
+            return FetchResult(path, 0, 0, 0)
+        return host.call(fetch_async, host, ann, providers, path, max_bytes, attempts, chunk_timeout_s,
+                         timeout=timeout)
 
 
 async def fetch_async(host: P2PHost, ann: ModelAnnouncement, providers: Sequence[str], dest: Path,

@@ -111,6 +111,24 @@ def test_fetch_by_hash_verifies_and_refetches_a_corrupt_chunk(make_host: HostFac
     assert not (tmp_path / "got" / "model.safetensors.part").exists()
 
 
+def test_threads_fetching_into_the_same_file_take_turns(make_host: HostFactory, tmp_path: Path) -> None:
+    """Two threads of one node fetch the same artifact to the same place at once (two federations offering
+    one file, say): they would share DEST.part; both must end with the verified file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = _artifact(tmp_path, 40 * CHUNK + 7)
+    ann = manifest_for(src, chunk_size=CHUNK)
+    honest, server = _serving_host(make_host, [src])
+    client = make_host()
+    client.connect(honest.addrs[0])
+    dest = tmp_path / "got" / "model.safetensors"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: fetch(client, ann, [honest.peer_id], dest, max_bytes=1 << 24), range(4)))
+    assert dest.read_bytes() == src.read_bytes()
+    assert sum(r.bytes_fetched for r in results) == ann.size  # fetched once; the others found it done
+    assert server.stats.bytes_sent == ann.size
+
+
 def test_fetch_resumes_from_the_verified_part(make_host: HostFactory, tmp_path: Path) -> None:
     src = _artifact(tmp_path, 8 * CHUNK)
     ann = manifest_for(src, chunk_size=CHUNK)
