@@ -4,6 +4,8 @@ The coordinator runs `flower-superlink` (TLS with a CA and server certificate ge
 submits the Flower app with `flwr run`; each member runs `flower-supernode` for its own node home
 (`--node-config home=...`), and the SuperNode starts a ClientApp process per message that trains
 on that home's store. Processes are started in their own session and stopped by process group.
+SuperNode authentication is on: the SuperLink lets in only SuperNodes whose P-384 keys the
+coordinator registered (`register_supernode`; which keys, is `federation.admission`'s business).
 
 Polling: Flower 1.41's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
 alone adds up to 3 s per round. `python -m federation.deployment supernode ...` runs the stock
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -134,12 +137,19 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = log.open("ab")
+        self._offset = self._out.tell()  # where this process's output starts in the (appended) log
         self.popen = subprocess.Popen(args, env=env, stdout=self._out, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def output(self) -> str:
+        """What this process wrote to its log so far."""
+        with self.log.open("rb") as f:
+            f.seek(self._offset)
+            return f.read().decode("utf-8", "replace")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole group this process leads (its SuperExec and app children too)."""
@@ -168,9 +178,13 @@ def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g}s; see the process log")
 
 
-def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = "127.0.0.1") -> Proc:
-    """`flower-superlink` on host:port (TLS unless tls is None), no runtime dependency installation."""
+def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = "127.0.0.1", *,
+                    supernode_auth: bool = True) -> Proc:
+    """`flower-superlink` on host:port (TLS unless tls is None), no runtime dependency installation; with
+    `supernode_auth` only SuperNodes whose keys were registered (`register_supernode`) may connect."""
     args = [_bin("flower-superlink"), "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
+    if supernode_auth:
+        args.append("--enable-supernode-auth")
     if tls is None:
         args.append("--insecure")
     else:
@@ -182,17 +196,41 @@ def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = 
 
 
 def start_supernode(workdir: Path, superlink: str, ca_cert: Path | None, node_config: dict[str, str],
-                    runtime_port: int | None = None) -> Proc:
-    """`flower-supernode` (with the fast poll) serving one node home."""
+                    runtime_port: int | None = None, auth_key: Path | None = None) -> Proc:
+    """`flower-supernode` (with the fast poll) serving one node home; `auth_key` is its P-384 private key
+    (OpenSSH file) when the SuperLink authenticates SuperNodes."""
     config = " ".join(f"{k}={_toml_str(v)}" for k, v in node_config.items())
     args = [sys.executable, "-m", "federation.deployment", "supernode", "--superlink", superlink,
             "--port", str(runtime_port or free_port()), "--node-config", config]
     args += ["--insecure"] if ca_cert is None else ["--root-certificates", str(ca_cert)]
+    if auth_key is not None:
+        args += ["--auth-supernode-private-key", str(auth_key)]
     return Proc(args, flower_env(workdir / "flwr"), workdir / "supernode.log")
 
 
 def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def register_supernode(workdir: Path, public_key: Path, name: str = "") -> int:
+    """`flwr supernode register` on the connection `write_connection` wrote; returns Flower's node id."""
+    args = [_bin("flwr"), "supernode", "register", str(public_key), "federation", "--format", "json"]
+    if name:
+        args += ["--name", name]
+    done = subprocess.run(args, env=flower_env(workdir / "flwr"), capture_output=True, text=True, timeout=120,
+                          cwd=workdir)
+    try:
+        node_id = int(json.loads(done.stdout)["node-id"])
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(f"the SuperLink did not register the SuperNode key {public_key} (exit "
+                           f"{done.returncode}): {(done.stdout + done.stderr).strip()[-500:]}") from None
+    return node_id
+
+
+def supernode_refused(proc: Proc) -> bool:
+    """Whether a SuperNode process ended because the SuperLink refused it (e.g. its key is not registered):
+    Flower logs its exit code 305 (SUPERNODE_CONNECTION_ERROR) and the process exits with status 1."""
+    return proc.popen.poll() not in (None, 0) and "Exit Code: 305" in proc.output()
 
 
 def write_app(app_dir: Path, serverapp: str, clientapp: str) -> Path:

@@ -13,10 +13,13 @@ A member (`MeshMember`, a `NodeP2P.on_federation` hook) checks each verified ann
    `federation_id` is the announced one; the agreement must list this node and name a base model
    whose weights hash as agreed on this machine;
 4. it joins: writes `federation/<name>/agreement.json`, `join.json` (SuperLink address from the
-   announcement) and `ca.pem`, exactly what `rewardnode federation join` writes;
-5. it takes part: with `participate="supernode"` it starts `rewardnode federation run NAME` (the
-   member's SuperNode, deployment engine); with `participate="local"` (default) the coordinator's
-   in-process engine (`node.federated.run_local`) trains on this home.
+   announcement), `ca.pem` and its SuperNode key + signed key record, exactly what `rewardnode
+   federation join` writes;
+   it offers the key record over gossip (the coordinator's `MeshAdmission` admits it, as
+   `rewardnode federation admit` would);
+5. it takes part: with `participate="supernode"` it starts `rewardnode federation run NAME` (the member's SuperNode, deployment engine); with
+   `participate="local"` (default) the coordinator's in-process engine (`node.federated.run_local`)
+   trains on this home.
 
 Refusals are logged and kept in `MeshMember.refused` (federation_id -> reason); nothing raises into
 the p2p dispatcher thread.
@@ -38,13 +41,15 @@ from typing import Any
 from federation.agreement import Agreement, verify_agreement
 from federation.errors import FederationError
 from node.errors import NodeError
-from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir, write_join
+from node.federated import AGREEMENT_FILE, agreement_for, base_model_sha256, federation_dir, write_join
+from node.flower import admit_supernode, prepare_supernode_key
 from node.p2p import NodeP2P
 
 log = logging.getLogger(__name__)
 
 AGREEMENT_KIND = "federation-agreement"
 CA_KIND = "federation-ca"
+SUPERNODE_KEY_KIND = "federation-supernode-key"
 MAX_AGREEMENT_BYTES = 1 << 20
 INCOMING_DIR = ".incoming"
 PARTICIPATE = ("local", "supernode")
@@ -86,6 +91,69 @@ def announce_federation(p2p: NodeP2P, name: str, superlink: str) -> Any:
                  round_timeout_s=max(1, int(agreement.round_timeout_s))))
     p2p.gossip.publish(ann)
     return ann
+
+
+class MeshAdmission:
+    """Coordinator: admits the SuperNodes of members that announce their signed key records over gossip
+    (what `rewardnode federation admit` does with a file); install before `announce_federation`."""
+
+    def __init__(self, p2p: NodeP2P, name: str, *, fetch_timeout_s: float = 30.0) -> None:
+        self.p2p = p2p
+        self.name = name
+        self.agreement = agreement_for(p2p.home, name)
+        self.fetch_timeout_s = fetch_timeout_s
+        self.admitted: set[str] = set()
+        """Member keys (hex) whose SuperNode this coordinator admitted."""
+        self.refused: dict[str, str] = {}
+        """Record sha256 -> why it was not admitted."""
+        self._changed = threading.Condition()
+
+    def install(self) -> MeshAdmission:
+        from protocol.p2p.gossip import TOPIC_MODELS
+
+        if self.p2p.gossip is None:
+            raise NodeError("start the NodeP2P before installing the admission hook")
+        self.p2p.gossip.subscribe(TOPIC_MODELS, self._on_model)
+        return self
+
+    def wait_admitted(self, n: int, timeout: float) -> set[str]:
+        """Block until `n` members are admitted; raises NodeError on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self.admitted) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise NodeError(f"{len(self.admitted)} of {n} members' SuperNodes admitted after {timeout:g}s "
+                                    f"(refused: {sorted(self.refused.values())}); have the members joined?")
+                self._changed.wait(min(left, 0.5))
+            return set(self.admitted)
+
+    def _on_model(self, message: Any, env: Any) -> None:
+        from protocol.p2p.messages import ModelAnnouncement
+
+        if (isinstance(message, ModelAnnouncement) and message.manifest.kind == SUPERNODE_KEY_KIND
+                and env.sender in self.agreement.members and env.sender not in self.admitted):
+            threading.Thread(target=self._admit, args=(env.sender, message), daemon=True,
+                             name=f"admit-{env.sender[:8]}").start()
+
+    def _admit(self, sender: str, art: Any) -> None:
+        from protocol.p2p.host import peer_id_for_public_key
+        from protocol.p2p.transfer import TransferError, fetch
+
+        dest = self.p2p.home / "federation" / INCOMING_DIR / f"{art.sha256}.supernode.json"
+        try:
+            fetch(self.p2p.host, art, [peer_id_for_public_key(bytes.fromhex(sender))], dest,
+                  max_bytes=MAX_AGREEMENT_BYTES, timeout=self.fetch_timeout_s)
+            key = admit_supernode(self.p2p.home, self.name, dest.read_bytes())  # signed by a member, or refused
+        except (TransferError, FederationError, NodeError, OSError) as exc:
+            log.warning("%s: not admitting a SuperNode record from %s...: %s", self.p2p.home, sender[:16], exc)
+            with self._changed:
+                self.refused[art.sha256] = str(exc)
+                self._changed.notify_all()
+            return
+        with self._changed:
+            self.admitted.add(key.member)
+            self._changed.notify_all()
 
 
 class MeshMember:
@@ -224,6 +292,13 @@ class MeshMember:
         if ca is not None:
             join["ca"] = ca.name
         write_join(self.home, agreement.name, join)
+        # The coordinator admits this node's SuperNode from this record (MeshAdmission); it holds only a
+        # public key and a signature, and the announcement's allowlist already names the members.
+        from protocol.p2p.transfer import manifest_for
+
+        record = prepare_supernode_key(self.home, self.p2p.identity, agreement)
+        self.p2p.gossip.publish(self.p2p.server.add(record, manifest_for(record, kind=SUPERNODE_KEY_KIND,
+                                                                          format="envelope")))
         return Joined(agreement.name, agreement.federation_id, agreement.coordinator, ann.superlink, target)
 
     def _candidates(self, coordinator: str, kind: str, tried: set[str]) -> list[Any]:

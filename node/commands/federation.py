@@ -1,4 +1,4 @@
-"""Federation commands: `federation create|join|run|status` and `verify MODEL`."""
+"""Federation commands: `federation create|join|admit|run|status` and `verify MODEL`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from node.errors import NodeError, UsageError
 
 COMMANDS: dict[str, str] = {
-    "federation": "create, join, run or inspect a federation (signed agreement, Flower rounds)",
+    "federation": "create, join, admit members to, run or inspect a federation (signed agreement, Flower rounds)",
     "verify": "re-check a federated model's hashes, agreement and signed manifest chain",
 }
 
@@ -48,6 +48,10 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     join.add_argument("--coordinator", metavar="HOST:PORT", required=True, help="the coordinator's SuperLink")
     join.add_argument("--agreement", metavar="FILE", help="agreement.json the coordinator sent (needed once)")
     join.add_argument("--ca", metavar="FILE", help="the coordinator's CA certificate (TLS)")
+    admit = sub.add_parser("admit", help="(coordinator) admit members' SuperNodes: check and keep the "
+                                         "supernode-key.json each member's join wrote")
+    admit.add_argument("name", metavar="NAME")
+    admit.add_argument("files", metavar="FILE", nargs="+", help="a member's supernode-key.json; repeat")
     run = sub.add_parser("run", help="run the rounds (coordinator) or serve them (member)")
     run.add_argument("name", metavar="NAME")
     run.add_argument("--engine", choices=("local", "deployment"), default="deployment",
@@ -57,13 +61,16 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                      help="(--engine local) a member's node home; repeat")
     run.add_argument("--port", type=int, default=9093, help="(coordinator) SuperLink port (default 9093)")
     run.add_argument("--listen", default="127.0.0.1", help="(coordinator) SuperLink bind address")
+    run.add_argument("--no-supernode-auth", action="store_true",
+                     help="(coordinator) let any SuperNode that trusts the CA connect, admitted or not "
+                          "(contributions are still checked for members' signatures)")
     run.add_argument("--serve", action="store_true",
                      help="(member) keep serving after the federated model landed (default: exit then)")
     run.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     status = sub.add_parser("status", help="agreement, rounds done and registered federated models")
     status.add_argument("name", metavar="NAME")
     status.add_argument("--json", action="store_true")
-    for action_parser in (create, join, run, status):  # --home/--db also after the action
+    for action_parser in (create, join, admit, run, status):  # --home/--db also after the action
         action_parser.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS, help="node home")
         action_parser.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help="database URL")
 
@@ -72,7 +79,8 @@ def run_federation(args: argparse.Namespace) -> int:
     from federation.errors import FederationError
 
     try:
-        return {"create": _create, "join": _join, "run": _run, "status": _status}[args.action](args)
+        return {"create": _create, "join": _join, "admit": _admit, "run": _run,
+                "status": _status}[args.action](args)
     except FederationError as exc:
         raise NodeError(str(exc)) from None
 
@@ -81,7 +89,8 @@ def _create(args: argparse.Namespace) -> int:
     from federation.agreement import Agreement, save_agreement
     from federation.errors import FederationError
     from node.app import Node
-    from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir, prepare_tls
+    from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir
+    from node.flower import prepare_tls
     from protocol.identity import PublicKey
 
     with Node.open(args.home, db=args.db) as node:
@@ -118,6 +127,7 @@ def _join(args: argparse.Namespace) -> int:
     from federation.errors import FederationError
     from node.app import Node
     from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir, write_join
+    from node.flower import prepare_supernode_key
 
     with Node.open(args.home, db=args.db) as node:
         home = node.config.home
@@ -146,8 +156,26 @@ def _join(args: argparse.Namespace) -> int:
             shutil.copyfile(args.ca, target.parent / "ca.pem")
             join["ca"] = "ca.pem"
         write_join(home, args.name, join)
+        record = prepare_supernode_key(home, node.identity, agreement)
     print(f"joined federation {args.name!r} ({agreement.federation_id[:16]}...) coordinated by "
           f"{agreement.coordinator[:16]}... at {args.coordinator}")
+    print(f"  SuperNode key record  {record}  (send it to the coordinator: rewardnode federation admit "
+          f"{args.name} FILE)")
+    return 0
+
+
+def _admit(args: argparse.Namespace) -> int:
+    from node.app import Node
+    from node.flower import admit_supernode
+
+    with Node.open(args.home, db=args.db) as node:
+        home = node.config.home
+    for name in args.files:
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file; pass the supernode-key.json a member's join wrote")
+        key = admit_supernode(home, args.name, path.read_bytes())
+        print(f"admitted the SuperNode of member {key.member[:16]}... to {args.name!r} (from {path})")
     return 0
 
 
@@ -172,10 +200,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"federation {args.name!r}: {len(outcome.rounds)} round(s); "
               f"registered on {len(outcome.registered)} member(s): {sorted(set(outcome.registered.values()))}")
         return 0
-    from node.federated import run_coordinator, run_member
+    from node.flower import run_coordinator, run_member
 
     if is_coordinator:
-        outcome = run_coordinator(home, args.name, port=args.port, host=args.listen, timeout_s=args.timeout)
+        outcome = run_coordinator(home, args.name, port=args.port, host=args.listen, timeout_s=args.timeout,
+                                  supernode_auth=not args.no_supernode_auth)
         print(f"federation {args.name!r}: {outcome['rounds']} round(s), accepted per round {outcome['accepted']}, "
               f"round seconds {[round(x, 2) for x in outcome['round_seconds']]}; registered on "
               f"{len(outcome['registered'])} member(s)")

@@ -1,6 +1,7 @@
-"""Flower's deployment engine for real, on 127.0.0.1: a TLS SuperLink, 3 SuperNodes (one per node home),
-2 rounds; one member's SuperNode is SIGKILLed as round 2 starts. The round completes with the other two
-(min_participants = 2), and the federated model lands in their registries with a verifiable chain.
+"""Flower's deployment engine for real, on 127.0.0.1: a TLS SuperLink with SuperNode authentication,
+3 admitted SuperNodes (one per node home), 2 rounds; one member's SuperNode is SIGKILLed as round 2
+starts. The round completes with the other two (min_participants = 2), and the federated model lands
+in their registries with a verifiable chain. A SuperNode whose key nobody admitted is refused.
 """
 
 from __future__ import annotations
@@ -43,10 +44,21 @@ def test_deployment_engine_with_a_member_killed_mid_run(make_federation, tmp_pat
         from tests.federation.conftest import cli
         assert cli("--home", str(home), "federation", "join", "fed", "--coordinator", f"127.0.0.1:{port}",
                    "--agreement", str(agreement), "--ca", str(ca)) == 0
+    # Without admitted SuperNodes the coordinator refuses to start (nobody could connect).
+    from tests.federation.conftest import cli
+    assert cli("--home", str(coord), "federation", "run", "fed", "--port", str(port), "--timeout", "5") == 1
+    records = [str(h / "federation" / "fed" / "supernode-key.json") for h in homes]
+    assert cli("--home", str(coord), "federation", "admit", "fed", *records) == 0
     coordinator = _rewardnode(coord, "federation", "run", "fed", "--port", str(port), "--timeout", "240")
     from federation.deployment import wait_for_port
     wait_for_port(port, 60)
     members = [_rewardnode(h, "federation", "run", "fed", "--timeout", "240") for h in homes]
+    # An intruder that trusts the CA but whose SuperNode key was never admitted: the SuperLink refuses it.
+    from federation.admission import ensure_supernode_key
+    from federation.deployment import start_supernode, supernode_refused
+    ensure_supernode_key(tmp_path / "intruder.key")
+    intruder = start_supernode(tmp_path, f"127.0.0.1:{port}", ca, {"home": str(homes[0])},
+                               auth_key=tmp_path / "intruder.key")
     victim_log = homes[2] / "federation" / "fed" / "run" / "supernode.log"
     round1 = coord / "federation" / "fed" / "rounds" / "round-0001.manifest.json"
     try:
@@ -54,6 +66,8 @@ def test_deployment_engine_with_a_member_killed_mid_run(make_federation, tmp_pat
         while not round1.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert round1.exists(), "round 1 never finished"
+        intruder.popen.wait(60)
+        assert supernode_refused(intruder), intruder.output()[-2000:]
         # SIGKILL the victim's whole group: its `rewardnode` CLI, its SuperNode and any ClientApp process.
         os.killpg(members[2].pid, signal.SIGKILL)
         supernode_pids = [int(p) for p in subprocess.run(["pgrep", "-f", str(homes[2])], capture_output=True,
@@ -67,6 +81,7 @@ def test_deployment_engine_with_a_member_killed_mid_run(make_federation, tmp_pat
         for m in members[:2]:
             assert m.wait(60) == 0
     finally:
+        intruder.stop()
         for p in (coordinator, *members):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -82,3 +97,56 @@ def test_deployment_engine_with_a_member_killed_mid_run(make_federation, tmp_pat
             ids.add(entry.id)
     assert len(ids) == 1
     assert victim_log.exists()
+
+
+def test_member_waits_until_the_coordinator_admits_its_supernode(make_federation, tmp_path: Path) -> None:
+    """A member whose SuperNode the SuperLink refuses (key not registered yet) keeps retrying, and connects
+    once the coordinator registers the key from its signed record."""
+    from federation.admission import verify_supernode_key
+    from federation.agreement import load_agreement
+    from federation.deployment import (
+        TlsFiles,
+        flower_env,
+        register_supernode,
+        start_superlink,
+        wait_for_port,
+        write_connection,
+    )
+    from tests.federation.conftest import cli
+
+    port = _free_port()
+    coord, [home] = make_federation(1, pairs=4)
+    fed = coord / "federation" / "fed"
+    assert cli("--home", str(home), "federation", "join", "fed", "--coordinator", f"127.0.0.1:{port}",
+               "--agreement", str(fed / "agreement.json"), "--ca", str(fed / "tls" / "ca.pem")) == 0
+    tls = TlsFiles(fed / "tls" / "ca.pem", fed / "tls" / "server.pem", fed / "tls" / "server.key")
+    superlink = start_superlink(tmp_path, port, tls)
+    member = _rewardnode(home, "federation", "run", "fed", "--serve", "--timeout", "120")
+    log = home / "federation" / "fed" / "run" / "supernode.log"
+    try:
+        wait_for_port(port, 60)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "Exit Code: 305" not in (log.read_text() if log.exists() else ""):
+            time.sleep(0.2)
+        assert "Exit Code: 305" in log.read_text(), "the SuperLink never refused the unregistered SuperNode"
+        assert member.poll() is None, "the member gave up instead of waiting to be admitted"
+
+        key = verify_supernode_key((home / "federation" / "fed" / "supernode-key.json").read_bytes(),
+                                   load_agreement(fed / "agreement.json"))
+        (tmp_path / "member.pub").write_bytes(key.public_key_ssh)
+        write_connection(tmp_path / "flwr", f"127.0.0.1:{port}", tls.ca_cert)
+        node_id = register_supernode(tmp_path, tmp_path / "member.pub")
+        online = []
+        while time.monotonic() < deadline and not online:
+            listing = subprocess.run([str(Path(sys.executable).parent / "flwr"), "supernode", "list", "federation",
+                                      "--format", "json"], env=flower_env(tmp_path / "flwr"), capture_output=True,
+                                     text=True, cwd=tmp_path)
+            online = [n for n in json.loads(listing.stdout)["nodes"]
+                      if int(n["node-id"]) == node_id and n["status"] == "online"]
+            time.sleep(0.5)
+        assert online, "the admitted SuperNode never came online"
+    finally:
+        if member.poll() is None:
+            os.killpg(member.pid, signal.SIGTERM)
+            member.wait(30)
+        superlink.stop()

@@ -13,7 +13,7 @@ import pytest
 
 from node.app import Node
 from node.federated import federation_dir, read_join, run_local, verify_model
-from node.mesh import MeshMember, announce_federation
+from node.mesh import MeshAdmission, MeshMember, announce_federation
 from node.p2p import NodeP2P, P2PConfig
 from protocol.identity import Identity
 from tests.federation.conftest import cli, secret_pairs
@@ -62,6 +62,7 @@ def test_members_join_a_federation_heard_only_over_gossip(tmp_path: Path, bert_d
             with NodeP2P(s_home, "stranger", s_id, LOCAL, extra_bootstrap=boot) as s:
                 deadline_peers(a, 3)
                 deadline_peers(s, 1)
+                admission = MeshAdmission(a, "fed").install()
                 fed_s = announce_federation(s, "fed-s", "127.0.0.1:9999")
                 fed = announce_federation(a, "fed", "127.0.0.1:9093")
                 fed_bc = announce_federation(a, "fed-bc", "127.0.0.1:9094")
@@ -70,6 +71,9 @@ def test_members_join_a_federation_heard_only_over_gossip(tmp_path: Path, bert_d
                 for m in members:
                     wait_refused(m, fed_s.federation_id, "not one this node trusts")
                 wait_refused(members[1], fed_bc.federation_id, "allowlist")
+                # Both members offered their signed SuperNode key records and org-a admitted them for "fed"
+                # (org-b's record for fed-bc names another federation: not admitted for this one).
+                assert admission.wait_admitted(2, WAIT_S) == {b_id.public_key_hex, c_id.public_key_hex}
 
     assert [j.name for j in joined] == ["fed", "fed"]
     for home in (b_home, c_home):
@@ -78,6 +82,8 @@ def test_members_join_a_federation_heard_only_over_gossip(tmp_path: Path, bert_d
         assert (federation_dir(home, "fed") / "agreement.json").read_bytes() == \
             (federation_dir(a_home, "fed") / "agreement.json").read_bytes()
         assert (federation_dir(home, "fed") / "ca.pem").is_file()
+        assert (federation_dir(a_home, "fed") / "supernodes" / f"{Identity.load(home / 'identity.key').public_key_hex}.json"
+                ).read_bytes() == (federation_dir(home, "fed") / "supernode-key.json").read_bytes()
     assert not (federation_dir(c_home, "fed-bc") / "agreement.json").exists()
     assert not (federation_dir(b_home, "fed-s") / "agreement.json").exists()
 

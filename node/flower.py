@@ -1,0 +1,271 @@
+"""The deployment engine on a node: the coordinator's SuperLink and the members' SuperNodes (Flower).
+
+Coordinator (`run_coordinator`): starts `flower-superlink` with TLS and SuperNode authentication,
+registers the SuperNode keys of the members it admitted, submits the app with `flwr run` and waits
+for the rounds. Member (`run_member`): runs `flower-supernode` with its own P-384 key and a warm
+worker until the federated model lands in its registry.
+
+Admission (federation.admission): `rewardnode federation join` makes the member's SuperNode key
+and a record binding it to the node's Ed25519 identity; the coordinator admits that record with
+`rewardnode federation admit NAME FILE` (it must be signed by a member of the agreement).
+
+Files under the node home (besides node.federated's):
+
+    federation/<name>/supernode.key        member: P-384 SuperNode key (OpenSSH, mode 0600)
+    federation/<name>/supernode-key.json   member: the signed record to send to the coordinator
+    federation/<name>/supernodes/*.json    coordinator: admitted records, one per member
+    federation/<name>/tls/                 coordinator: CA + SuperLink certificate and key
+    federation/<name>/run/                 logs of the Flower processes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from federation.admission import SupernodeKey, ensure_supernode_key, sign_supernode_key, verify_supernode_key
+from federation.agreement import Agreement
+from federation.errors import FederationError
+from node.app import Node
+from node.errors import NodeError
+from node.federated import (
+    MODEL_KIND,
+    NodeParticipant,
+    agreement_for,
+    coordinator_state,
+    federation_dir,
+    read_join,
+    save_round,
+)
+from protocol.identity import Identity
+
+log = logging.getLogger(__name__)
+
+SUPERNODE_KEY_FILE = "supernode.key"
+SUPERNODE_RECORD_FILE = "supernode-key.json"
+ADMITTED_DIR = "supernodes"
+RETRY_S = 2.0
+"""How long a member waits before starting its SuperNode again after the SuperLink refused it."""
+
+TLS_DIR = "tls"
+OUTCOME_FILE = "outcome.json"
+RUN_CONFIG_HOME = "home"
+RUN_CONFIG_FEDERATION = "federation"
+_participants: dict[tuple[str, str], NodeParticipant] = {}
+
+
+def _participant_for(context: Any) -> NodeParticipant:
+    """The member this SuperNode serves: node home from --node-config, federation from the run config."""
+    home, name = str(context.node_config[RUN_CONFIG_HOME]), str(context.run_config[RUN_CONFIG_FEDERATION])
+    key = (home, name)
+    if key not in _participants:
+        node = Node.open(home)
+        _participants[key] = NodeParticipant(node, agreement_for(node.config.home, name))
+    return _participants[key]
+
+
+def _coordinator_for(context: Any) -> Any:
+    node = Node.open(str(context.run_config[RUN_CONFIG_HOME]))
+    name = str(context.run_config[RUN_CONFIG_FEDERATION])
+    agreement = agreement_for(node.config.home, name)
+    state = coordinator_state(node, agreement)
+    state.node = node  # kept for the round callbacks
+    return state
+
+
+def _server_app() -> Any:
+    from federation.apps import make_server_app
+
+    holder: dict[str, Any] = {}
+
+    def state_for(context: Any) -> Any:
+        holder["state"] = _coordinator_for(context)
+        return holder["state"]
+
+    def on_round(result: Any) -> None:
+        state = holder["state"]
+        save_round(state.node, state.agreement, result)
+
+    def on_done(outcome: Any) -> None:
+        state = holder["state"]
+        path = federation_dir(state.node.config.home, state.agreement.name) / "rounds" / OUTCOME_FILE
+        path.write_text(json.dumps({
+            "rounds": len(outcome.rounds), "registered": {str(k): v for k, v in outcome.registered.items()},
+            "round_seconds": list(outcome.round_seconds), "train_seconds": list(outcome.train_seconds),
+            "accepted": [len(r.accepted) for r in outcome.rounds],
+            "rejected": [[x.to_dict() for x in r.rejected] for r in outcome.rounds]}, indent=2) + "\n")
+
+    return make_server_app(state_for, on_done=on_done, on_round=on_round)
+
+
+def _client_app() -> Any:
+    from federation.apps import make_client_app
+
+    return make_client_app(_participant_for)
+
+
+# The Flower components `flwr run` loads (node.flower:server_app, federation.worker:client_app); Flower checks
+# for these names statically, so they are plain module attributes.
+server_app = _server_app()
+client_app = _client_app()
+
+
+def prepare_tls(home: Path, name: str) -> Path:
+    """Generate the federation's CA + SuperLink certificate (coordinator, at create time); returns ca.pem."""
+    from federation.deployment import make_tls
+
+    return make_tls(federation_dir(home, name) / TLS_DIR).ca_cert
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so `finally` stops the Flower processes this command started."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+# --- admission of members' SuperNodes --------------------------------------------------------------
+
+
+def prepare_supernode_key(home: Path, identity: Identity, agreement: Agreement) -> Path:
+    """Member, at join: this node's SuperNode key for `agreement` (made once) and the record, signed with
+    the node's identity, that the coordinator admits; returns the record's path."""
+    fed = federation_dir(home, agreement.name)
+    public = ensure_supernode_key(fed / SUPERNODE_KEY_FILE)
+    record = fed / SUPERNODE_RECORD_FILE
+    record.write_bytes(sign_supernode_key(identity, agreement.federation_id, public).to_bytes())
+    return record
+
+
+def admit_supernode(home: Path, name: str, data: bytes) -> SupernodeKey:
+    """Coordinator: verify a member's SuperNode key record against the agreement and keep it (a newer record
+    from the same member replaces the older: key rotation)."""
+    agreement = agreement_for(home, name)
+    key = verify_supernode_key(data, agreement)
+    admitted = federation_dir(home, name) / ADMITTED_DIR
+    admitted.mkdir(parents=True, exist_ok=True)
+    (admitted / f"{key.member}.json").write_bytes(data)
+    return key
+
+
+def admitted_supernodes(home: Path, agreement: Agreement) -> list[SupernodeKey]:
+    """The admitted records that still verify against `agreement` (a member dropped from a re-created
+    agreement is skipped, with a warning)."""
+    keys = []
+    for path in sorted((federation_dir(home, agreement.name) / ADMITTED_DIR).glob("*.json")):
+        try:
+            keys.append(verify_supernode_key(path.read_bytes(), agreement))
+        except FederationError as exc:
+            log.warning("not registering %s: %s", path, exc)
+    return keys
+
+
+def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1", timeout_s: float = 3600.0,
+                    supernode_auth: bool = True) -> dict[str, Any]:
+    """Start the TLS SuperLink on port `port`, register the admitted members' SuperNode keys, submit the
+    app with `flwr run`, wait for the run to end, stop the SuperLink; returns the outcome the ServerApp
+    wrote. `supernode_auth=False` lets any SuperNode that trusts the CA connect (contributions are still
+    checked for members' signatures)."""
+    from federation.deployment import (
+        TlsFiles,
+        flwr_run,
+        register_supernode,
+        start_superlink,
+        write_app,
+        write_connection,
+    )
+
+    agreement = agreement_for(home, name)
+    fed = federation_dir(home, name)
+    tls_dir = fed / TLS_DIR
+    tls = TlsFiles(tls_dir / "ca.pem", tls_dir / "server.pem", tls_dir / "server.key")
+    if not tls.server_key.is_file():
+        raise NodeError(f"no TLS material in {tls_dir}; it is made by `rewardnode federation create`")
+    admitted = admitted_supernodes(home, agreement) if supernode_auth else []
+    if supernode_auth and len(admitted) < agreement.min_participants:
+        raise NodeError(f"{len(admitted)} member SuperNode(s) admitted, fewer than min_participants = "
+                        f"{agreement.min_participants}: each member sends the {SUPERNODE_RECORD_FILE} that "
+                        f"`rewardnode federation join` wrote, and you run `rewardnode federation admit {name} FILE`")
+    work = fed / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    outcome_path = fed / "rounds" / OUTCOME_FILE
+    outcome_path.unlink(missing_ok=True)
+    _exit_on_sigterm()
+    superlink = start_superlink(work, port, tls, host=host, supernode_auth=supernode_auth)
+    try:
+        write_connection(work / "flwr", f"127.0.0.1:{port}", tls.ca_cert)
+        for key in admitted:
+            public = work / "supernodes" / f"{key.member[:16]}.pub"
+            public.parent.mkdir(parents=True, exist_ok=True)
+            public.write_bytes(key.public_key_ssh)
+            node_id = register_supernode(work, public, name=key.member[:16])
+            log.info("registered the SuperNode of member %s... as Flower node %d", key.member[:16], node_id)
+        app = write_app(work / "app", "node.flower:server_app", "federation.worker:client_app")
+        done = flwr_run(work, app, {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name}, timeout_s)
+        (work / "flwr-run.log").write_text(done.stdout + done.stderr)
+    finally:
+        superlink.stop()
+    if not outcome_path.is_file():
+        raise NodeError(f"the federation run ended without an outcome (a round below quorum, or a crash); see "
+                        f"{work / 'flwr-run.log'} and {work / 'superlink.log'}")
+    outcome: dict[str, Any] = json.loads(outcome_path.read_text())
+    return outcome
+
+
+def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float = 3600.0) -> str | None:
+    """Run this member's SuperNode and its warm worker until the federated model lands in its registry
+    (or until stopped: serve)."""
+    import tempfile
+
+    from federation.deployment import start_supernode, supernode_refused
+    from federation.worker import NODE_CONFIG_SOCKET, Worker
+
+    agreement = agreement_for(home, name)
+    join = read_join(home, name)
+    fed = federation_dir(home, name)
+    ca = fed / str(join["ca"]) if join.get("ca") else None
+    auth_key = fed / SUPERNODE_KEY_FILE
+    if not auth_key.is_file():
+        raise NodeError(f"no SuperNode key at {auth_key}; run `rewardnode federation join {name} ...` again "
+                        f"and send the {SUPERNODE_RECORD_FILE} it writes to the coordinator")
+    work = fed / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    sock = work / "worker.sock"
+    if len(str(sock)) > 100:  # AF_UNIX paths are limited to ~108 bytes
+        sock = Path(tempfile.mkdtemp(prefix="rewardnode-")) / "worker.sock"
+    _exit_on_sigterm()
+    with Node.open(home) as node:
+        before = {m.id for m in node.store.list_models()}
+        worker = Worker(NodeParticipant(node, agreement), sock)  # model, data and key stay warm in this process
+        node_config = {RUN_CONFIG_HOME: str(home), NODE_CONFIG_SOCKET: str(sock)}
+        proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if supernode_refused(proc):
+                    # The SuperLink refused this SuperNode: the coordinator has not admitted (registered) its
+                    # key yet, or is between runs. Try again until the deadline.
+                    log.warning("the SuperLink at %s refused this SuperNode (key not registered yet?); "
+                                "retrying in %g s", join["coordinator"], RETRY_S)
+                    proc.stop()
+                    time.sleep(RETRY_S)
+                    proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
+                    continue
+                if proc.popen.poll() is not None:
+                    raise NodeError(f"the SuperNode exited ({proc.popen.returncode}); see {proc.log}")
+                if not serve:
+                    new = [m for m in node.store.list_models() if m.id not in before and m.kind == MODEL_KIND
+                           and m.provenance.get("federation_id") == agreement.federation_id]
+                    if new:
+                        return new[-1].id
+                time.sleep(0.5)
+            raise NodeError(f"no federated model arrived within {timeout_s:g}s; is the coordinator running?")
+        finally:
+            proc.stop()
+            worker.close()
+            if sock.parent != work:
+                sock.parent.rmdir()
