@@ -277,11 +277,75 @@ def _fast_poll() -> None:
     setattr(internal, "time", _FastTime())  # noqa: B010 (patch one module's view of `time`)
 
 
+class _WarmSubprocess:
+    """Stands in for `subprocess` inside flwr.supernode.start_client_internal: the SuperExec it starts is
+    `python -m federation.deployment superexec` (warm ClientApp launches) instead of `flower-superexec`."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(args: list[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[bytes]:  # noqa: N802
+        if args and args[0] == "flower-superexec":
+            args = [sys.executable, "-m", "federation.deployment", "superexec", *args[1:]]
+        return subprocess.Popen(args, *rest, **kwargs)
+
+
+def _warm_launches() -> None:
+    """SuperExec starts a fresh `flwr-clientapp` process per message: Python, flwr and the app imported
+    again each round (about a second of CPU per member per round). Here ClientApp tasks are forked from a
+    multiprocessing fork server that imported all of that once; each child runs the same
+    `run_clientapp` the `flwr-clientapp` command runs. Other task types launch as before."""
+    import multiprocessing
+
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import subprocess_executor
+    from flwr.supercore.superexec.executor.types import LaunchResult
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["flwr.supernode.runtime.run_clientapp", "federation.worker"])
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()  # now, not in the first round
+    original = subprocess_executor.SubprocessExecutor.launch
+
+    def launch(self: Any, spec: Any) -> Any:
+        if spec.task_type != TaskType.CLIENT_APP or spec.runtime_dependency_install:
+            return original(self, spec)
+        multiprocessing.active_children()  # reap the finished ones
+        ctx.Process(target=_run_clientapp, daemon=True, name="clientapp",
+                    args=(spec.runtime_api_address, spec.token, spec.insecure, spec.root_certificates_path,
+                          spec.parent_pid)).start()
+        return LaunchResult.accepted()
+
+    setattr(subprocess_executor.SubprocessExecutor, "launch", launch)  # noqa: B010
+
+
+def _run_clientapp(address: str, token: str, insecure: bool, root_certificates: str | None,
+                   parent_pid: int | None) -> None:
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    certificates = None if insecure or root_certificates is None else Path(root_certificates).read_bytes()
+    run_clientapp(runtime_api_address=address, token=token, insecure=insecure, certificates=certificates,
+                  parent_pid=parent_pid, runtime_dependency_install=False)
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "superexec":
+        _warm_launches()
+        from flwr.supercore.cli.flower_superexec import flower_superexec
+
+        sys.argv = ["flower-superexec", *argv[1:]]
+        flower_superexec()
+        return 0
     if not argv or argv[0] != "supernode":
-        print("usage: python -m federation.deployment supernode [flower-supernode args]", file=sys.stderr)
+        print("usage: python -m federation.deployment supernode|superexec [flower-supernode|superexec args]",
+              file=sys.stderr)
         return 2
     _fast_poll()
+    import flwr.supernode.start_client_internal as internal
+
+    setattr(internal, "subprocess", _WarmSubprocess())  # noqa: B010
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *argv[1:]]

@@ -10,7 +10,7 @@ verification, aggregation, signed manifests) on the in-process LocalGrid. Member
 - sign-flip:  sends -10 x its honest update.
 
 --deployment N measures instead the round overhead of Flower's deployment engine: a TLS SuperLink
-and N SuperNodes on 127.0.0.1 (one node home each, created in a temp folder with the CLI), 3 rounds,
+(SuperNode authentication on) and N admitted SuperNodes on 127.0.0.1 (one node home each, created in a temp folder with the CLI), 3 rounds,
 `rewardnode federation run` on every side, timings read from the coordinator's outcome.json.
 
 Reported: dev pair accuracy of the final global model on held-out pairs (higher is better) and,
@@ -186,6 +186,8 @@ def deployment_overhead(n: int, rounds: int) -> None:
     for home in homes:
         cli(["--home", str(home), "federation", "join", "fed", "--coordinator", f"127.0.0.1:{port}", "--agreement",
              str(fed / "agreement.json"), "--ca", str(fed / "tls" / "ca.pem")])
+    cli(["--home", str(coord), "federation", "admit", "fed",
+         *(str(h / "federation" / "fed" / "supernode-key.json") for h in homes)])
     run = [sys.executable, "-m", "node.cli"]
     t0 = time.perf_counter()
     procs = [subprocess.Popen(run + ["--home", str(coord), "federation", "run", "fed", "--port", str(port)],
