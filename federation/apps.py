@@ -187,28 +187,44 @@ def _collect(replies: Iterable[Message], sent: dict[str, int]) -> tuple[
     return raw, rejected, slowest
 
 
-def send_and_receive(grid: Grid, messages: list[Message], timeout_s: float,
-                     poll_s: float = 0.05) -> tuple[list[Message], dict[str, int]]:
+STRAGGLER_WAIT_S = 10.0
+"""Once a round has its quorum of replies, how much longer the coordinator waits for the rest."""
+
+
+def send_and_receive(grid: Grid, messages: list[Message], timeout_s: float, poll_s: float = 0.05, *,
+                     quorum: int | None = None, straggler_s: float = STRAGGLER_WAIT_S,
+                     ) -> tuple[list[Message], dict[str, int]]:
     """`Grid.send_and_receive` with a short poll (Flower 1.41's HttpGrid sleeps 3 s between pulls).
 
+    Waits for every reply until `timeout_s`; once `quorum` replies without error are in, waits at most
+    `straggler_s` more. A member that died mid-round is only noticed by Flower's heartbeat (a minute or
+    more), so without this a dead member would cost the whole round timeout.
     Returns the replies and {message id: destination node id} of what was sent."""
     pushed = list(grid.push_messages(messages))
     sent = {mid: m.metadata.dst_node_id for mid, m in zip(pushed, messages, strict=True)}
     ids = set(pushed)
     deadline = time.monotonic() + timeout_s
     out: list[Message] = []
+    quorum_met = False
     while ids and time.monotonic() < deadline:
         got = list(grid.pull_messages(ids))
         out.extend(got)
         ids -= {m.metadata.reply_to_message_id for m in got}
+        if not quorum_met and quorum is not None and sum(not m.has_error() for m in out) >= quorum:
+            quorum_met = True
+            deadline = min(deadline, time.monotonic() + straggler_s)
         if ids:
             time.sleep(poll_s)
     return out, sent
 
 
 def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[RoundResult], None] | None = None,
-                   node_wait_s: float = 60.0, finalize: bool = True) -> FederationOutcome:
+                   node_wait_s: float = 60.0, finalize: bool = True,
+                   straggler_s: float = STRAGGLER_WAIT_S) -> FederationOutcome:
     """Run every remaining round of the agreement on `grid`, then finalize on every member.
+
+    A round waits for every member until the agreement's round timeout, but at most `straggler_s` once
+    min_participants replied; finalize likewise once the last round's contributors acknowledged.
 
     Raises `BelowQuorum` (after `on_round` saw every finished round) when a round falls short.
     """
@@ -225,7 +241,8 @@ def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[Ro
             REC_CONFIG: ConfigRecord({KEY_ROUND: rnd, KEY_FEDERATION: a.federation_id}),
         })
         messages = [Message(content, dst_node_id=n, message_type=MSG_TRAIN, group_id=str(rnd)) for n in nodes]
-        replies, sent = send_and_receive(grid, messages, a.round_timeout_s)
+        replies, sent = send_and_receive(grid, messages, a.round_timeout_s, quorum=a.min_participants,
+                                         straggler_s=straggler_s)
         raw, no_reply, slowest = _collect(replies, sent)
         result = state.finish_round(raw, no_reply)  # raises BelowQuorum
         round_s.append(time.perf_counter() - t0)
@@ -241,25 +258,34 @@ def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[Ro
     content = RecordDict({REC_GLOBAL: to_record(state.global_arrays),
                           REC_CONFIG: ConfigRecord({KEY_CHAIN: list(state.chain)})})
     messages = [Message(content, dst_node_id=n, message_type=MSG_FINALIZE, group_id="final") for n in nodes]
-    for reply in send_and_receive(grid, messages, a.round_timeout_s)[0]:
+    quorum = len(results[-1].accepted) if results else len(nodes)
+    t0 = time.perf_counter()
+    replies, sent = send_and_receive(grid, messages, a.round_timeout_s, quorum=quorum, straggler_s=straggler_s)
+    for reply in replies:
         if not reply.has_error():
             registered[reply.metadata.src_node_id] = str(reply.content.config_records[REC_CONFIG]["model-id"])
         else:
             log.warning("finalize failed on node %d: %s", reply.metadata.src_node_id, str(reply.error.reason)[:300])
+    log.log(logging.INFO if len(registered) == len(nodes) else logging.WARNING, "finalize: %d of %d node(s) registered the federated model in %.1fs (nodes %s; sent to %s)",
+             len(registered), len(nodes), time.perf_counter() - t0, sorted(registered), sorted(sent.values()))
     return FederationOutcome(tuple(results), state.global_arrays, tuple(state.chain), registered,
                              tuple(round_s), tuple(train_s))
 
 
 def make_server_app(state_for: Callable[[Context], FederationState],
                     on_done: Callable[[FederationOutcome], None] | None = None,
-                    on_round: Callable[[RoundResult], None] | None = None, finalize: bool = True) -> ServerApp:
-    """A ServerApp running `run_federation` on the coordinator's state."""
+                    on_round: Callable[[RoundResult], None] | None = None, finalize: bool = True,
+                    straggler_for: Callable[[Context], float] | None = None) -> ServerApp:
+    """A ServerApp running `run_federation` on the coordinator's state (`straggler_for(context)`: the
+    straggler wait, default STRAGGLER_WAIT_S)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome = run_federation(grid, state_for(context), on_round=on_round, finalize=finalize)
+            straggler_s = STRAGGLER_WAIT_S if straggler_for is None else straggler_for(context)
+            outcome = run_federation(grid, state_for(context), on_round=on_round, finalize=finalize,
+                                     straggler_s=straggler_s)
         except BelowQuorum as exc:
             log.error("%s", exc)
             raise

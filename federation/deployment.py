@@ -57,6 +57,7 @@ clientapp = "{clientapp}"
 [tool.flwr.app.config]
 home = ""
 federation = ""
+straggler-wait = "10"
 """
 
 

@@ -54,6 +54,7 @@ TLS_DIR = "tls"
 OUTCOME_FILE = "outcome.json"
 RUN_CONFIG_HOME = "home"
 RUN_CONFIG_FEDERATION = "federation"
+RUN_CONFIG_STRAGGLER = "straggler-wait"
 _participants: dict[tuple[str, str], NodeParticipant] = {}
 
 
@@ -77,7 +78,7 @@ def _coordinator_for(context: Any) -> Any:
 
 
 def _server_app() -> Any:
-    from federation.apps import make_server_app
+    from federation.apps import STRAGGLER_WAIT_S, make_server_app
 
     holder: dict[str, Any] = {}
 
@@ -98,7 +99,10 @@ def _server_app() -> Any:
             "accepted": [len(r.accepted) for r in outcome.rounds],
             "rejected": [[x.to_dict() for x in r.rejected] for r in outcome.rounds]}, indent=2) + "\n")
 
-    return make_server_app(state_for, on_done=on_done, on_round=on_round)
+    def straggler_for(context: Any) -> float:
+        return float(context.run_config.get(RUN_CONFIG_STRAGGLER, STRAGGLER_WAIT_S))
+
+    return make_server_app(state_for, on_done=on_done, on_round=on_round, straggler_for=straggler_for)
 
 
 def _client_app() -> Any:
@@ -165,11 +169,11 @@ def admitted_supernodes(home: Path, agreement: Agreement) -> list[SupernodeKey]:
 
 
 def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1", timeout_s: float = 3600.0,
-                    supernode_auth: bool = True) -> dict[str, Any]:
+                    supernode_auth: bool = True, straggler_s: float = 10.0) -> dict[str, Any]:
     """Start the TLS SuperLink on port `port`, register the admitted members' SuperNode keys, submit the
     app with `flwr run`, wait for the run to end, stop the SuperLink; returns the outcome the ServerApp
     wrote. `supernode_auth=False` lets any SuperNode that trusts the CA connect (contributions are still
-    checked for members' signatures)."""
+    checked for members' signatures). `straggler_s`: see federation.apps.send_and_receive."""
     from federation.deployment import (
         TlsFiles,
         flwr_run,
@@ -205,7 +209,8 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
             node_id = register_supernode(work, public, name=key.member[:16])
             log.info("registered the SuperNode of member %s... as Flower node %d", key.member[:16], node_id)
         app = write_app(work / "app", "node.flower:server_app", "federation.worker:client_app")
-        done = flwr_run(work, app, {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name}, timeout_s)
+        done = flwr_run(work, app, {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name,
+                                    RUN_CONFIG_STRAGGLER: str(straggler_s)}, timeout_s)
         (work / "flwr-run.log").write_text(done.stdout + done.stderr)
     finally:
         superlink.stop()
@@ -261,6 +266,7 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
                     new = [m for m in node.store.list_models() if m.id not in before and m.kind == MODEL_KIND
                            and m.provenance.get("federation_id") == agreement.federation_id]
                     if new:
+                        _wait_finalize_sent(proc)
                         return new[-1].id
                 time.sleep(0.5)
             raise NodeError(f"no federated model arrived within {timeout_s:g}s; is the coordinator running?")
@@ -269,3 +275,15 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
             worker.close()
             if sock.parent != work:
                 sock.parent.rmdir()
+
+
+def _wait_finalize_sent(proc: Any, timeout_s: float = 15.0) -> None:
+    """The model lands in the registry before the SuperNode has pushed the finalize reply; stopping it then
+    would leave the coordinator waiting for an acknowledgement that never comes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.popen.poll() is None:
+        out = proc.output()
+        at = out.rfind("Sending: query.finalize")
+        if at >= 0 and "Sent successfully" in out[at:]:
+            return
+        time.sleep(0.1)

@@ -64,6 +64,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-supernode-auth", action="store_true",
                      help="(coordinator) let any SuperNode that trusts the CA connect, admitted or not "
                           "(contributions are still checked for members' signatures)")
+    run.add_argument("--straggler-wait", type=float, default=10.0, metavar="S",
+                     help="(coordinator) once min-participants replied, wait at most S more seconds for the others "
+                          "(default 10; a dead member would otherwise cost the whole round timeout)")
     run.add_argument("--serve", action="store_true",
                      help="(member) keep serving after the federated model landed (default: exit then)")
     run.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
@@ -202,9 +205,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from node.flower import run_coordinator, run_member
 
+    if args.straggler_wait < 0:
+        raise UsageError(f"--straggler-wait {args.straggler_wait:g}: give a number of seconds >= 0")
     if is_coordinator:
         outcome = run_coordinator(home, args.name, port=args.port, host=args.listen, timeout_s=args.timeout,
-                                  supernode_auth=not args.no_supernode_auth)
+                                  supernode_auth=not args.no_supernode_auth, straggler_s=args.straggler_wait)
         print(f"federation {args.name!r}: {outcome['rounds']} round(s), accepted per round {outcome['accepted']}, "
               f"round seconds {[round(x, 2) for x in outcome['round_seconds']]}; registered on "
               f"{len(outcome['registered'])} member(s)")
