@@ -296,7 +296,8 @@ def _warm_launches() -> None:
     """SuperExec starts a fresh `flwr-clientapp` process per message: Python, flwr and the app imported
     again each round (about a second of CPU per member per round). Here ClientApp tasks are forked from a
     multiprocessing fork server that imported all of that once; each child runs the same
-    `run_clientapp` the `flwr-clientapp` command runs. Other task types launch as before."""
+    `run_clientapp` the `flwr-clientapp` command runs, pinned to rewardnode's ClientApp
+    (`_pin_clientapp`). Other task types are refused: a member runs nothing else."""
     import multiprocessing
 
     from flwr.supercore.constant import TaskType
@@ -308,11 +309,9 @@ def _warm_launches() -> None:
     from multiprocessing import forkserver
 
     forkserver.ensure_running()  # now, not in the first round
-    original = subprocess_executor.SubprocessExecutor.launch
-
     def launch(self: Any, spec: Any) -> Any:
-        if spec.task_type != TaskType.CLIENT_APP or spec.runtime_dependency_install:
-            return original(self, spec)
+        if spec.task_type != TaskType.CLIENT_APP:
+            return LaunchResult.failed(f"a rewardnode member runs ClientApps only, not {spec.task_type}")
         multiprocessing.active_children()  # reap the finished ones
         ctx.Process(target=_run_clientapp, daemon=True, name="clientapp",
                     args=(spec.runtime_api_address, spec.token, spec.insecure, spec.root_certificates_path,
@@ -322,10 +321,23 @@ def _warm_launches() -> None:
     setattr(subprocess_executor.SubprocessExecutor, "launch", launch)  # noqa: B010
 
 
+def _pin_clientapp() -> None:
+    """Run rewardnode's own ClientApp (federation.worker) whatever app bundle (FAB) the SuperLink sends:
+    the FAB is neither installed nor imported, so no code from the network runs on a member, even if
+    someone else submitted a run to the coordinator's SuperLink."""
+    import flwr.supernode.runtime.run_clientapp as runtime
+
+    from federation.worker import client_app
+
+    setattr(runtime, "install_from_fab", lambda *_a, **_k: None)  # noqa: B010
+    setattr(runtime, "get_load_client_app_fn", lambda **_k: lambda *_a: client_app)  # noqa: B010
+
+
 def _run_clientapp(address: str, token: str, insecure: bool, root_certificates: str | None,
                    parent_pid: int | None) -> None:
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+    _pin_clientapp()
     certificates = None if insecure or root_certificates is None else Path(root_certificates).read_bytes()
     run_clientapp(runtime_api_address=address, token=token, insecure=insecure, certificates=certificates,
                   parent_pid=parent_pid, runtime_dependency_install=False)

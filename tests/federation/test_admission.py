@@ -104,3 +104,18 @@ def test_cli_join_writes_a_record_the_coordinator_admits(make_federation, tmp_pa
     assert cli("--home", str(coord), "federation", "admit", "fed", *map(str, records)) == 0
     keys = {Identity.load(h / "identity.key").public_key_hex for h in homes}
     assert {p.stem for p in admitted.glob("*.json")} == keys
+
+
+def test_members_run_only_rewardnodes_clientapp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever app bundle a SuperLink sends, a member's SuperNode neither installs nor loads it."""
+    import flwr.supernode.runtime.run_clientapp as runtime
+
+    from federation.deployment import _pin_clientapp
+    from federation.worker import client_app
+
+    for name in ("install_from_fab", "get_load_client_app_fn"):
+        monkeypatch.setattr(runtime, name, getattr(runtime, name))  # restored after the test
+    _pin_clientapp()
+    assert runtime.install_from_fab(b"PK\x03\x04 any bundle", skip_prompt=True) is None
+    load = runtime.get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+    assert load("evil/app", "6.6.6", "f" * 64) is client_app
