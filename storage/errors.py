@@ -17,6 +17,9 @@ class StorageError(Exception):
         self.fix = fix
         super().__init__(f"{cause}; {fix}")
 
+    def __reduce__(self) -> tuple[type[StorageError], tuple[str, str]]:
+        return type(self), (self.cause, self.fix)  # picklable: an import's worker process sends it back
+
 
 class StoreUnavailableError(StorageError):
     """The database URL is malformed, or the database cannot be opened or reached."""

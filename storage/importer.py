@@ -11,11 +11,15 @@ On SQLite, for this one transaction, foreign keys and CHECK constraints are not 
 row (PRAGMA foreign_keys=OFF, ignore_check_constraints=ON; both back after): every referenced row
 is inserted or looked up first in the same write-locked transaction, and RowBuilder enforces every
 CHECK of the imported tables itself (rows.CHECKED_CONSTRAINTS; the tests run PRAGMA
-foreign_key_check and compare the constraint list with the schema). When an import has stored
-more rows into a table than the table held before (and at least DEFER_INDEXES_MIN_ROWS), the
-table's plain secondary indexes are dropped and built again, sorted, before the commit: cheaper
-than updating them row by row at random places. DDL is transactional in SQLite, so a failed or
-killed import leaves the indexes as they were. Unique indexes (the dedup keys) are never dropped.
+foreign_key_check and compare the constraint list with the schema).
+
+Also on SQLite, when an import has stored more rows into a table than the table held before (and
+at least DEFER_INDEXES_MIN_ROWS), the table's plain secondary indexes are dropped and built again,
+sorted, before the commit: cheaper than updating them row by row at random places, but work at
+the end that nothing overlaps. So this is done only while inserting is the bottleneck: when the
+batches come from a worker process that keeps this one waiting (idle more than DEFER_MAX_IDLE of
+the time), updating the indexes in place costs nothing. DDL is transactional in SQLite, so a failed
+or killed import leaves the indexes as they were. Unique indexes (the dedup keys) are never dropped.
 
 Duplicates: a record whose key (storage/hashing.py) or idempotency_key is already stored, or
 appeared earlier in the same iterable, is counted in `ImportResult.duplicates` and not stored.
@@ -23,7 +27,9 @@ appeared earlier in the same iterable, is counted in `ImportResult.duplicates` a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final
@@ -36,12 +42,14 @@ from storage import models as m
 from storage.db import SQLITE_CACHE_KIB, SQLITE_IMPORT_CACHE_KIB, begin_write, translate
 from storage.errors import InvalidRecordError, StorageError
 from storage.records import Record
-from storage.rows import COLUMNS, NAME_COLUMNS, RowBatch, RowBuilder
+from storage.rows import COLUMNS, NAME_COLUMNS, BuildsRows, RowBatch, RowBuilder, build_batches
 from storage.types import ImportResult
 
 DEFAULT_BATCH_SIZE: Final = 5000
 DEFER_INDEXES_MIN_ROWS: Final = 10_000
 """Rows an import must have stored into a table before its secondary indexes are rebuilt at the end."""
+DEFER_MAX_IDLE: Final = 0.02
+"""Largest share of the time spent waiting for batches (not building them) at which indexes are deferred."""
 _NAME_CHUNK: Final = 500
 _INDEXED_TABLES: Final = ("responses", *m.KINDS)  # the imported tables with plain secondary indexes
 
@@ -89,9 +97,9 @@ def import_records(engine: Engine, records: Iterable[Record], *, batch_size: int
             raw.execute("PRAGMA ignore_check_constraints=ON")
             raw.execute(f"PRAGMA cache_size={-SQLITE_IMPORT_CACHE_KIB}")
         try:
-            with begin_write(conn):
+            with begin_write(conn), closing(_batches(records, RowBuilder(conn.dialect.name, now), batch_size)) as batches:
                 importer = _Importer(conn, now, defer_indexes=is_sqlite)
-                for batch in _batches(records, RowBuilder(conn.dialect.name, now), batch_size):
+                while (batch := importer.receive(batches)) is not None:
                     importer.insert(batch)
                     if progress is not None:
                         progress(batch.n_records)
@@ -104,15 +112,13 @@ def import_records(engine: Engine, records: Iterable[Record], *, batch_size: int
                 raw.execute(f"PRAGMA cache_size={-SQLITE_CACHE_KIB}")
 
 
-def _batches(records: Iterable[Record], builder: RowBuilder, batch_size: int) -> Iterator[RowBatch]:
-    batch: list[Record] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) >= batch_size:
-            yield builder.build(batch)
-            batch = []
-    if batch:
-        yield builder.build(batch)
+def _batches(records: Iterable[Record], builder: RowBuilder, batch_size: int) -> Generator[RowBatch, None, None]:
+    """Row batches built here, or by `records` itself when it can (BuildsRows); closed on any error."""
+    if isinstance(records, BuildsRows):
+        with closing(records.row_batches(builder, batch_size)) as prebuilt:
+            yield from prebuilt
+    else:
+        yield from build_batches(records, builder, batch_size)
 
 
 def dbapi_connection(conn: Connection) -> Any:
@@ -139,6 +145,9 @@ class _Importer:
         self.responses_added = 0
         self.position = 0  # records stored before the current batch
         self.rows_before: dict[str, int] = {}  # table -> rows it held when the import began (SQLite)
+        self.idle = 0.0  # seconds spent waiting for batches that another process builds
+        self.waits = 0  # batches whose wait was measured (all but the first)
+        self.since: float | None = None  # perf_counter() when the first batch was in
         self.dropped: list[tuple[str, str]] = []  # (index name, CREATE INDEX sql), built again by finish()
         if defer_indexes:
             for table in _INDEXED_TABLES:
@@ -156,16 +165,27 @@ class _Importer:
 
     # ---- one batch --------------------------------------------------------------------------
 
+    def receive(self, batches: Iterator[RowBatch]) -> RowBatch | None:
+        """The next batch, or None; waiting beyond this process's own CPU time counts as idle."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        batch = next(batches, None)
+        if self.since is None:
+            self.since = time.perf_counter()  # the first batch also waited for the producer to start
+        else:
+            self.idle += max(0.0, time.perf_counter() - wall - (time.process_time() - cpu))
+            self.waits += 1
+        return batch
+
     def insert(self, batch: RowBatch) -> None:
         """Insert the rows of one batch (names resolved to ids first)."""
-        rows = batch.rows
+        columns = batch.columns
         doing = f"storing records {self.position + 1}..{self.position + batch.n_records}"
         try:
-            self.prompts_added += self._insert("prompts", rows["prompts"])
-            self.responses_added += self._insert("responses", rows["responses"])
+            self.prompts_added += self._insert("prompts", columns["prompts"])
+            self.responses_added += self._insert("responses", columns["responses"])
             for kind in m.KINDS:
-                self.seen[kind] += len(rows[kind])
-                self.added[kind] += self._insert(kind, rows[kind])
+                self.seen[kind] += batch.n_rows(kind)
+                self.added[kind] += self._insert(kind, columns[kind])
             if batch.ranking_items:
                 self._insert_ranking_items(batch.ranking_items)
             if self.rows_before:
@@ -178,16 +198,16 @@ class _Importer:
             raise translate(exc, doing) from exc
         self.position += batch.n_records
 
-    def _insert(self, table: str, rows: list[tuple[Any, ...]]) -> int:
-        """executemany of `rows` (COLUMNS[table] order, names in the name columns); the number stored."""
-        if not rows:
+    def _insert(self, table: str, columns: list[tuple[Any, ...]]) -> int:
+        """executemany of the rows in `columns` (COLUMNS[table] order, names in the name columns); rows stored."""
+        if not columns:
             return 0
-        n = len(rows)
+        n = len(columns[0])
         names = COLUMNS[table]
         omittable = _omittable(table)
         kept: list[str] = []
         values: list[Iterable[Any]] = []
-        for i, column in enumerate(zip(*rows, strict=True)):
+        for i, column in enumerate(columns):
             if i in omittable and column[0] is None and column.count(None) == n:
                 continue  # NULL in the whole batch: left out of the statement
             name_table = NAME_COLUMNS.get(names[i])
@@ -221,12 +241,15 @@ class _Importer:
             chunk = keys[start:start + _NAME_CHUNK]
             for ranking_id, k in self.conn.execute(select(t.c.id, t.c.key).where(t.c.key.in_(chunk))):
                 rows.extend((ranking_id, pos, rid) for pos, rid in enumerate(items[k]))
-        self._insert("ranking_items", rows)
+        self._insert("ranking_items", list(zip(*rows, strict=True)))
 
     # ---- deferred secondary indexes (SQLite) -------------------------------------------------
 
     def _defer_indexes(self) -> None:
         """Drop the plain indexes of every table this import has filled past its old size."""
+        if (self.since is None or self.waits < 2
+                or self.idle > DEFER_MAX_IDLE * (time.perf_counter() - self.since)):
+            return  # not measured yet, or the producer is the bottleneck: updating the indexes in place is free
         stored = {"responses": self.responses_added, **self.added}
         for table in list(self.rows_before):
             if stored[table] >= max(DEFER_INDEXES_MIN_ROWS, self.rows_before[table]):

@@ -1,9 +1,10 @@
-"""Records -> row tuples: validation and content hashing for the bulk import, with no database.
+"""Records -> rows: validation and content hashing for the bulk import, with no database.
 
 `RowBuilder.build(batch)` checks a batch of records the way the schema would (and more), hashes
-them (storage/hashing.py) and returns a `RowBatch` of plain tuples per table, in the column order
-of `COLUMNS`. It touches no database, so it can run in another process than the one inserting
-(node/importing.py does that for big files); its output pickles.
+them (storage/hashing.py) and returns a `RowBatch`: per table, its columns in `COLUMNS` order as
+tuples of plain values. It touches no database, so it can run in another process than the one
+inserting: an iterable of records that `BuildsRows` hands the importer its batches ready-made
+(node/importing.py builds them in a worker process for big files); a RowBatch pickles.
 
 Source, annotator and campaign columns hold NAMES here, not ids: the importer maps them to ids
 in the transaction that inserts the rows. A prompt or response is emitted once per builder (the
@@ -13,10 +14,11 @@ first record that uses it); records are emitted every time (the database counts 
 from __future__ import annotations
 
 import math
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from hashlib import sha256
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol, runtime_checkable
 
 from storage import hashing
 from storage import models as m
@@ -55,11 +57,36 @@ skip them on SQLite (a test fails when the schema gains one that is not listed h
 
 @dataclass(frozen=True, slots=True)
 class RowBatch:
-    """The rows of one batch of records: `rows[table]` in COLUMNS order, names in NAME_COLUMNS."""
+    """The rows of one batch of records, column by column; names (not ids) in the NAME_COLUMNS."""
 
     n_records: int  # records the batch was built from
-    rows: dict[str, list[tuple[Any, ...]]]  # prompts, responses and every kind; new prompts/responses only
+    columns: dict[str, list[tuple[Any, ...]]]  # table -> its columns in COLUMNS order ([] when no rows);
+    # prompts, responses (only those new to the builder) and every kind
     ranking_items: dict[str, list[str]]  # ranking key -> response ids best first (ids resolved on insert)
+
+    def n_rows(self, table: str) -> int:
+        columns = self.columns[table]
+        return len(columns[0]) if columns else 0
+
+
+@runtime_checkable
+class BuildsRows(Protocol):
+    """Records that build their own row batches with `builder` (e.g. in a worker process, in order)."""
+
+    def row_batches(self, builder: RowBuilder, batch_size: int) -> Generator[RowBatch, None, None]: ...
+
+
+def build_batches(records: Iterable[Record], builder: RowBuilder,
+                  batch_size: int) -> Generator[RowBatch, None, None]:
+    """The row batches of `records`, `batch_size` records each, built here."""
+    batch: list[Record] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= batch_size:
+            yield builder.build(batch)
+            batch = []
+    if batch:
+        yield builder.build(batch)
 
 
 class RowBuilder:
@@ -193,7 +220,8 @@ class RowBuilder:
                 self._bad(i, r, f"a text holds a character that is not valid Unicode ({exc.reason}: "
                                 f"{exc.object[exc.start:exc.end]!r}), e.g. a lone surrogate from a JSON \\ud800 escape")
         self.n_cached_responses += len(responses)
-        return RowBatch(len(batch), {"prompts": prompts, "responses": responses, **out}, ranking_items)
+        tables = {"prompts": prompts, "responses": responses, **out}
+        return RowBatch(len(batch), {t: list(zip(*rows, strict=True)) for t, rows in tables.items()}, ranking_items)
 
 
 def _tail(r: Record, who: str | None, created: Any) -> tuple[Any, ...]:
@@ -218,4 +246,5 @@ def _comparison_problem(r: Comparison) -> str:
     return f"agreement {r.agreement!r} is not in [0, 1]"
 
 
-__all__ = ["CACHE_LIMIT", "CHECKED_CONSTRAINTS", "COLUMNS", "NAME_COLUMNS", "RowBatch", "RowBuilder"]
+__all__ = ["CACHE_LIMIT", "CHECKED_CONSTRAINTS", "COLUMNS", "NAME_COLUMNS", "BuildsRows", "RowBatch", "RowBuilder",
+           "build_batches"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -190,6 +191,7 @@ def test_a_big_import_rebuilds_the_secondary_indexes_it_dropped(store: Store,
 
     monkeypatch.setattr(importer._Importer, "finish", spy)
     monkeypatch.setattr(importer, "DEFER_INDEXES_MIN_ROWS", 10)
+    monkeypatch.setattr(importer, "DEFER_MAX_IDLE", 1.0)  # however a loaded machine schedules this process
     before = _indexes(store)
     store.import_records(sample_records("a") + _many("a", 40), batch_size=8)
     assert set(dropped) == {"ix_responses_prompt_id", "ix_comparisons_annotator_id", "ix_comparisons_prompt_id",
@@ -240,3 +242,26 @@ def test_comparison_rows_and_ranking_rows(store: Store) -> None:
     assert store.comparison_rows(sources=["src"]) == rows
     with pytest.raises(LookupError, match="no source named 'nope'"):
         store.comparison_rows(sources=["nope"])
+
+
+def test_indexes_stay_while_the_batches_keep_the_importer_waiting(store: Store,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite only")
+    dropped: list[str] = []
+    finish = importer._Importer.finish
+
+    def spy(self: importer._Importer) -> None:
+        dropped.extend(name for name, _ in self.dropped)
+        finish(self)
+
+    def slow(records: list[Record]) -> Iterator[Record]:
+        for i, r in enumerate(records):
+            if i % 8 == 0:
+                time.sleep(0.02)  # waiting, as for a worker process that reads a file
+            yield r
+
+    monkeypatch.setattr(importer._Importer, "finish", spy)
+    monkeypatch.setattr(importer, "DEFER_INDEXES_MIN_ROWS", 10)
+    assert store.import_records(slow(_many("a", 80)), batch_size=8).added["comparisons"] == 80
+    assert dropped == []
