@@ -1,9 +1,10 @@
 """Stream typed preference records out of a file: JSONL, JSON or CSV, any of them gzip-compressed.
 
-`iter_records` is a generator the store consumes inside one transaction: when it raises an
+`iter_records` gives an iterator the store consumes inside one transaction: when it raises an
 `ImportFormatError` (FILE:LINE: problem; fix) nothing of the file is stored. The record formats
 themselves (trl, hh, conversational, multi, ratings, feedback, demonstrations) live in
-node/formats/; this module finds the records in the file.
+node/formats/; this module finds the records in the file. Given to `Store.import_records`, a big
+file is read, parsed and hashed in a worker process while the store inserts (node/import_worker.py).
 
 Containers, detected from the content (gzip by its magic bytes, not by the name):
 - JSONL: the first non-blank line starts with "{" and is a complete JSON object. Lines are read with
@@ -27,11 +28,12 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
+from node import import_worker
 from node.errors import ImportFormatError
 from node.formats import ParseContext, RecordError, parser_for
 from node.formats.dispatch import Parser
@@ -52,6 +54,7 @@ from node.formats.fields import (
     json_type,
 )
 from storage.records import Record
+from storage.rows import RowBatch, RowBuilder, build_batches
 
 MAX_LINE_BYTES: Final = 16 * 1024 * 1024
 """Longest accepted JSONL/CSV line (the CLI's --max-line-bytes default)."""
@@ -89,15 +92,53 @@ def iter_records(
     rejects: Rejects | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
     max_json_bytes: int = MAX_JSON_BYTES,
-) -> Iterator[Record]:
-    """Yield the records of a JSONL/JSON/CSV(.gz) file; raise ImportFormatError at the first bad one."""
+    parallel: bool | None = None,
+) -> RecordFile:
+    """The records of a JSONL/JSON/CSV(.gz) file, read lazily; ImportFormatError at the first bad one.
+
+    `parallel`: whether the store may read the file in a worker process (None: when the file is big
+    and the machine can, see node/import_worker.py); iterating the result always reads it here.
+    """
     parse = parser_for(fmt)  # ValueError for an unknown format
     if source is not None and (type(source) is not str or not source.strip()):
         raise ValueError(f"source must be a non-empty name or None, got {source!r}")
     if max_line_bytes <= 0 or max_json_bytes <= 0:
         raise ValueError("max_line_bytes and max_json_bytes must be positive")
     ctx = ParseContext(source=source, default_source=default_source(path))
-    return _Reader(os.fspath(path), parse, ctx, skip_invalid, rejects, max_line_bytes, max_json_bytes).records()
+    return RecordFile(_Reader(os.fspath(path), parse, ctx, skip_invalid, rejects, max_line_bytes, max_json_bytes),
+                      parallel)
+
+
+class RecordFile(Iterator[Record]):
+    """The records of one file: an iterator, and storage.rows.BuildsRows for `Store.import_records`."""
+
+    def __init__(self, reader: _Reader, parallel: bool | None) -> None:
+        self._reader = reader
+        self._parallel = parallel
+        self._records: Iterator[Record] | None = None
+
+    def __next__(self) -> Record:
+        if self._records is None:
+            self._records = self._reader.records()
+        return next(self._records)
+
+    def row_batches(self, builder: RowBuilder, batch_size: int) -> Generator[RowBatch, None, None]:
+        """The file's row batches: built in a worker process for a big file, else here."""
+        if self._records is None and self._use_worker():
+            self._records = iter(())  # consumed by the worker
+            reader = self._reader
+            return import_worker.worker_batches(reader.records_reporting_to, reader.rejects, builder, batch_size)
+        return build_batches(self, builder, batch_size)
+
+    def _use_worker(self) -> bool:
+        if self._parallel is False or not import_worker.can_fork():
+            return False
+        if self._parallel:
+            return True
+        try:
+            return os.path.getsize(self._reader.path) >= import_worker.WORKER_MIN_BYTES
+        except OSError:
+            return False  # reading it here reports the problem with FILE:0
 
 
 def default_source(path: str | os.PathLike[str]) -> str:
@@ -201,6 +242,11 @@ class _Reader:
                            f"--max-line-bytes limit)", "split the record or raise --max-line-bytes")
 
     # ---- reading --------------------------------------------------------------------------------
+    def records_reporting_to(self, rejects: Rejects | None) -> Iterator[Record]:
+        """records(), reporting skipped lines to `rejects` instead (a worker process sends them back)."""
+        self.rejects = rejects
+        return self.records()
+
     def records(self) -> Iterator[Record]:
         with self.open_file() as f:
             kind, bom = self.sniff(f)
