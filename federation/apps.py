@@ -82,7 +82,7 @@ def contribute(participant: Participant, federation_id: str, rnd: int,
                               f"joined {a.federation_id[:16]}...; re-join with the current agreement")
     t0 = time.perf_counter()
     local, n_examples, metrics = participant.train(global_arrays, rnd)
-    metrics = {**metrics, "train-seconds": time.perf_counter() - t0, KEY_NUM_EXAMPLES: float(n_examples)}
+    t1 = time.perf_counter()
     names = sorted(global_arrays)
     delta = flatten(local, names) - flatten(global_arrays, names)  # (D,) what this node learned this round
     if a.dp_clip_norm > 0:
@@ -90,7 +90,10 @@ def contribute(participant: Participant, federation_id: str, rnd: int,
     update = unflatten(delta, global_arrays, names)
     env = sign_contribution(participant.identity, update, federation_id=a.federation_id, round=rnd,
                             base_model_sha256=a.base_model_sha256, num_examples=n_examples)
-    return update, env.to_json(), metrics
+    envelope = env.to_json()
+    metrics = {**metrics, "train-seconds": t1 - t0, "sign-seconds": time.perf_counter() - t1,
+               KEY_NUM_EXAMPLES: float(n_examples)}
+    return update, envelope, metrics
 
 
 def train_reply(update: Arrays, envelope: str, metrics: dict[str, float]) -> RecordDict:
@@ -149,6 +152,9 @@ class FederationOutcome:
     round_seconds: tuple[float, ...]
     train_seconds: tuple[float, ...]
     """Slowest member's own training time per round (round_seconds minus this is the overhead)."""
+    crypto_seconds: tuple[float, ...] = ()
+    """Per round: the slowest member's signing (update hash + Ed25519) plus the coordinator's
+    verification, aggregation and manifest signing."""
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout_s: float, poll_s: float = 0.2) -> list[int]:
@@ -162,10 +168,10 @@ def wait_for_nodes(grid: Grid, n: int, timeout_s: float, poll_s: float = 0.2) ->
 
 
 def _collect(replies: Iterable[Message], sent: dict[str, int]) -> tuple[
-        list[tuple[str, Arrays]], list[Rejection], float]:
+        list[tuple[str, Arrays]], list[Rejection], float, float]:
     raw: list[tuple[str, Arrays]] = []
     rejected: list[Rejection] = []
-    slowest = 0.0
+    slowest = sign = 0.0
     answered: set[str] = set()
     for reply in replies:
         answered.add(reply.metadata.reply_to_message_id)
@@ -179,12 +185,14 @@ def _collect(replies: Iterable[Message], sent: dict[str, int]) -> tuple[
             raw.append((env, from_record(content.array_records[REC_UPDATE])))
             seconds = content.metric_records[REC_METRICS].get("train-seconds", 0.0)
             slowest = max(slowest, float(seconds) if isinstance(seconds, int | float) else 0.0)
+            seconds = content.metric_records[REC_METRICS].get("sign-seconds", 0.0)
+            sign = max(sign, float(seconds) if isinstance(seconds, int | float) else 0.0)
         except (KeyError, TypeError, ValueError) as exc:
             rejected.append(Rejection("", "malformed", f"node {node} sent a reply without update/contribution: {exc}"))
     for mid, node in sent.items():
         if mid not in answered:
             rejected.append(Rejection("", NO_REPLY, f"node {node} did not reply in time (crashed or too slow)"))
-    return raw, rejected, slowest
+    return raw, rejected, slowest, sign
 
 
 STRAGGLER_WAIT_S = 10.0
@@ -232,6 +240,7 @@ def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[Ro
     results: list[RoundResult] = []
     round_s: list[float] = []
     train_s: list[float] = []
+    crypto_s: list[float] = []
     while state.round < a.rounds:
         rnd = state.round + 1
         nodes = wait_for_nodes(grid, a.min_participants, node_wait_s)
@@ -243,8 +252,10 @@ def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[Ro
         messages = [Message(content, dst_node_id=n, message_type=MSG_TRAIN, group_id=str(rnd)) for n in nodes]
         replies, sent = send_and_receive(grid, messages, a.round_timeout_s, quorum=a.min_participants,
                                          straggler_s=straggler_s)
-        raw, no_reply, slowest = _collect(replies, sent)
+        raw, no_reply, slowest, sign = _collect(replies, sent)
+        t1 = time.perf_counter()
         result = state.finish_round(raw, no_reply)  # raises BelowQuorum
+        crypto_s.append(sign + time.perf_counter() - t1)
         round_s.append(time.perf_counter() - t0)
         train_s.append(slowest)
         results.append(result)
@@ -253,7 +264,7 @@ def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[Ro
     registered: dict[int, str] = {}
     if not finalize:
         return FederationOutcome(tuple(results), state.global_arrays, tuple(state.chain), registered,
-                                 tuple(round_s), tuple(train_s))
+                                 tuple(round_s), tuple(train_s), tuple(crypto_s))
     nodes = sorted(grid.get_node_ids())
     content = RecordDict({REC_GLOBAL: to_record(state.global_arrays),
                           REC_CONFIG: ConfigRecord({KEY_CHAIN: list(state.chain)})})
@@ -269,7 +280,7 @@ def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[Ro
     log.log(logging.INFO if len(registered) == len(nodes) else logging.WARNING, "finalize: %d of %d node(s) registered the federated model in %.1fs (nodes %s; sent to %s)",
              len(registered), len(nodes), time.perf_counter() - t0, sorted(registered), sorted(sent.values()))
     return FederationOutcome(tuple(results), state.global_arrays, tuple(state.chain), registered,
-                             tuple(round_s), tuple(train_s))
+                             tuple(round_s), tuple(train_s), tuple(crypto_s))
 
 
 def make_server_app(state_for: Callable[[Context], FederationState],

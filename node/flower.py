@@ -96,6 +96,7 @@ def _server_app() -> Any:
         path.write_text(json.dumps({
             "rounds": len(outcome.rounds), "registered": {str(k): v for k, v in outcome.registered.items()},
             "round_seconds": list(outcome.round_seconds), "train_seconds": list(outcome.train_seconds),
+            "crypto_seconds": list(outcome.crypto_seconds),
             "accepted": [len(r.accepted) for r in outcome.rounds],
             "rejected": [[x.to_dict() for x in r.rejected] for r in outcome.rounds]}, indent=2) + "\n")
 
