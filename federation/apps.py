@@ -241,9 +241,15 @@ def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[Ro
     round_s: list[float] = []
     train_s: list[float] = []
     crypto_s: list[float] = []
+    peak = 0  # the most members connected at a round start so far
     while state.round < a.rounds:
         rnd = state.round + 1
-        nodes = wait_for_nodes(grid, a.min_participants, node_wait_s)
+        # Give members that were here before (one restarting after a crash, say) up to the straggler wait
+        # to be back; below the quorum wait up to node_wait_s.
+        nodes = wait_for_nodes(grid, max(peak, a.min_participants), min(straggler_s, node_wait_s))
+        if len(nodes) < a.min_participants:
+            nodes = wait_for_nodes(grid, a.min_participants, node_wait_s)
+        peak = max(peak, len(nodes))
         t0 = time.perf_counter()
         content = RecordDict({
             REC_GLOBAL: to_record(state.global_arrays),

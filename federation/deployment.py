@@ -8,7 +8,7 @@ SuperNode authentication is on: the SuperLink lets in only SuperNodes whose P-38
 coordinator registered (`register_supernode`; which keys, is `federation.admission`'s business).
 
 Polling: Flower 1.41's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
-alone adds up to 3 s per round. `python -m federation.deployment supernode ...` runs the stock
+alone adds up to 3 s per round (and announces a 30 s heartbeat: see HEARTBEAT_S). `python -m federation.deployment supernode ...` runs the stock
 `flower-supernode` with that sleep capped at `POLL_S` (see `_fast_poll`), SuperExec's task poll is
 set to POLL_S / 2 (FLWR_SUPEREXEC_TASK_POLL_INTERVAL), and the ServerApp pulls replies every 50 ms
 (federation.apps.send_and_receive) instead of HttpGrid's 3 s.
@@ -31,6 +31,10 @@ from typing import Any
 
 POLL_S = 0.2
 """What the SuperNode sleeps between empty pulls (Flower's default is 3 s)."""
+HEARTBEAT_S = 10
+"""The heartbeat interval a member's SuperNode announces (Flower's default is 30 s, its minimum 10 s). The
+SuperLink declares a node offline after 2 missed intervals, and only then lets a restarted SuperNode with
+the same key in again: 20 s after a crash instead of a minute."""
 
 APP_PYPROJECT = """\
 [build-system]
@@ -160,12 +164,15 @@ class Proc:
             pass
 
     def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the group, give the leader `timeout` seconds, then SIGKILL whatever is left of the group
+        (a `flwr-serverapp` child was seen to outlive its SuperLink's SIGTERM)."""
         self.kill(signal.SIGTERM)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            self.popen.wait(timeout)
+            pass
+        self.kill(signal.SIGKILL)
+        self.popen.wait(timeout)
         self._out.close()
 
 
@@ -273,9 +280,13 @@ class _FastTime:
 
 
 def _fast_poll() -> None:
+    import flwr.supercore.heartbeat as heartbeat
+    import flwr.supernode.fleet_http_connection as connection
     import flwr.supernode.start_client_internal as internal
 
     setattr(internal, "time", _FastTime())  # noqa: B010 (patch one module's view of `time`)
+    for module in (heartbeat, connection):
+        setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", HEARTBEAT_S)  # noqa: B010
 
 
 class _WarmSubprocess:
