@@ -254,9 +254,11 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
             while time.monotonic() < deadline:
                 if supernode_refused(proc):
                     # The SuperLink refused this SuperNode: the coordinator has not admitted (registered) its
-                    # key yet, or is between runs. Try again until the deadline.
-                    log.warning("the SuperLink at %s refused this SuperNode (key not registered yet?); "
-                                "retrying in %g s", join["coordinator"], RETRY_S)
+                    # key yet, or still sees this member's previous SuperNode online (up to 2 heartbeats
+                    # after a crash). Try again until the deadline.
+                    log.warning("the SuperLink at %s refused this SuperNode (its key is not admitted yet, or "
+                                "a previous SuperNode of this node still counts as online); retrying in %g s",
+                                join["coordinator"], RETRY_S)
                     proc.stop()
                     time.sleep(RETRY_S)
                     proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
