@@ -13,13 +13,14 @@ is inserted or looked up first in the same write-locked transaction, and RowBuil
 CHECK of the imported tables itself (rows.CHECKED_CONSTRAINTS; the tests run PRAGMA
 foreign_key_check and compare the constraint list with the schema).
 
-Also on SQLite, when an import has stored more rows into a table than the table held before (and
-at least DEFER_INDEXES_MIN_ROWS), the table's plain secondary indexes are dropped and built again,
-sorted, before the commit: cheaper than updating them row by row at random places, but work at
-the end that nothing overlaps. So this is done only while inserting is the bottleneck: when the
-batches come from a worker process that keeps this one waiting (idle more than DEFER_MAX_IDLE of
-the time), updating the indexes in place costs nothing. DDL is transactional in SQLite, so a failed
-or killed import leaves the indexes as they were. Unique indexes (the dedup keys) are never dropped.
+Also on SQLite, when records are built into rows in this process and an import has stored more
+rows into a table than the table held before (and at least DEFER_INDEXES_MIN_ROWS), the table's
+plain secondary indexes are dropped and built again, sorted, before the commit: cheaper than
+updating them row by row at random places. Not when the records build their own batches
+(rows.BuildsRows, e.g. in a worker process): then this process has time to spare while it waits
+for batches, and updating the indexes in place there beats a rebuild at the end that nothing
+overlaps. DDL is transactional in SQLite, so a failed or killed import leaves the indexes as they
+were. Unique indexes (the dedup keys) are never dropped.
 
 Duplicates: a record whose key (storage/hashing.py) or idempotency_key is already stored, or
 appeared earlier in the same iterable, is counted in `ImportResult.duplicates` and not stored.
@@ -27,8 +28,7 @@ appeared earlier in the same iterable, is counted in `ImportResult.duplicates` a
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -48,8 +48,6 @@ from storage.types import ImportResult
 DEFAULT_BATCH_SIZE: Final = 5000
 DEFER_INDEXES_MIN_ROWS: Final = 10_000
 """Rows an import must have stored into a table before its secondary indexes are rebuilt at the end."""
-DEFER_MAX_IDLE: Final = 0.02
-"""Largest share of the time spent waiting for batches (not building them) at which indexes are deferred."""
 _NAME_CHUNK: Final = 500
 _INDEXED_TABLES: Final = ("responses", *m.KINDS)  # the imported tables with plain secondary indexes
 
@@ -98,8 +96,8 @@ def import_records(engine: Engine, records: Iterable[Record], *, batch_size: int
             raw.execute(f"PRAGMA cache_size={-SQLITE_IMPORT_CACHE_KIB}")
         try:
             with begin_write(conn), closing(_batches(records, RowBuilder(conn.dialect.name, now), batch_size)) as batches:
-                importer = _Importer(conn, now, defer_indexes=is_sqlite)
-                while (batch := importer.receive(batches)) is not None:
+                importer = _Importer(conn, now, defer_indexes=is_sqlite and not isinstance(records, BuildsRows))
+                for batch in batches:
                     importer.insert(batch)
                     if progress is not None:
                         progress(batch.n_records)
@@ -145,9 +143,6 @@ class _Importer:
         self.responses_added = 0
         self.position = 0  # records stored before the current batch
         self.rows_before: dict[str, int] = {}  # table -> rows it held when the import began (SQLite)
-        self.idle = 0.0  # seconds spent waiting for batches that another process builds
-        self.waits = 0  # batches whose wait was measured (all but the first)
-        self.since: float | None = None  # perf_counter() when the first batch was in
         self.dropped: list[tuple[str, str]] = []  # (index name, CREATE INDEX sql), built again by finish()
         if defer_indexes:
             for table in _INDEXED_TABLES:
@@ -164,17 +159,6 @@ class _Importer:
         self.insert(RowBuilder(self.dialect, self.started).build(batch))
 
     # ---- one batch --------------------------------------------------------------------------
-
-    def receive(self, batches: Iterator[RowBatch]) -> RowBatch | None:
-        """The next batch, or None; waiting beyond this process's own CPU time counts as idle."""
-        wall, cpu = time.perf_counter(), time.process_time()
-        batch = next(batches, None)
-        if self.since is None:
-            self.since = time.perf_counter()  # the first batch also waited for the producer to start
-        else:
-            self.idle += max(0.0, time.perf_counter() - wall - (time.process_time() - cpu))
-            self.waits += 1
-        return batch
 
     def insert(self, batch: RowBatch) -> None:
         """Insert the rows of one batch (names resolved to ids first)."""
@@ -247,9 +231,6 @@ class _Importer:
 
     def _defer_indexes(self) -> None:
         """Drop the plain indexes of every table this import has filled past its old size."""
-        if (self.since is None or self.waits < 2
-                or self.idle > DEFER_MAX_IDLE * (time.perf_counter() - self.since)):
-            return  # not measured yet, or the producer is the bottleneck: updating the indexes in place is free
         stored = {"responses": self.responses_added, **self.added}
         for table in list(self.rows_before):
             if stored[table] >= max(DEFER_INDEXES_MIN_ROWS, self.rows_before[table]):

@@ -166,7 +166,6 @@ class RowBuilder:
         comparisons = out["comparisons"]
         ranking_items: dict[str, list[str]] = {}
         sha_prompt, sha_response, cjson = hashing.prompt_id, hashing.response_id, hashing.canonical_json
-        empty: dict[str, str] = {}
 
         def response(pid: str, text: str, model: str | None) -> str:
             known = response_ids.get(pid)
@@ -186,11 +185,19 @@ class RowBuilder:
                     pid = prompt_ids[prompt] = sha_prompt(prompt)
                     prompts.append((pid, prompt, r.source, now))
                 created = now if (at := r.created_at) is None else ts(at)
-                if type(r) is Comparison:  # the hot path: hashing.comparison_key inlined
+                if type(r) is Comparison:  # the hot path: response_id and comparison_key inlined
                     a, b = r.response_a, r.response_b
-                    known = response_ids.get(pid) or empty
-                    aid = known.get(a) or response(pid, a, r.model_a)
-                    bid = known.get(b) or response(pid, b, r.model_b)
+                    known = response_ids.get(pid)
+                    if known is None:
+                        known = response_ids[pid] = {}
+                    aid = known.get(a)
+                    if aid is None:
+                        aid = known[a] = sha256((pid + "\x00" + a).encode()).hexdigest()
+                        responses.append((aid, pid, a, r.model_a, now))
+                    bid = known.get(b)
+                    if bid is None:
+                        bid = known[b] = sha256((pid + "\x00" + b).encode()).hexdigest()
+                        responses.append((bid, pid, b, r.model_b, now))
                     source, outcome, ann, ext, camp = r.source, r.outcome, r.annotator, r.external_id, r.campaign
                     comparisons.append((
                         sha256(("comparison:" + pid + aid + bid + cjson([source, outcome, ann, ext, camp])).encode()
