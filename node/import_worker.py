@@ -36,6 +36,7 @@ WORKER_BATCH_RECORDS: Final = 2000
 """Records per batch the worker sends (at most the store's batch size): a batch (~0.7 MiB pickled)
 fits the pipe, so the worker builds the next one while this process inserts the last."""
 PIPE_BYTES: Final = 1 << 20
+"""Pipe buffer asked for (Linux's default 64 KiB would make the worker wait on every batch it sends)."""
 
 Rejects = Callable[[int, str, str], None]
 OpenRecords = Callable[[Rejects | None], Iterator[Record]]
