@@ -177,10 +177,8 @@ def _many(tag: str, n: int) -> list[Record]:
     return [Comparison(tag, f"{tag} p{i % 7}", f"a{i}", f"b{i}", "A", annotator=f"u{i % 5}") for i in range(n)]
 
 
-def test_a_big_import_rebuilds_the_secondary_indexes_it_dropped(store: Store,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    if store.dialect != "sqlite":
-        pytest.skip("SQLite only: on PostgreSQL DROP INDEX would lock readers out, so indexes stay")
+def _spy_dropped_indexes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the indexes each import dropped (and rebuilt), filled in as imports finish."""
     dropped: list[str] = []
     finish = importer._Importer.finish
 
@@ -189,6 +187,14 @@ def test_a_big_import_rebuilds_the_secondary_indexes_it_dropped(store: Store,
         finish(self)
 
     monkeypatch.setattr(importer._Importer, "finish", spy)
+    return dropped
+
+
+def test_a_big_import_rebuilds_the_secondary_indexes_it_dropped(store: Store,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite only: on PostgreSQL DROP INDEX would lock readers out, so indexes stay")
+    dropped = _spy_dropped_indexes(monkeypatch)
     monkeypatch.setattr(importer, "DEFER_INDEXES_MIN_ROWS", 10)
     before = _indexes(store)
     store.import_records(sample_records("a") + _many("a", 40), batch_size=8)
@@ -246,12 +252,7 @@ def test_indexes_stay_when_the_records_build_their_own_batches(store: Store,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     if store.dialect != "sqlite":
         pytest.skip("SQLite only")
-    dropped: list[str] = []
-    finish = importer._Importer.finish
-
-    def spy(self: importer._Importer) -> None:
-        dropped.extend(name for name, _ in self.dropped)
-        finish(self)
+    dropped = _spy_dropped_indexes(monkeypatch)
 
     class Prebuilt:  # as node/importing.py's files are: batches built in a worker process, this one waits
         def __init__(self, records: list[Record]) -> None:
@@ -260,7 +261,6 @@ def test_indexes_stay_when_the_records_build_their_own_batches(store: Store,
         def row_batches(self, builder: RowBuilder, batch_size: int) -> Generator[RowBatch, None, None]:
             return build_batches(self.records, builder, batch_size)
 
-    monkeypatch.setattr(importer._Importer, "finish", spy)
     monkeypatch.setattr(importer, "DEFER_INDEXES_MIN_ROWS", 10)
     assert store.import_records(Prebuilt(_many("a", 80)), batch_size=8).added["comparisons"] == 80  # type: ignore[arg-type]
     assert dropped == []
