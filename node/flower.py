@@ -49,6 +49,8 @@ SUPERNODE_RECORD_FILE = "supernode-key.json"
 ADMITTED_DIR = "supernodes"
 RETRY_S = 2.0
 """How long a member waits before starting its SuperNode again after the SuperLink refused it."""
+FINALIZE_GRACE_S = 5.0
+"""How long a member keeps its SuperNode up after pushing its finalize reply (see _wait_finalize_sent)."""
 
 TLS_DIR = "tls"
 OUTCOME_FILE = "outcome.json"
@@ -281,12 +283,15 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
 
 
 def _wait_finalize_sent(proc: Any, timeout_s: float = 15.0) -> None:
-    """The model lands in the registry before the SuperNode has pushed the finalize reply; stopping it then
-    would leave the coordinator waiting for an acknowledgement that never comes."""
+    """The model lands in the registry before the SuperNode has pushed the finalize reply, and Flower 1.41's
+    SuperLink answers a pull for a reply with "Node Unavailable" once the replying node has deactivated,
+    even if the reply is stored. So wait until the reply is sent, then FINALIZE_GRACE_S more for the
+    coordinator (which pulls every 50 ms) to collect it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.popen.poll() is None:
         out = proc.output()
         at = out.rfind("Sending: query.finalize")
         if at >= 0 and "Sent successfully" in out[at:]:
+            time.sleep(FINALIZE_GRACE_S)
             return
         time.sleep(0.1)
