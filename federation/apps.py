@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -167,6 +167,11 @@ def wait_for_nodes(grid: Grid, n: int, timeout_s: float, poll_s: float = 0.2) ->
         time.sleep(poll_s)
 
 
+def _seconds(metrics: Mapping[str, Any], key: str) -> float:
+    value = metrics.get(key, 0.0)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 def _collect(replies: Iterable[Message], sent: dict[str, int]) -> tuple[
         list[tuple[str, Arrays]], list[Rejection], float, float]:
     raw: list[tuple[str, Arrays]] = []
@@ -183,10 +188,9 @@ def _collect(replies: Iterable[Message], sent: dict[str, int]) -> tuple[
             content = reply.content
             env = str(content.config_records[REC_CONTRIBUTION][KEY_ENVELOPE])
             raw.append((env, from_record(content.array_records[REC_UPDATE])))
-            seconds = content.metric_records[REC_METRICS].get("train-seconds", 0.0)
-            slowest = max(slowest, float(seconds) if isinstance(seconds, int | float) else 0.0)
-            seconds = content.metric_records[REC_METRICS].get("sign-seconds", 0.0)
-            sign = max(sign, float(seconds) if isinstance(seconds, int | float) else 0.0)
+            metrics = content.metric_records[REC_METRICS]
+            slowest = max(slowest, _seconds(metrics, "train-seconds"))
+            sign = max(sign, _seconds(metrics, "sign-seconds"))
         except (KeyError, TypeError, ValueError) as exc:
             rejected.append(Rejection("", "malformed", f"node {node} sent a reply without update/contribution: {exc}"))
     for mid, node in sent.items():
@@ -205,8 +209,9 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout_s: float, poll
     """`Grid.send_and_receive` with a short poll (Flower 1.41's HttpGrid sleeps 3 s between pulls).
 
     Waits for every reply until `timeout_s`; once `quorum` replies without error are in, waits at most
-    `straggler_s` more. A member that died mid-round is only noticed by Flower's heartbeat (a minute or
-    more), so without this a dead member would cost the whole round timeout.
+    `straggler_s` more. Flower notices a member that died mid-round only when it misses two heartbeats
+    (20 s with federation.deployment's SuperNodes, a minute with Flower's default); without this a dead
+    member could cost the whole round timeout.
     Returns the replies and {message id: destination node id} of what was sent."""
     pushed = list(grid.push_messages(messages))
     sent = {mid: m.metadata.dst_node_id for mid, m in zip(pushed, messages, strict=True)}
