@@ -7,11 +7,17 @@ on that home's store. Processes are started in their own session and stopped by 
 SuperNode authentication is on: the SuperLink lets in only SuperNodes whose P-384 keys the
 coordinator registered (`register_supernode`; which keys, is `federation.admission`'s business).
 
-Polling: Flower 1.41's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
-alone adds up to 3 s per round (and announces a 30 s heartbeat: see HEARTBEAT_S). `python -m federation.deployment supernode ...` runs the stock
-`flower-supernode` with that sleep capped at `POLL_S` (see `_fast_poll`), SuperExec's task poll is
-set to POLL_S / 2 (FLWR_SUPEREXEC_TASK_POLL_INTERVAL), and the ServerApp pulls replies every 50 ms
-(federation.apps.send_and_receive) instead of HttpGrid's 3 s.
+Members run `python -m federation.deployment supernode ...`: the stock `flower-supernode` with three
+changes, each patched into one flwr module's view of a name:
+
+- polling: Flower 1.41's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
+  alone adds up to 3 s per round; the sleep is capped at `POLL_S` (`_fast_poll`), SuperExec's task
+  poll is POLL_S / 2 (FLWR_SUPEREXEC_TASK_POLL_INTERVAL), and the ServerApp pulls replies every 50 ms
+  (federation.apps.send_and_receive) instead of HttpGrid's 3 s;
+- heartbeat: `HEARTBEAT_S` instead of 30 s, so a crashed member is seen offline (and may rejoin) sooner;
+- launches: its SuperExec (`python -m federation.deployment superexec`) forks ClientApp tasks from a
+  warm fork server instead of starting a `flwr-clientapp` process per message, and pins them to
+  rewardnode's ClientApp (`_warm_launches`, `_pin_clientapp`).
 """
 
 from __future__ import annotations
@@ -310,6 +316,7 @@ def _warm_launches() -> None:
     `run_clientapp` the `flwr-clientapp` command runs, pinned to rewardnode's ClientApp
     (`_pin_clientapp`). Other task types are refused: a member runs nothing else."""
     import multiprocessing
+    from multiprocessing import forkserver
 
     from flwr.supercore.constant import TaskType
     from flwr.supercore.superexec.executor import subprocess_executor
@@ -317,8 +324,6 @@ def _warm_launches() -> None:
 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["flwr.supernode.runtime.run_clientapp", "federation.worker"])
-    from multiprocessing import forkserver
-
     forkserver.ensure_running()  # now, not in the first round
     def launch(self: Any, spec: Any) -> Any:
         if spec.task_type != TaskType.CLIENT_APP:
