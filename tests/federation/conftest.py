@@ -74,34 +74,40 @@ def cli(*argv: str) -> int:
     return main(list(argv))
 
 
+def build_federation(root: Path, bert_dir: Path, n_members: int = 3, *, pairs: int = 16,
+                     extra: tuple[str, ...] = ()) -> tuple[Path, list[Path]]:
+    """Under `root`: a coordinator home + member homes (each with its own pairs), agreement created and joined."""
+    from protocol.identity import Identity
+
+    coord = root / "coord"
+    assert cli("--home", str(coord), "init", "--name", "coord") == 0
+    homes, keys = [], []
+    for i in range(n_members):
+        home = root / f"org{i}"
+        assert cli("--home", str(home), "init", "--name", f"org{i}") == 0
+        data = home / "pairs.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in secret_pairs(pairs, seed=i, tag=f"tag{i}x")))
+        assert cli("--home", str(home), "import", str(data), "--source", "local") == 0
+        data.unlink()
+        keys.append(Identity.load(home / "identity.key").public_key_hex)
+        homes.append(home)
+    args = ["--home", str(coord), "federation", "create", "fed", "--base-model", str(bert_dir), "--rounds", "2",
+            "--max-length", "32", "--learning-rate", "0.01", "--round-timeout", "60", *extra]
+    for k in keys:
+        args += ["--member", k]
+    assert cli(*args) == 0
+    agreement = coord / "federation" / "fed" / "agreement.json"
+    for home in homes:
+        assert cli("--home", str(home), "federation", "join", "fed", "--coordinator", "127.0.0.1:9092",
+                   "--agreement", str(agreement)) == 0
+    return coord, homes
+
+
 @pytest.fixture
 def make_federation(tmp_path: Path, bert_dir: Path) -> Callable[..., tuple[Path, list[Path]]]:
-    """Coordinator home + member homes (each with its own pairs), agreement created and joined."""
+    """`build_federation` under this test's tmp_path."""
 
     def build(n_members: int = 3, *, pairs: int = 16, extra: tuple[str, ...] = ()) -> tuple[Path, list[Path]]:
-        coord = tmp_path / "coord"
-        assert cli("--home", str(coord), "init", "--name", "coord") == 0
-        homes, keys = [], []
-        for i in range(n_members):
-            home = tmp_path / f"org{i}"
-            assert cli("--home", str(home), "init", "--name", f"org{i}") == 0
-            data = home / "pairs.jsonl"
-            data.write_text("".join(json.dumps(r) + "\n" for r in secret_pairs(pairs, seed=i, tag=f"tag{i}x")))
-            assert cli("--home", str(home), "import", str(data), "--source", "local") == 0
-            data.unlink()
-            from protocol.identity import Identity
-
-            keys.append(Identity.load(home / "identity.key").public_key_hex)
-            homes.append(home)
-        args = ["--home", str(coord), "federation", "create", "fed", "--base-model", str(bert_dir), "--rounds", "2",
-                "--max-length", "32", "--learning-rate", "0.01", "--round-timeout", "60", *extra]
-        for k in keys:
-            args += ["--member", k]
-        assert cli(*args) == 0
-        agreement = coord / "federation" / "fed" / "agreement.json"
-        for home in homes:
-            assert cli("--home", str(home), "federation", "join", "fed", "--coordinator", "127.0.0.1:9092",
-                       "--agreement", str(agreement)) == 0
-        return coord, homes
+        return build_federation(tmp_path, bert_dir, n_members, pairs=pairs, extra=extra)
 
     return build

@@ -9,7 +9,6 @@ next to the clean run's; with FedAvg it is dragged far away.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,34 +16,10 @@ import pytest
 
 from federation.codec import Arrays
 from node.federated import NodeParticipant, run_local
-from protocol.identity import Identity
-from tests.federation.conftest import cli, secret_pairs
+from tests.federation.conftest import build_federation
 
 N_MEMBERS = 4
 SCALE = 100.0
-
-
-def _federation(root: Path, bert_dir: Path, strategy: str) -> tuple[Path, list[Path]]:
-    coord = root / "coord"
-    assert cli("--home", str(coord), "init", "--name", "coord") == 0
-    homes, keys = [], []
-    for i in range(N_MEMBERS):
-        home = root / f"org{i}"
-        assert cli("--home", str(home), "init", "--name", f"org{i}") == 0
-        data = home / "pairs.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in secret_pairs(16, seed=i, tag=f"tag{i}x")))
-        assert cli("--home", str(home), "import", str(data), "--source", "local") == 0
-        keys.append(Identity.load(home / "identity.key").public_key_hex)
-        homes.append(home)
-    args = ["--home", str(coord), "federation", "create", "fed", "--base-model", str(bert_dir), "--rounds", "2",
-            "--max-length", "32", "--learning-rate", "0.01", "--round-timeout", "60", "--strategy", strategy]
-    for k in keys:
-        args += ["--member", k]
-    assert cli(*args) == 0
-    for home in homes:
-        assert cli("--home", str(home), "federation", "join", "fed", "--coordinator", "127.0.0.1:9092",
-                   "--agreement", str(coord / "federation" / "fed" / "agreement.json")) == 0
-    return coord, homes
 
 
 def _run(root: Path, bert_dir: Path, strategy: str, poisoned: bool, monkeypatch: pytest.MonkeyPatch) -> Arrays:
@@ -58,7 +33,7 @@ def _run(root: Path, bert_dir: Path, strategy: str, poisoned: bool, monkeypatch:
         return arrays, n, metrics
 
     monkeypatch.setattr(NodeParticipant, "train", train)
-    coord, homes = _federation(root, bert_dir, strategy)
+    coord, homes = build_federation(root, bert_dir, N_MEMBERS, extra=("--strategy", strategy))
     outcome = run_local(coord, homes, "fed")
     # The attack is invisible to verification: every update was signed by its sender and accepted.
     assert all(len(r.accepted) == N_MEMBERS and not r.rejected for r in outcome.rounds)
