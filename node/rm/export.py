@@ -388,7 +388,7 @@ class _RewardOutput(nn.Module):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
-        return rewards(self.model, batch)  # (B, T) -> (B,)
+        return rewards(self.model, batch, exact_graph=True)  # (B, T) -> (B,): the model's own graph
 
 
 def export_fp32(

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from node.rm.model import MINILM, load_backbone, lora_target_modules, resolve_backbone_path, rewards
+from node.rm.model import (
+    MINILM,
+    cls_path_supported,
+    disable_dropout,
+    load_backbone,
+    lora_target_modules,
+    resolve_backbone_path,
+    rewards,
+    unwrap,
+)
 
 
 def test_bert_backbone_is_a_one_output_classifier(bert_dir) -> None:
@@ -51,3 +60,38 @@ def test_minilm_alias_is_a_local_folder() -> None:
 def test_dtype_is_respected(bert_dir) -> None:
     model, _ = load_backbone(str(bert_dir), dtype=torch.bfloat16)
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def _padded_batch(tokenizer, n: int = 6) -> dict[str, torch.Tensor]:
+    texts = [" ".join(f"w{(i * 7 + j) % 40}" for j in range(3 + 4 * i)) for i in range(n)]
+    return dict(tokenizer(texts, ["w1 w2"] * n, padding=True, return_tensors="pt"))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_cls_path_equals_the_models_forward_in_rewards_and_gradients(bert_dir, lora, attn) -> None:
+    model, tokenizer = load_backbone(str(bert_dir), lora=lora)
+    unwrap(model).config._attn_implementation = attn
+    disable_dropout(model)  # as training does; dropout's random draws would differ between the two paths
+    model.train()
+    batch = _padded_batch(tokenizer)
+    assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
+    assert cls_path_supported(model)
+    grads = []
+    outputs = []
+    for exact in (True, False):
+        r = rewards(model, batch, exact_graph=exact)
+        (r * torch.arange(1.0, len(r) + 1)).sum().backward()
+        outputs.append(r.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        model.zero_grad(set_to_none=True)
+    assert outputs[0].shape == (6,)
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-4, msg=f"gradient of {name} differs")
+
+
+def test_cls_path_is_only_taken_for_bert_classifiers(llama_dir) -> None:
+    model, _ = load_backbone(str(llama_dir))
+    assert not cls_path_supported(model)
