@@ -23,7 +23,8 @@ Checks run on the folder before it is moved into place (nothing half-checked is 
    ExportFidelityError, unless force=True, which writes it with a warning and records the failure in
    scoring.json. Without dev pairs the gate cannot run, so int8 is refused unless force=True.
 
-The graph is traced with eager attention (plain MatMul/Softmax ops, standard ONNX opset 17) rather
+BERT classifiers are traced through node.rm.model.cls_rewards (the last layer runs for [CLS] only), so
+the ONNX graph skips the work whose output the reward never reads. The graph is traced with eager attention (plain MatMul/Softmax ops, standard ONNX opset 17) rather
 than scaled_dot_product_attention; onnxruntime fuses it at load time. One file per model: models over
 2 GB (protobuf's limit) are not supported.
 """
@@ -388,7 +389,7 @@ class _RewardOutput(nn.Module):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
-        return rewards(self.model, batch, exact_graph=True)  # (B, T) -> (B,): the model's own graph
+        return rewards(self.model, batch)  # (B, T) -> (B,)
 
 
 def export_fp32(

@@ -128,7 +128,7 @@ def rewards(model: nn.Module, batch: dict[str, torch.Tensor], *, exact_graph: bo
     """r for every row of a padded batch: (N, T) input_ids -> (N,) rewards.
 
     BERT-like classifiers take the [CLS]-only path (`cls_rewards`): same rewards and gradients, ~1/7 less
-    work. exact_graph=True always calls the model's own forward (what ONNX export traces).
+    work, in training, scoring and the exported ONNX graph. exact_graph=True calls the model's own forward.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
     if not exact_graph and cls_path_supported(model):
