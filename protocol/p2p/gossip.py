@@ -67,6 +67,8 @@ def topic_for(message: Message) -> str:
 
 
 Callback = Callable[[Message, Envelope], None]
+REANNOUNCE_DELAYS_S = (0.5, 1.5, 3.0)
+"""When a subscription is announced again after `subscribe` (see Gossip._reannounce)."""
 
 
 class Gossip:
@@ -132,6 +134,26 @@ class Gossip:
         pubsub.set_topic_validator(topic, self._validator(topic), False)
         sub = await pubsub.subscribe(topic)
         self.host.spawn(self._reader, topic, sub)
+        self.host.spawn(self._reannounce, topic)
+
+    async def _reannounce(self, topic: str) -> None:
+        """Tell every peer again, a little later, that this node subscribes to `topic`.
+
+        py-libp2p builds the hello packet (our topics) for a new peer before that peer joins the list
+        a subscription is announced to: a subscription made in between reaches neither, and that peer
+        would never send us the topic's messages. Announcing again after the connection settles closes
+        the gap (peers treat a repeated subscription as a no-op).
+        """
+        import trio
+        from libp2p.pubsub.pb import rpc_pb2
+
+        pubsub = self.host.pubsub
+        for delay in REANNOUNCE_DELAYS_S:
+            await trio.sleep(delay)
+            if topic not in pubsub.topic_ids:
+                return
+            packet = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic)])
+            await pubsub.message_all_peers(packet.SerializeToString())
 
     async def _reader(self, topic: str, sub: Any) -> None:
         me = self.host.libp2p_host.get_id().to_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -144,3 +145,27 @@ def test_validator_check_reports_reasons_without_network() -> None:
         g.check(TOPIC_MODELS, origin, forged.to_bytes())
     with pytest.raises(MalformedEnvelope):
         g.check(TOPIC_MODELS, origin, b"{}")
+
+
+def test_a_subscription_missing_from_the_hello_packet_still_reaches_the_peer(make_host: HostFactory) -> None:
+    """py-libp2p may build a new peer's hello before a concurrent subscribe lands: the peer must learn it anyway."""
+    a, b = make_host(), make_host()
+
+    async def hello_without_topics() -> None:  # the race, made certain: every hello `a` sends omits its topics
+        build = a.pubsub.get_hello_packet
+
+        def hello() -> Any:
+            packet = build()
+            del packet.subscriptions[:]
+            return packet
+        a.pubsub.get_hello_packet = hello
+    a.call(hello_without_topics)
+    ga, gb = Gossip(a), Gossip(b)
+    box_a = Inbox()
+    ga.subscribe(TOPIC_MODELS, box_a)
+    gb.subscribe(TOPIC_MODELS, Inbox())
+    b.connect(a.addrs[0])  # a's subscription now travels only in its re-announcements
+    wait_for(lambda: len(gb.topic_peers(TOPIC_MODELS)) == 1, 15, "b to learn that a subscribes")
+    time.sleep(1.2)  # one heartbeat: b grafts a into its mesh
+    gb.publish(_announcement(7))
+    wait_for(lambda: len(box_a) == 1, 10, "delivery to a")
