@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint typecheck bench clean
+.PHONY: setup test e2e demo lint typecheck bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The end-to-end fault suite (README, "Fault suite"); `make test` runs these too.
+E2E_TESTS := tests/federation/test_deployment.py::test_deployment_engine_with_a_member_killed_mid_run \
+	tests/federation/test_local_federation.py tests/node/test_import_crash.py tests/federation/test_poisoning.py \
+	tests/federation/test_contribution.py tests/protocol/test_envelope.py \
+	tests/protocol/p2p/test_gossip.py::test_bad_messages_are_dropped_at_the_first_hop
+
+e2e: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS) $(E2E_TESTS)
 
 demo: setup
 	$(BIN)/python -m node.demo $(if $(QUICK),--quick,)
