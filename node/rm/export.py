@@ -24,8 +24,9 @@ Checks run on the folder before it is moved into place (nothing half-checked is 
    scoring.json. Without dev pairs the gate cannot run, so int8 is refused unless force=True.
 
 BERT classifiers are traced through node.rm.model.cls_rewards (the last layer runs for [CLS] only), so
-the ONNX graph skips the work whose output the reward never reads. The graph is traced with eager attention (plain MatMul/Softmax ops, standard ONNX opset 17) rather
-than scaled_dot_product_attention; onnxruntime fuses it at load time. One file per model: models over
+the ONNX graph skips the work whose output the reward never reads. The graph is traced with eager
+attention (plain MatMul/Softmax ops, standard ONNX opset 17) rather than scaled_dot_product_attention;
+onnxruntime fuses it at load time. One file per model: models over
 2 GB (protobuf's limit) are not supported.
 """
 
