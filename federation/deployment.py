@@ -68,6 +68,7 @@ clientapp = "{clientapp}"
 home = ""
 federation = ""
 straggler-wait = "10"
+resume = "0"
 """
 
 

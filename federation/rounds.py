@@ -19,7 +19,7 @@ from federation.agreement import Agreement
 from federation.codec import Arrays, arrays_sha256
 from federation.contribution import Accepted, Rejection, RoundContext, verify_round
 from federation.errors import BelowQuorum
-from federation.manifest import GENESIS, build_manifest, manifest_link, sign_manifest
+from federation.manifest import GENESIS, build_manifest, manifest_link, sign_manifest, verify_chain
 from protocol.envelope import Verifier
 from protocol.identity import Identity
 
@@ -52,6 +52,24 @@ class FederationState:
         self.round = 0
         # One verifier for the whole federation: a nonce replayed in any later round is refused.
         self.verifier = Verifier(set(agreement.members), max_age_s=max(3600.0, 4 * agreement.round_timeout_s))
+
+    def restore(self, chain: Sequence[str], global_arrays: Mapping[str, NDArray[np.floating]]) -> None:
+        """Continue after the rounds of `chain` (a coordinator restarting): the next round is len(chain) + 1.
+
+        Raises `ChainBroken` naming the break when the chain does not verify against the agreement or
+        `global_arrays` is not the last round's aggregate, and ValueError when the arrays do not have the
+        federation's names and shapes. Nonces seen before the restart are forgotten; a replayed
+        contribution still fails, since each one is signed for its round.
+        """
+        if self.round:
+            raise ValueError(f"restore() on a state already at round {self.round}; restore a fresh state")
+        arrays: Arrays = {n: np.asarray(a, dtype=np.float32) for n, a in global_arrays.items()}
+        expected = {n: a.shape for n, a in self.global_arrays.items()}
+        if {n: a.shape for n, a in arrays.items()} != expected:
+            raise ValueError("the saved global arrays do not have the federation's tensor names and shapes")
+        verify_chain(chain, self.agreement, final_sha256=arrays_sha256(arrays))
+        self.chain, self.round, self.global_arrays = list(chain), len(chain), arrays
+        log.info("resumed after round %d of %d", self.round, self.agreement.rounds)
 
     @property
     def prev_link(self) -> str:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 FEDERATION_DIR = "federation"
 AGREEMENT_FILE = "agreement.json"
 JOIN_FILE = "join.json"
+ROUNDS_DIR = "rounds"
 SHARED_ARRAYS_FILE = "shared.arrays"
 MODEL_KIND = "federated"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -290,16 +291,61 @@ def agreement_for(home: Path, name: str) -> Agreement:
 # --- running a federation ---------------------------------------------------------------------------
 
 
-def coordinator_state(node: Node, agreement: Agreement) -> Any:
-    """A fresh coordinator state for `agreement` (round 0, initial arrays from the agreement seed)."""
+def coordinator_state(node: Node, agreement: Agreement, *, resume: bool = False) -> Any:
+    """The coordinator's state for `agreement`: round 0 with the initial arrays from the agreement seed,
+    or with resume=True after the rounds saved under federation/<name>/rounds/ (checked first)."""
     from federation.rounds import FederationState
 
-    return FederationState(agreement, node.identity, initial_arrays(agreement))
+    state = FederationState(agreement, node.identity, initial_arrays(agreement))
+    done = finished_rounds(node.config.home, agreement.name)
+    if not resume or not done:
+        return state
+    rounds = done[0].parent
+    last = rounds / f"global-{len(done):04d}.arrays"
+    hint = f"fix or move {rounds} aside (or run with --restart, which keeps it as rounds-previous-*)"
+    if [p.name for p in done] != [f"round-{i:04d}.manifest.json" for i in range(1, len(done) + 1)]:
+        raise NodeError(f"the saved rounds in {rounds} are not numbered 1..{len(done)}; {hint}")
+    if not last.is_file():
+        raise NodeError(f"{last} is missing: round {len(done)}'s global model cannot be resumed from; {hint}")
+    try:
+        state.restore([p.read_text().strip() for p in done], decode_arrays(last.read_bytes()))
+    except (ChainBroken, ValueError) as exc:
+        raise NodeError(f"cannot resume federation {agreement.name!r} from {rounds}: {exc}; {hint}") from None
+    return state
+
+
+def finished_rounds(home: Path, name: str) -> list[Path]:
+    """The signed manifests of the rounds this coordinator finished, in order."""
+    return sorted((federation_dir(home, name) / ROUNDS_DIR).glob("round-*.manifest.json"))
+
+
+def prepare_rounds(home: Path, name: str, *, resume: bool, restart: bool) -> int:
+    """Check what an earlier run left before a coordinator runs `name`; returns the rounds to resume after.
+
+    Without resume or restart, saved rounds are refused (a new run would overwrite them); restart moves
+    them aside to rounds-previous-<UTC time>/ and starts at round 1; resume continues after them.
+    """
+    if resume and restart:
+        raise NodeError("--resume and --restart exclude each other: continue the saved rounds or start over")
+    done = finished_rounds(home, name)
+    if not done:
+        return 0
+    rounds = done[0].parent
+    if restart:
+        aside = rounds.with_name(f"{ROUNDS_DIR}-previous-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        rounds.rename(aside)
+        log.info("moved the %d round(s) of the earlier run to %s", len(done), aside)
+        return 0
+    if not resume:
+        raise NodeError(f"federation {name!r} has {len(done)} finished round(s) from an earlier run in {rounds}: "
+                        f"pass --resume to continue with round {len(done) + 1}, or --restart to keep them aside "
+                        "and start again at round 1")
+    return len(done)
 
 
 def save_round(node: Node, agreement: Agreement, result: Any) -> None:
     """Keep the signed manifest and the new global arrays under federation/<name>/rounds/."""
-    rounds = federation_dir(node.config.home, agreement.name) / "rounds"
+    rounds = federation_dir(node.config.home, agreement.name) / ROUNDS_DIR
     rounds.mkdir(parents=True, exist_ok=True)
     (rounds / f"round-{result.round:04d}.manifest.json").write_text(result.manifest + "\n")
     (rounds / f"global-{result.round:04d}.arrays").write_bytes(encode_arrays(result.global_arrays))
@@ -310,7 +356,7 @@ def _constant(participant: NodeParticipant) -> Any:
 
 
 def run_local(coordinator_home: Path, member_homes: list[Path], name: str, *,
-              on_reply: Any = None, before_round: Any = None) -> Any:
+              on_reply: Any = None, before_round: Any = None, resume: bool = False) -> Any:
     """Run federation `name` in one process: the real ServerApp loop and ClientApps on a LocalGrid.
 
     Each member is a node home on this machine that has joined the federation. `on_reply(node_id,
@@ -329,10 +375,10 @@ def run_local(coordinator_home: Path, member_homes: list[Path], name: str, *,
                                                          run_config={}))
              for i, p in participants.items()}
     grid = LocalGrid(nodes, on_reply=on_reply)
-    state = coordinator_state(coord, agreement)
     try:
-        if before_round is not None:
-            before_round(grid, 1)
+        state = coordinator_state(coord, agreement, resume=resume)
+        if before_round is not None and state.round < agreement.rounds:
+            before_round(grid, state.round + 1)
 
         def after(result: Any) -> None:
             save_round(coord, agreement, result)

@@ -57,6 +57,7 @@ OUTCOME_FILE = "outcome.json"
 RUN_CONFIG_HOME = "home"
 RUN_CONFIG_FEDERATION = "federation"
 RUN_CONFIG_STRAGGLER = "straggler-wait"
+RUN_CONFIG_RESUME = "resume"
 _participants: dict[tuple[str, str], NodeParticipant] = {}
 
 
@@ -74,7 +75,7 @@ def _coordinator_for(context: Any) -> Any:
     node = Node.open(str(context.run_config[RUN_CONFIG_HOME]))
     name = str(context.run_config[RUN_CONFIG_FEDERATION])
     agreement = agreement_for(node.config.home, name)
-    state = coordinator_state(node, agreement)
+    state = coordinator_state(node, agreement, resume=str(context.run_config.get(RUN_CONFIG_RESUME, "")) == "1")
     state.node = node  # kept for the round callbacks
     return state
 
@@ -172,11 +173,12 @@ def admitted_supernodes(home: Path, agreement: Agreement) -> list[SupernodeKey]:
 
 
 def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1", timeout_s: float = 3600.0,
-                    supernode_auth: bool = True, straggler_s: float = 10.0) -> dict[str, Any]:
+                    supernode_auth: bool = True, straggler_s: float = 10.0, resume: bool = False) -> dict[str, Any]:
     """Start the TLS SuperLink on port `port`, register the admitted members' SuperNode keys, submit the
     app with `flwr run`, wait for the run to end, stop the SuperLink; returns the outcome the ServerApp
     wrote. `supernode_auth=False` lets any SuperNode that trusts the CA connect (contributions are still
-    checked for members' signatures). `straggler_s`: see federation.apps.send_and_receive."""
+    checked for members' signatures). `straggler_s`: see federation.apps.send_and_receive. resume=True
+    continues after the rounds an earlier run saved (node.federated.prepare_rounds checks them first)."""
     from federation.deployment import (
         TlsFiles,
         flwr_run,
@@ -213,7 +215,8 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
             log.info("registered the SuperNode of member %s... as Flower node %d", key.member[:16], node_id)
         app = write_app(work / "app", "node.flower:server_app", "federation.worker:client_app")
         done = flwr_run(work, app, {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name,
-                                    RUN_CONFIG_STRAGGLER: str(straggler_s)}, timeout_s)
+                                    RUN_CONFIG_STRAGGLER: str(straggler_s), RUN_CONFIG_RESUME: "1" if resume else "0"},
+                        timeout_s)
         (work / "flwr-run.log").write_text(done.stdout + done.stderr)
     finally:
         superlink.stop()

@@ -67,6 +67,11 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     run.add_argument("--straggler-wait", type=float, default=10.0, metavar="S",
                      help="(coordinator) once min-participants replied, wait at most S more seconds for the others "
                           "(default 10; a dead member would otherwise cost the whole round timeout)")
+    run.add_argument("--resume", action="store_true",
+                     help="(coordinator) continue after the rounds an earlier run finished (a crash, say): their "
+                          "signed manifests and global model are checked first")
+    run.add_argument("--restart", action="store_true",
+                     help="(coordinator) keep an earlier run's rounds aside (rounds-previous-*) and start at round 1")
     run.add_argument("--serve", action="store_true",
                      help="(member) keep serving after the federated model landed (default: exit then)")
     run.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
@@ -185,22 +190,28 @@ def _admit(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from federation.errors import BelowQuorum
     from node.app import Node
-    from node.federated import agreement_for, run_local
+    from node.federated import agreement_for, prepare_rounds, run_local
 
     with Node.open(args.home, db=args.db) as node:
         home = node.config.home
         agreement = agreement_for(home, args.name)
         is_coordinator = node.identity.public_key_hex == agreement.coordinator
+    if (args.resume or args.restart) and not is_coordinator:
+        raise UsageError("--resume and --restart are for the coordinator; a member just runs again")
+    if is_coordinator:
+        done = prepare_rounds(home, args.name, resume=args.resume, restart=args.restart)
+        if done:
+            print(f"resuming federation {args.name!r} after round {done} of {agreement.rounds}")
     if args.engine == "local":
         if not is_coordinator:
             raise UsageError("--engine local runs on the coordinator; pass the members' homes with --member-home")
         if not args.member_home:
             raise UsageError("--engine local needs --member-home DIR for every member on this machine")
         try:
-            outcome = run_local(home, [Path(h) for h in args.member_home], args.name)
+            outcome = run_local(home, [Path(h) for h in args.member_home], args.name, resume=args.resume)
         except BelowQuorum as exc:
             raise NodeError(str(exc)) from None
-        print(f"federation {args.name!r}: {len(outcome.rounds)} round(s); "
+        print(f"federation {args.name!r}: {len(outcome.chain)} round(s); "
               f"registered on {len(outcome.registered)} member(s): {sorted(set(outcome.registered.values()))}")
         return 0
     from node.flower import run_coordinator, run_member
@@ -209,7 +220,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--straggler-wait {args.straggler_wait:g}: give a number of seconds >= 0")
     if is_coordinator:
         outcome = run_coordinator(home, args.name, port=args.port, host=args.listen, timeout_s=args.timeout,
-                                  supernode_auth=not args.no_supernode_auth, straggler_s=args.straggler_wait)
+                                  supernode_auth=not args.no_supernode_auth, straggler_s=args.straggler_wait,
+                                  resume=args.resume)
         print(f"federation {args.name!r}: {outcome['rounds']} round(s), accepted per round {outcome['accepted']}, "
               f"round seconds {[round(x, 2) for x in outcome['round_seconds']]}; registered on "
               f"{len(outcome['registered'])} member(s)")

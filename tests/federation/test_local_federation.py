@@ -13,6 +13,7 @@ import pytest
 
 from federation.errors import BelowQuorum
 from node.app import Node
+from node.errors import NodeError
 from node.federated import run_local, verify_model
 from tests.federation.conftest import cli, secret_pairs
 
@@ -109,3 +110,72 @@ def test_below_min_participants_aborts_cleanly(make_federation) -> None:
     assert [p.name for p in rounds] == ["round-0001.manifest.json"]  # round 1 kept, round 2 left no trace
     with Node.open(homes[0]) as node:
         assert not [m for m in node.store.list_models() if m.kind == "federated"]
+
+
+class CoordinatorCrash(Exception):
+    pass
+
+
+def _crash_before(round_: int):
+    def hook(grid, rnd: int) -> None:
+        if rnd == round_:
+            raise CoordinatorCrash(f"coordinator died before round {rnd}")
+    return hook
+
+
+def test_a_crashed_coordinator_resumes_after_its_last_saved_round(make_federation, capsys) -> None:
+    coord, homes = make_federation(3, pairs=8, extra=("--rounds", "3"))
+    with pytest.raises(CoordinatorCrash):
+        run_local(coord, homes, "fed", before_round=_crash_before(3))
+    rounds = coord / "federation" / "fed" / "rounds"
+    saved = sorted(p.name for p in rounds.iterdir())
+    assert saved == ["global-0001.arrays", "global-0002.arrays", "round-0001.manifest.json", "round-0002.manifest.json"]
+    capsys.readouterr()
+
+    # A plain run would start over and overwrite them: refused, nothing touched.
+    member_args = [a for h in homes for a in ("--member-home", str(h))]
+    assert cli("--home", str(coord), "federation", "run", "fed", "--engine", "local", *member_args) != 0
+    err = capsys.readouterr().err
+    assert "2 finished round(s)" in err and "--resume" in err and "--restart" in err
+    assert sorted(p.name for p in rounds.iterdir()) == saved
+    before = {name: (rounds / name).read_bytes() for name in saved}
+
+    assert cli("--home", str(coord), "federation", "run", "fed", "--engine", "local", "--resume", *member_args) == 0
+    assert all((rounds / name).read_bytes() == data for name, data in before.items())  # rounds 1-2 not re-run
+    out = capsys.readouterr().out
+    assert "resuming federation 'fed' after round 2 of 3" in out and "3 round(s)" in out
+    from federation.codec import arrays_sha256, decode_arrays
+    from federation.manifest import verify_chain
+    from node.federated import agreement_for
+    chain = [(rounds / f"round-{i:04d}.manifest.json").read_text().strip() for i in (1, 2, 3)]
+    third = verify_chain(chain, agreement_for(coord, "fed"))[2]  # round 3 continues from the saved round-2 model
+    assert third.global_before_sha256 == arrays_sha256(decode_arrays((rounds / "global-0002.arrays").read_bytes()))
+    for home in homes:  # every member holds the 3-round model, and its chain verifies
+        with Node.open(home) as node:
+            [model] = [m for m in node.store.list_models() if m.kind == "federated"]
+            assert len(model.provenance["manifests"]) == 3
+        assert cli("--home", str(home), "verify", model.id) == 0
+
+
+def test_resume_refuses_tampered_rounds_and_restart_keeps_them_aside(make_federation, capsys) -> None:
+    coord, homes = make_federation(2, pairs=8)
+    with pytest.raises(CoordinatorCrash):
+        run_local(coord, homes, "fed", before_round=_crash_before(2))
+    rounds = coord / "federation" / "fed" / "rounds"
+    arrays = rounds / "global-0001.arrays"
+    original = arrays.read_bytes()
+    from federation.codec import decode_arrays, encode_arrays
+    changed = {n: a + 0.5 for n, a in decode_arrays(original).items()}
+    arrays.write_bytes(encode_arrays(changed))  # the saved global model was altered after round 1
+    with pytest.raises(NodeError, match="cannot resume federation 'fed'.*last manifest says"):
+        run_local(coord, homes, "fed", resume=True)
+    arrays.unlink()
+    with pytest.raises(NodeError, match="global-0001.arrays is missing"):
+        run_local(coord, homes, "fed", resume=True)
+
+    member_args = [a for h in homes for a in ("--member-home", str(h))]
+    assert cli("--home", str(coord), "federation", "run", "fed", "--engine", "local", "--restart", *member_args) == 0
+    kept = list((coord / "federation" / "fed").glob("rounds-previous-*"))
+    assert len(kept) == 1 and (kept[0] / "round-0001.manifest.json").is_file()
+    assert sorted(p.name for p in rounds.glob("round-*.manifest.json")) == ["round-0001.manifest.json",
+                                                                            "round-0002.manifest.json"]
