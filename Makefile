@@ -27,6 +27,7 @@ test: setup
 
 # The end-to-end fault suite (README, "Fault suite"); `make test` runs these too.
 E2E_TESTS := tests/federation/test_deployment.py::test_deployment_engine_with_a_member_killed_mid_run \
+	tests/federation/test_deployment.py::test_a_killed_coordinator_resumes_where_it_stopped \
 	tests/federation/test_local_federation.py tests/node/test_import_crash.py tests/federation/test_poisoning.py \
 	tests/federation/test_contribution.py tests/protocol/test_envelope.py \
 	tests/protocol/p2p/test_gossip.py::test_bad_messages_are_dropped_at_the_first_hop

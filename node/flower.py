@@ -48,7 +48,10 @@ SUPERNODE_KEY_FILE = "supernode.key"
 SUPERNODE_RECORD_FILE = "supernode-key.json"
 ADMITTED_DIR = "supernodes"
 RETRY_S = 2.0
-"""How long a member waits before starting its SuperNode again after the SuperLink refused it."""
+"""How long a member waits before starting its SuperNode again after the SuperLink refused it or it died."""
+QUICK_EXIT_S = 10.0
+MAX_QUICK_EXITS = 3
+"""A member gives up once its SuperNode died this many times in a row within QUICK_EXIT_S of starting."""
 FINALIZE_GRACE_S = 5.0
 """How long a member keeps its SuperNode up after pushing its finalize reply (see _wait_finalize_sent)."""
 
@@ -254,6 +257,7 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
         worker = Worker(NodeParticipant(node, agreement), sock)  # model, data and key stay warm in this process
         node_config = {RUN_CONFIG_HOME: str(home), NODE_CONFIG_SOCKET: str(sock)}
         proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
+        started, quick_exits = time.monotonic(), 0
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
@@ -267,9 +271,23 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
                     proc.stop()
                     time.sleep(RETRY_S)
                     proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
+                    started = time.monotonic()
                     continue
                 if proc.popen.poll() is not None:
-                    raise NodeError(f"the SuperNode exited ({proc.popen.returncode}); see {proc.log}")
+                    # A SuperNode that ran a while lost its SuperLink (a restarted coordinator answers its
+                    # heartbeats 401): start it again, it activates anew with the same key. One that keeps
+                    # dying at once cannot start at all (certificate, address): give up.
+                    quick = time.monotonic() - started < QUICK_EXIT_S
+                    quick_exits = quick_exits + 1 if quick else 0
+                    if quick_exits >= MAX_QUICK_EXITS:
+                        raise NodeError(f"the SuperNode exited ({proc.popen.returncode}) {quick_exits} times in a "
+                                        f"row within {QUICK_EXIT_S:g} s of starting; see {proc.log}")
+                    log.warning("the SuperNode exited (%s); starting it again in %g s (see %s)",
+                                proc.popen.returncode, RETRY_S, proc.log)
+                    time.sleep(RETRY_S)
+                    proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
+                    started = time.monotonic()
+                    continue
                 if not serve:
                     new = [m for m in node.store.list_models() if m.id not in before and m.kind == MODEL_KIND
                            and m.provenance.get("federation_id") == agreement.federation_id]

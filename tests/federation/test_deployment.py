@@ -2,7 +2,8 @@
 3 admitted SuperNodes (one per node home), 3 rounds; one member's SuperNode is SIGKILLed as round 2
 starts. The round completes with the other two (min_participants = 2) after the straggler wait, the
 member is started again and takes part in round 3, and the federated model lands in every registry
-with a verifiable chain. A SuperNode whose key nobody admitted is refused.
+with a verifiable chain. A SuperNode whose key nobody admitted is refused. A coordinator killed with
+its SuperLink after round 1 resumes with `--resume`; the members' SuperNodes come back to it by themselves.
 """
 
 from __future__ import annotations
@@ -185,3 +186,60 @@ def test_stopping_a_flower_process_leaves_no_child_behind(tmp_path: Path) -> Non
         time.sleep(0.05)
     alive = Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     assert not alive, "the child outlived stop()"
+
+
+def _kill_everything_of(home: Path, cli_proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a node's CLI and every process started for its home (SuperLink, ServerApp): a crash."""
+    os.killpg(cli_proc.pid, signal.SIGKILL)
+    cli_proc.wait(30)
+    for pid in [int(p) for p in subprocess.run(["pgrep", "-f", str(home)], capture_output=True,
+                                               text=True).stdout.split()]:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def test_a_killed_coordinator_resumes_where_it_stopped(make_federation) -> None:
+    port = _free_port()
+    coord, homes = make_federation(2, pairs=12, extra=("--round-timeout", "60", "--rounds", "3"))
+    ca = coord / "federation" / "fed" / "tls" / "ca.pem"
+    agreement = coord / "federation" / "fed" / "agreement.json"
+    from tests.federation.conftest import cli
+    for home in homes:
+        assert cli("--home", str(home), "federation", "join", "fed", "--coordinator", f"127.0.0.1:{port}",
+                   "--agreement", str(agreement), "--ca", str(ca)) == 0
+    records = [str(h / "federation" / "fed" / "supernode-key.json") for h in homes]
+    assert cli("--home", str(coord), "federation", "admit", "fed", *records) == 0
+    rounds = coord / "federation" / "fed" / "rounds"
+    from federation.deployment import wait_for_port
+    coordinator = _rewardnode(coord, "federation", "run", "fed", "--port", str(port), "--timeout", "240")
+    wait_for_port(port, 60)
+    members = [_rewardnode(h, "federation", "run", "fed", "--timeout", "300") for h in homes]
+    try:
+        deadline = time.monotonic() + 200
+        while not (rounds / "round-0001.manifest.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _kill_everything_of(coord, coordinator)  # the coordinator's machine dies after round 1
+        done = sorted(p.name for p in rounds.glob("round-*.manifest.json"))
+        assert done and "round-0003.manifest.json" not in done, done
+        kept = {name: (rounds / name).read_bytes() for name in done}
+        coordinator = _rewardnode(coord, "federation", "run", "fed", "--port", str(port), "--timeout", "240",
+                                  "--resume")
+        assert coordinator.wait(240) == 0, (coord / "cli-run.log").read_text()[-3000:]
+        assert f"resuming federation 'fed' after round {len(done)} of 3" in (coord / "cli-run.log").read_text()
+        for m in members:  # the members' SuperNodes waited for the SuperLink to come back
+            assert m.wait(60) == 0, (Path(str(m.args[4])) / "cli-run.log").read_text()[-2000:]
+    finally:
+        for p in (coordinator, *members):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(30)
+    assert all((rounds / name).read_bytes() == data for name, data in kept.items())  # not re-run
+    outcome = json.loads((rounds / "outcome.json").read_text())
+    assert len(outcome["registered"]) == 2, outcome
+    for home in homes:
+        with Node.open(home) as node:
+            [entry] = [m for m in node.store.list_models() if m.kind == "federated"]
+            assert verify_model(node, entry.id)["rounds"] == 3
