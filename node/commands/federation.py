@@ -190,7 +190,7 @@ def _admit(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from federation.errors import BelowQuorum
     from node.app import Node
-    from node.federated import agreement_for, prepare_rounds, run_local
+    from node.federated import agreement_for, coordinator_state, prepare_rounds, run_local
 
     with Node.open(args.home, db=args.db) as node:
         home = node.config.home
@@ -201,6 +201,8 @@ def _run(args: argparse.Namespace) -> int:
     if is_coordinator:
         done = prepare_rounds(home, args.name, resume=args.resume, restart=args.restart)
         if done:
+            with Node.open(home, db=args.db) as node:  # check the saved rounds here, before any server starts
+                coordinator_state(node, agreement, resume=True)
             print(f"resuming federation {args.name!r} after round {done} of {agreement.rounds}")
     if args.engine == "local":
         if not is_coordinator:

@@ -169,11 +169,15 @@ def test_resume_refuses_tampered_rounds_and_restart_keeps_them_aside(make_federa
     arrays.write_bytes(encode_arrays(changed))  # the saved global model was altered after round 1
     with pytest.raises(NodeError, match="cannot resume federation 'fed'.*last manifest says"):
         run_local(coord, homes, "fed", resume=True)
+    member_args = [a for h in homes for a in ("--member-home", str(h))]
+    capsys.readouterr()
+    for engine in ("local", "deployment"):  # the CLI checks before any server starts
+        assert cli("--home", str(coord), "federation", "run", "fed", "--engine", engine, "--resume", *member_args) != 0
+        assert "cannot resume federation 'fed'" in capsys.readouterr().err
     arrays.unlink()
     with pytest.raises(NodeError, match="global-0001.arrays is missing"):
         run_local(coord, homes, "fed", resume=True)
 
-    member_args = [a for h in homes for a in ("--member-home", str(h))]
     assert cli("--home", str(coord), "federation", "run", "fed", "--engine", "local", "--restart", *member_args) == 0
     kept = list((coord / "federation" / "fed").glob("rounds-previous-*"))
     assert len(kept) == 1 and (kept[0] / "round-0001.manifest.json").is_file()
