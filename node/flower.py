@@ -256,8 +256,11 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
         before = {m.id for m in node.store.list_models()}
         worker = Worker(NodeParticipant(node, agreement), sock)  # model, data and key stay warm in this process
         node_config = {RUN_CONFIG_HOME: str(home), NODE_CONFIG_SOCKET: str(sock)}
-        proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
-        started, quick_exits = time.monotonic(), 0
+        def start() -> tuple[Any, float]:
+            return start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key), time.monotonic()
+
+        proc, started = start()
+        quick_exits = 0
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
@@ -270,8 +273,7 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
                                 join["coordinator"], RETRY_S)
                     proc.stop()
                     time.sleep(RETRY_S)
-                    proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
-                    started = time.monotonic()
+                    proc, started = start()
                     continue
                 if proc.popen.poll() is not None:
                     # A SuperNode that ran a while lost its SuperLink (a restarted coordinator answers its
@@ -285,8 +287,7 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
                     log.warning("the SuperNode exited (%s); starting it again in %g s (see %s)",
                                 proc.popen.returncode, RETRY_S, proc.log)
                     time.sleep(RETRY_S)
-                    proc = start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key)
-                    started = time.monotonic()
+                    proc, started = start()
                     continue
                 if not serve:
                     new = [m for m in node.store.list_models() if m.id not in before and m.kind == MODEL_KIND

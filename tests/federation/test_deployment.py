@@ -37,6 +37,19 @@ def _free_port() -> int:
     return free_port()
 
 
+def _kill_everything_of(home: Path, cli_proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a node's CLI and every process started for its home (SuperLink, ServerApp): a crash."""
+    os.killpg(cli_proc.pid, signal.SIGKILL)
+    cli_proc.wait(30)
+    for pid in [int(p) for p in subprocess.run(["pgrep", "-f", str(home)], capture_output=True,
+                                               text=True).stdout.split()]:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def test_deployment_engine_with_a_member_killed_mid_run(make_federation, tmp_path: Path) -> None:
     port = _free_port()
     coord, homes = make_federation(3, pairs=12, extra=("--min-participants", "2", "--round-timeout", "60",
@@ -73,15 +86,8 @@ def test_deployment_engine_with_a_member_killed_mid_run(make_federation, tmp_pat
         assert round1.exists(), "round 1 never finished"
         intruder.popen.wait(60)
         assert supernode_refused(intruder), intruder.output()[-2000:]
-        # SIGKILL the victim's whole group: its `rewardnode` CLI, its SuperNode and any ClientApp process.
-        os.killpg(members[2].pid, signal.SIGKILL)
-        supernode_pids = [int(p) for p in subprocess.run(["pgrep", "-f", str(homes[2])], capture_output=True,
-                                                          text=True).stdout.split()]
-        for pid in supernode_pids:  # the SuperNode runs in its own session: kill it by its pid
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        # SIGKILL the victim: its `rewardnode` CLI, its SuperNode (own session) and any ClientApp process.
+        _kill_everything_of(homes[2], members[2])
         while not round2.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert round2.exists(), "round 2 never finished without the killed member"
@@ -186,19 +192,6 @@ def test_stopping_a_flower_process_leaves_no_child_behind(tmp_path: Path) -> Non
         time.sleep(0.05)
     alive = Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     assert not alive, "the child outlived stop()"
-
-
-def _kill_everything_of(home: Path, cli_proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a node's CLI and every process started for its home (SuperLink, ServerApp): a crash."""
-    os.killpg(cli_proc.pid, signal.SIGKILL)
-    cli_proc.wait(30)
-    for pid in [int(p) for p in subprocess.run(["pgrep", "-f", str(home)], capture_output=True,
-                                               text=True).stdout.split()]:
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def test_a_killed_coordinator_resumes_where_it_stopped(make_federation) -> None:
