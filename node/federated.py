@@ -337,9 +337,11 @@ def prepare_rounds(home: Path, name: str, *, resume: bool, restart: bool) -> int
         log.info("moved the %d round(s) of the earlier run to %s", len(done), aside)
         return 0
     if not resume:
+        total = agreement_for(home, name).rounds
+        then = (f"continue with round {len(done) + 1}" if len(done) < total else
+                f"send the finished model (all {total} rounds are done) to the members again")
         raise NodeError(f"federation {name!r} has {len(done)} finished round(s) from an earlier run in {rounds}: "
-                        f"pass --resume to continue with round {len(done) + 1}, or --restart to keep them aside "
-                        "and start again at round 1")
+                        f"pass --resume to {then}, or --restart to keep them aside and start again at round 1")
     return len(done)
 
 

@@ -155,6 +155,9 @@ def test_a_crashed_coordinator_resumes_after_its_last_saved_round(make_federatio
             [model] = [m for m in node.store.list_models() if m.kind == "federated"]
             assert len(model.provenance["manifests"]) == 3
         assert cli("--home", str(home), "verify", model.id) == 0
+    capsys.readouterr()
+    assert cli("--home", str(coord), "federation", "run", "fed", "--engine", "local", *member_args) != 0
+    assert "all 3 rounds are done" in capsys.readouterr().err
 
 
 def test_resume_refuses_tampered_rounds_and_restart_keeps_them_aside(make_federation, capsys) -> None:
