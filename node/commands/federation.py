@@ -200,9 +200,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--resume and --restart are for the coordinator; a member just runs again")
     if is_coordinator:
         done = prepare_rounds(home, args.name, resume=args.resume, restart=args.restart)
-        if done:
+        if done and args.engine != "local":  # run_local checks them itself; the ServerApp runs elsewhere
             with Node.open(home, db=args.db) as node:  # check the saved rounds here, before any server starts
                 coordinator_state(node, agreement, resume=True)
+        if done:
             print(f"resuming federation {args.name!r} after round {done} of {agreement.rounds}")
     if args.engine == "local":
         if not is_coordinator:
