@@ -358,11 +358,13 @@ def _constant(participant: NodeParticipant) -> Any:
 
 
 def run_local(coordinator_home: Path, member_homes: list[Path], name: str, *,
-              on_reply: Any = None, before_round: Any = None, resume: bool = False) -> Any:
+              on_reply: Any = None, before_round: Any = None, resume: bool = False,
+              on_resume: Any = None) -> Any:
     """Run federation `name` in one process: the real ServerApp loop and ClientApps on a LocalGrid.
 
     Each member is a node home on this machine that has joined the federation. `on_reply(node_id,
-    message)` sees every reply a ClientApp sends; `before_round(grid, round)` can inject faults.
+    message)` sees every reply a ClientApp sends; `before_round(grid, round)` can inject faults;
+    `on_resume(rounds_done)` is called once the saved rounds of a resumed run have been checked.
     """
     from flwr.app import Context, RecordDict
 
@@ -379,6 +381,8 @@ def run_local(coordinator_home: Path, member_homes: list[Path], name: str, *,
     grid = LocalGrid(nodes, on_reply=on_reply)
     try:
         state = coordinator_state(coord, agreement, resume=resume)
+        if on_resume is not None and state.round:
+            on_resume(state.round)
         if before_round is not None and state.round < agreement.rounds:
             before_round(grid, state.round + 1)
 

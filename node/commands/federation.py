@@ -198,20 +198,24 @@ def _run(args: argparse.Namespace) -> int:
         is_coordinator = node.identity.public_key_hex == agreement.coordinator
     if (args.resume or args.restart) and not is_coordinator:
         raise UsageError("--resume and --restart are for the coordinator; a member just runs again")
+
+    def resuming(done: int) -> None:
+        print(f"resuming federation {args.name!r} after round {done} of {agreement.rounds}")
+
     if is_coordinator:
         done = prepare_rounds(home, args.name, resume=args.resume, restart=args.restart)
-        if done and args.engine != "local":  # run_local checks them itself; the ServerApp runs elsewhere
+        if done and args.engine != "local":  # run_local checks them itself and then calls resuming()
             with Node.open(home, db=args.db) as node:  # check the saved rounds here, before any server starts
                 coordinator_state(node, agreement, resume=True)
-        if done:
-            print(f"resuming federation {args.name!r} after round {done} of {agreement.rounds}")
+            resuming(done)
     if args.engine == "local":
         if not is_coordinator:
             raise UsageError("--engine local runs on the coordinator; pass the members' homes with --member-home")
         if not args.member_home:
             raise UsageError("--engine local needs --member-home DIR for every member on this machine")
         try:
-            outcome = run_local(home, [Path(h) for h in args.member_home], args.name, resume=args.resume)
+            outcome = run_local(home, [Path(h) for h in args.member_home], args.name, resume=args.resume,
+                                on_resume=resuming)
         except BelowQuorum as exc:
             raise NodeError(str(exc)) from None
         print(f"federation {args.name!r}: {len(outcome.chain)} round(s); "

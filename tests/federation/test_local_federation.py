@@ -176,7 +176,8 @@ def test_resume_refuses_tampered_rounds_and_restart_keeps_them_aside(make_federa
     capsys.readouterr()
     for engine in ("local", "deployment"):  # the CLI checks before any server starts
         assert cli("--home", str(coord), "federation", "run", "fed", "--engine", engine, "--resume", *member_args) != 0
-        assert "cannot resume federation 'fed'" in capsys.readouterr().err
+        out, err = capsys.readouterr()
+        assert "cannot resume federation 'fed'" in err and "resuming" not in out  # refused, never announced
     arrays.unlink()
     with pytest.raises(NodeError, match="global-0001.arrays is missing"):
         run_local(coord, homes, "fed", resume=True)
