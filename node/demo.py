@@ -456,7 +456,7 @@ class Demo:
         return rows
 
     def finish(self) -> None:
-        from node.demo_report import write_report
+        from node.demo_report import chance_band, write_report
 
         r = self.results
         r["artifacts"] = self.artifacts()
@@ -465,11 +465,13 @@ class Demo:
                  f"(federation engine: {r['engine']}, {self.cfg.rounds} rounds in {r['federation_seconds']:.0f} s)")
         self.say("\nreward-model accuracy on each source's held-out pairs (never imported by anyone)")
         self.say(f"  {'source':18} {'owner':6} {'private (owner)':>16} {'best other private':>19} "
-                 f"{'federated':>10} {'n':>5}")
+                 f"{'federated':>10} {'n':>5} {'guessing (95%)':>15}")
         for row in r["accuracy"]:
             others = max(row[o] for o in ORGS if o != row["owner"])
+            band = f"50% +- {100 * chance_band(row['n']):.0f}"
             self.say(f"  {row['source']:18} {row['owner']:6} {_pct(row[row['owner']]):>16} {_pct(others):>19} "
-                     f"{_pct(row['federated']):>10} {row['n']:>5}")
+                     f"{_pct(row['federated']):>10} {row['n']:>5} {band:>15}")
+        self.say("  (a model that guesses lands anywhere in the last column's range: differences inside it are noise)")
         first, last = r["ppo"]["first"], r["ppo"]["last"]
         self.say(f"\nPPO ({len(r['ppo']['log'])} steps, org-a, reward = federated RM, audit = org-a's private RM)")
         self.say(f"  {'':14} {'before (step 1)':>16} {'after (step ' + str(last['step']) + ')':>16}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -85,7 +86,7 @@ def write_report(path: str | os.PathLike[str], results: Mapping[str, Any], *, qu
         _svg("KL to the reference policy", "step", [("kl", steps, col("kl"))]),
     ]
     acc_rows = [[row["source"], row["owner"], *(_fmt(row.get(o), True) for o in orgs), _fmt(row.get("federated"), True),
-                 row.get("n")] for row in acc]
+                 row.get("n"), _band(row.get("n"))] for row in acc]
     first, last = (log[0], log[-1]) if log else ({}, {})
     ppo_rows = [[label, _fmt(first.get(k)), _fmt(last.get(k))]
                 for k, label in (("reward", "PPO reward"), ("audit_reward", "audit reward"), ("kl", "KL"))]
@@ -104,7 +105,9 @@ Flower rounds (engine: {html.escape(str(results.get('engine', '?')))}), and org-
 reward model. Total time: {f'{seconds:.0f} s' if isinstance(seconds, int | float) else 'n/a'}.</p>
 <div>{''.join(charts)}</div>
 <h2>Accuracy on each source's held-out pairs</h2>
-{_table(['source', 'owner', *[f'{o} private' for o in orgs], 'federated', 'n'], acc_rows)}
+{_table(['source', 'owner', *[f'{o} private' for o in orgs], 'federated', 'n', 'guessing (95%)'], acc_rows)}
+<p>A model that guesses lands anywhere in the last column's range on that many pairs: differences inside it are
+noise.</p>
 <h2>PPO (before = step 1, after = last step)</h2>
 {_table(['', 'before', 'after'], ppo_rows)}
 <h2>Export</h2><p>{'ONNX int8 passed the fidelity gate' if export.get('ok') else 'ONNX int8 refused by the fidelity gate'}:
@@ -115,3 +118,12 @@ reward model. Total time: {f'{seconds:.0f} s' if isinstance(seconds, int | float
 """
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def chance_band(n: int) -> float:
+    """Half-width of the 95% range of a coin-flipping model's accuracy on n pairs (normal approximation)."""
+    return 1.96 * 0.5 / math.sqrt(n) if n > 0 else float("nan")
+
+
+def _band(n: object) -> str:
+    return f"50% \u00b1 {100 * chance_band(n):.0f}" if isinstance(n, int) and n > 0 else "n/a"

@@ -6,6 +6,7 @@ and federated reward models (the federated one verifies on every node), a PPO lo
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -76,11 +77,19 @@ def test_quick_demo_runs_every_step(tmp_path: Path) -> None:
         assert (demo / "export" / "federated-fp32" / "model.onnx").is_file()
 
     # the final table
-    assert "reward-model accuracy on each source's held-out pairs" in out
+    assert "reward-model accuracy on each source's held-out pairs" in out and "guessing (95%)" in out
     for source in ("hh-rlhf", "finegrained-rlhf", "llmbar"):
         assert any(line.strip().startswith(source) and "%" in line for line in out.splitlines())
     for label in ("PPO reward", "audit reward", "KL to reference"):
         assert label in out
     assert "sha256" in out and str(demo) in out
     page = (demo / "demo_report.html").read_text()
-    assert page.count("<svg") >= 3 and "federated" in page
+    assert page.count("<svg") >= 3 and "federated" in page and "guessing (95%)" in page
+
+
+def test_chance_band_is_the_95_percent_range_of_a_guessing_model() -> None:
+    from node.demo_report import chance_band
+
+    assert chance_band(100) == pytest.approx(0.098)  # 1.96 * sqrt(0.25 / 100)
+    assert chance_band(80) == pytest.approx(0.1096, abs=1e-4)
+    assert math.isnan(chance_band(0))
