@@ -1,13 +1,14 @@
 """Scoring benchmark: torch vs ONNX fp32 vs ONNX int8 for the reward model, and the export's size and fidelity.
 
     python scripts/bench_scoring.py [--model DIR | --train 2000] [--tokens 128] [--threads 1 2] [--batches 1 32]
-                                    [--dev 200]
+                                    [--dev 200] [--profile]
 
 Without --model it scores all-MiniLM-L6-v2 (the bundled backbone) with an untrained one-output head
 (latency does not depend on the head's weights), or with --train N one fine-tuned for an epoch on N
 synthetic pairs, so the int8 gate sees reward gaps of a trained model. The model is exported with export_onnx (fp32 + int8);
 --dev synthetic pairs run the int8 fidelity gate (forced, so an untrained head still gets timed) and
-the agreement is printed. Latency is the median ms per model call on batches of `--tokens`-token
+the agreement is printed. --profile adds where int8 batch-1 time goes (ONNX Runtime's profiler, per
+operator type) beside the rate of a lone int8 MatMul of the model's shapes (the matmul ceiling). Latency is the median ms per model call on batches of `--tokens`-token
 (prompt, response) sequences, tokenization excluded; the last line times score() with tokenization.
 Targets (on-device path): int8 file <= 25 MB; batch 1, 128 tokens, 1 thread <= 10 ms.
 """
@@ -15,6 +16,7 @@ Targets (on-device path): int8 file <= 25 MB; batch 1, 128 tokens, 1 thread <= 1
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import random
@@ -67,6 +69,8 @@ def main() -> None:
                         help="fine-tune the default model for one epoch on this many synthetic pairs first, so "
                              "the int8 gate sees a trained head (0: untrained head)")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per cell")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile int8 batch 1 on one thread per operator type, beside a lone int8 MatMul's rate")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -140,6 +144,78 @@ def main() -> None:
         n_tokens = len(scorer.encode([text], [text])[0][0])
         e2e = time_ms(lambda: scorer.score([text], [text]), budget_s=args.budget)
         print(f"int8 score() of one {n_tokens}-token pair, tokenization included, 1 thread: {e2e:.2f} ms")
+        if args.profile:
+            profile_int8(out, model_dir, ids[0], Path(tmp), runs=50)
+
+
+QUANTIZED_MATMULS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "DynamicQuantizeLinear")
+
+
+def profile_int8(onnx_dir: Path, model_dir: Path, ids: list[int], tmp: Path, runs: int) -> None:
+    """Print int8 batch-1 kernel time per operator type, and a lone int8 MatMul's rate for the model's shapes."""
+    import collections
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoConfig
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp / "ort-profile")
+    session = ort.InferenceSession(str(onnx_dir / "model.int8.onnx"), options, providers=["CPUExecutionProvider"])
+    row = np.asarray([ids], dtype=np.int64)
+    feeds = {i.name: row if i.name == "input_ids" else np.ones_like(row) if i.name == "attention_mask"
+             else np.zeros_like(row) for i in session.get_inputs()}
+    for _ in range(runs):
+        session.run(None, feeds)
+    per_op: dict[str, float] = collections.defaultdict(float)
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"].get("op_name", "?")] += event["dur"] / 1e3 / runs
+    total = sum(per_op.values())
+    quantized = sum(ms for op, ms in per_op.items() if op in QUANTIZED_MATMULS)
+    print(f"\nint8 batch 1, {len(ids)} tokens, 1 thread, ONNX Runtime profiler: {total:.2f} ms of kernels per call "
+          f"(profiling adds overhead); quantized matmuls {quantized:.2f} ms ({100 * quantized / total:.0f}%)")
+    for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"  {op:<24}{ms:>7.2f} ms {100 * ms / total:>4.0f}%")
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    hidden, inner = config.hidden_size, config.intermediate_size
+    rng = np.random.default_rng(0)
+    lone_ms: dict[tuple[int, int], float] = {}
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's pre-processing advice
+    for k, n in ((hidden, hidden), (hidden, inner), (inner, hidden)):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(ids), k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [len(ids), n])],
+            [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, tmp / "mm.onnx")
+        quantize_dynamic(tmp / "mm.onnx", tmp / "mm.int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
+        lone = ort.InferenceSession(str(tmp / "mm.int8.onnx"), options_one_thread(), providers=["CPUExecutionProvider"])
+        x = rng.standard_normal((len(ids), k)).astype(np.float32)
+
+        def run(s: ort.InferenceSession = lone, x: np.ndarray = x) -> None:
+            s.run(None, {"x": x})
+
+        ms = lone_ms[k, n] = time_ms(run, budget_s=1.0)
+        print(f"  lone int8 MatMul [{len(ids)}x{k}]x[{k}x{n}], 1 thread: {ms:.3f} ms, "
+              f"{2 * len(ids) * k * n / ms / 1e6:.0f} GOP/s")
+    layer = 4 * lone_ms[hidden, hidden] + lone_ms[hidden, inner] + lone_ms[inner, hidden]
+    floor = (config.num_hidden_layers - 1) * layer + 2 * lone_ms[hidden, hidden]
+    print(f"  matmul floor at those rates: {config.num_hidden_layers - 1} full layers (4 [h x h] + [h x i] + [i x h]) "
+          f"+ K and V of the [CLS]-only last layer = {floor:.2f} ms, vs {quantized:.2f} ms profiled in the model")
+
+
+def options_one_thread() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    return options
 
 
 if __name__ == "__main__":
