@@ -169,6 +169,36 @@ def run_rewardnode(train: list[PreferencePair], dev: list[PreferencePair], args:
             "would_drop": None, "lr": config.learning_rate}
 
 
+def linear_ceiling(train: list[PreferencePair], args: argparse.Namespace) -> dict[str, float]:
+    """The most pairs/s the encoder's linear layers allow at this machine's measured fp32 GEMM rate.
+
+    Counts the matmul FLOPs of one trained pair (forward + backward = 3x forward; both sequences at
+    their truncated, unpadded lengths; the [CLS]-only last layer computes K and V for every token)
+    and times torch's linear layer on a batch-sized input of each shape. Attention, norms, the
+    optimizer and padding are left out, so real training must run slower than this.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_backbone_path("minilm"), local_files_only=True)
+    h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    _, tokenizer = load_backbone("minilm")
+    c, r, _, _ = trl_ids(train, PairEncoder(tokenizer, args.max_length))
+    tokens = sum(len(x) - 1 for x in c + r) / len(train)  # per pair; rewardnode has one [SEP] less than TRL
+    macs_per_token = (layers - 1) * (4 * h * h + 2 * h * inner) + 2 * h * h
+    flops_per_pair = 3 * 2 * macs_per_token * tokens
+    rows = int(2 * args.batch_size * tokens / 2)  # the tokens of one batch
+    seconds = 0.0
+    for k, n, times in ((h, h, 4), (h, inner, 1), (inner, h, 1)):
+        x, w = torch.randn(rows, k), torch.randn(n, k)
+        torch.nn.functional.linear(x, w)
+        started = time.perf_counter()
+        for _ in range(5):
+            torch.nn.functional.linear(x, w)
+        seconds += times * (time.perf_counter() - started) / 5
+    gflops = 2 * rows * (4 * h * h + 2 * h * inner) / seconds / 1e9
+    return {"tokens_per_pair": tokens, "gflops": gflops, "pairs_per_second": gflops * 1e9 / flops_per_pair}
+
+
 def warm_up(args: argparse.Namespace) -> None:
     """Two untimed forward/backward passes at full size, so no run pays the process's first-call costs."""
     model, _ = load_backbone("minilm")
@@ -263,6 +293,14 @@ def main() -> None:
                 runs[name] = run_trl(train, dev, args, checkpointing=ckpt, out_dir=Path(tmp) / name.replace(" ", "-"))
                 print(f"# {name} done: {runs[name]['pairs_per_second']:.2f} pairs/s", file=sys.stderr, flush=True)
     print_table(runs, sources)
+    ceiling = linear_ceiling(train, args)
+    print(f"ceiling: {ceiling['tokens_per_pair']:.0f} tokens per trained pair; torch fp32 linear layers of the encoder's "
+          f"shapes run at {ceiling['gflops']:.0f} GFLOP/s on {args.threads} thread(s) here, so their matmuls alone "
+          f"(forward + backward) cap training at {ceiling['pairs_per_second']:.2f} pairs/s")
+    for name, r in runs.items():
+        if name != "rewardnode":
+            print(f"  2x {name} would need {2 * r['pairs_per_second']:.2f} pairs/s "
+                  f"({2 * r['pairs_per_second'] / ceiling['pairs_per_second']:.0%} of that ceiling)")
 
 
 if __name__ == "__main__":
