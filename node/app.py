@@ -10,6 +10,7 @@ from pathlib import Path
 
 from node.config import PASSPHRASE_ENV, NodeConfig, load_config, resolve_home
 from node.errors import NodeError
+from protocol.errors import InvalidKeyFile, KeyFileNotFound
 from protocol.identity import Identity
 from storage.store import Store
 
@@ -19,6 +20,9 @@ def read_passphrase(*, confirm: bool) -> bytes:
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
         return env.encode()
+    if env is not None:
+        raise NodeError(f"${PASSPHRASE_ENV} is set but empty; set it to the key's passphrase, or unset it to be "
+                        "asked on the terminal")
     if not sys.stdin.isatty():
         raise NodeError(f"the identity key is encrypted and no terminal is attached; set ${PASSPHRASE_ENV}")
     first = getpass.getpass("identity key passphrase: ")
@@ -46,7 +50,18 @@ class Node:
     @cached_property
     def identity(self) -> Identity:
         passphrase = read_passphrase(confirm=False) if self.config.identity.encrypted else None
-        return Identity.load(self.config.identity.key_file, passphrase)
+        key_file = self.config.identity.key_file
+        try:
+            return Identity.load(key_file, passphrase)
+        except KeyFileNotFound:
+            raise NodeError(
+                f"no identity key at {key_file} (node.toml [identity] key_file); restore the file from your backup "
+                "or fix the path. The key is this node's identity: a new one (`rewardnode init` in a new home) is "
+                "a different node to its peers and federations") from None
+        except InvalidKeyFile as exc:
+            problem = str(exc).split("; ")[0]  # the library's fix names Python calls; give the CLI's
+            raise NodeError(f"{problem}; the key file is the `identity.key` that `rewardnode init` wrote: restore it "
+                            "from your backup or fix [identity] key_file in node.toml") from None
 
     def close(self) -> None:
         if "store" in self.__dict__:

@@ -102,6 +102,9 @@ def _resolve_db_url(url: str, home: Path) -> str:
 def load_config(home: Path, *, db_override: str | None = None) -> NodeConfig:
     """Read `home/node.toml`; `db_override` (the `--db` flag) replaces the storage URL."""
     path = home / CONFIG_FILE
+    if home.exists() and not home.is_dir():
+        raise NodeError(f"{home} is a file, not a node's home folder; pass the node's folder with --home "
+                        "(or a new path, for `rewardnode init`)")
     if not path.exists():
         raise NodeError(f"no node at {home} ({CONFIG_FILE} not found); run `rewardnode init --name NAME --home {home}` first")
     try:

@@ -31,15 +31,18 @@ def run_init(args: argparse.Namespace) -> int:
 
     name = validate_name(args.name)
     home = resolve_home(args.home)
+    if home.exists() and not home.is_dir():
+        raise NodeError(f"{home} is a file, not a folder; pick a new or empty folder for --home")
     if (home / CONFIG_FILE).exists():
         raise NodeError(f"{home} already holds a node ({CONFIG_FILE} exists); pick another --home, or use the existing node")
     if (home / DEFAULT_KEY_FILE).exists():
         raise NodeError(f"{home / DEFAULT_KEY_FILE} exists without a {CONFIG_FILE}; move it away (it may be a key you need) and retry")
+    # The passphrase first: a missing one leaves nothing behind.
+    passphrase = read_passphrase(confirm=True) if args.encrypt_key else None
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     db_url = args.db or sqlite_url(home / "store.db")
-    # Open (create and migrate) the database first: a bad --db URL leaves nothing behind.
+    # Open (create and migrate) the database before the key: a bad --db URL leaves no key behind.
     Store.open(db_url).close()
-    passphrase = read_passphrase(confirm=True) if args.encrypt_key else None
     identity = Identity.generate()
     identity.save(home / DEFAULT_KEY_FILE, passphrase)
     config_text = render_config(name, args.db or "sqlite:///store.db", encrypted=passphrase is not None)

@@ -1,0 +1,58 @@
+"""A wrong --home, passphrase or key file gets one clear line that names the fix, and leaves nothing behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_a_home_that_is_a_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REWARDNODE_HOME", raising=False)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    code, err = run(capsys, "init", "--name", "x", "--home", str(afile))
+    assert code == 1 and "is a file, not a folder" in err
+    code, err = run(capsys, "stats", "--home", str(afile))
+    assert code == 1 and "is a file, not a node's home folder" in err and "run `rewardnode init" not in err
+    assert afile.read_text() == "mine"
+
+
+def test_an_empty_passphrase_variable_is_named_and_init_leaves_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REWARDNODE_PASSPHRASE", "")
+    home = tmp_path / "enc"
+    code, err = run(capsys, "init", "--name", "enc", "--encrypt-key", "--home", str(home))
+    assert code == 1 and "$REWARDNODE_PASSPHRASE is set but empty" in err
+    assert not home.exists() or not any(home.iterdir())  # no store.db without a node.toml and key
+    monkeypatch.delenv("REWARDNODE_PASSPHRASE")
+    assert run(capsys, "init", "--name", "plain", "--home", str(home))[0] == 0  # the same home still works
+
+
+def test_a_missing_or_broken_key_file_says_restore_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REWARDNODE_PASSPHRASE", raising=False)
+    home = tmp_path / "n"
+    assert run(capsys, "init", "--name", "n", "--home", str(home))[0] == 0
+    key = home / "identity.key"
+    original = key.read_bytes()
+    key.unlink()
+    code, err = run(capsys, "identity", "--home", str(home))
+    assert code == 1 and "restore the file from your backup" in err and "Identity." not in err
+    key.write_bytes(b"not a key")
+    key.chmod(0o600)
+    code, err = run(capsys, "identity", "--home", str(home))
+    assert code == 1 and "is not a PEM PKCS8 private key" in err and "restore it from your backup" in err
+    assert "Identity." not in err
+    key.write_bytes(original)
+    assert run(capsys, "identity", "--home", str(home))[0] == 0
