@@ -133,6 +133,44 @@ def _read_prompts(args: argparse.Namespace, node: Node) -> list[str]:
     return prompts
 
 
+def _check_prompt_limit(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: use at least 1 prompt, or leave --limit out to use them all")
+
+
+def _check_sampling(args: argparse.Namespace) -> None:
+    """The sampling flags, checked before any model is loaded."""
+    _check_prompt_limit(args)
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: sample at least 1 response per prompt (e.g. --n 4)")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: allow at least 1 token (e.g. 128)")
+    if not args.temperature > 0:
+        raise UsageError(f"--temperature {args.temperature}: give a temperature above 0 (e.g. 0.8)")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p {args.top_p}: give a value in (0, 1] (1: off)")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k {args.top_k}: give 0 (off) or more")
+
+
+def _check_device(device: str, flag: bool) -> None:
+    """A device torch can use here, checked before any model is loaded (like `train --device`)."""
+    import torch
+
+    where = f"--device {device}" if flag else f"node.toml [rl] device = {device!r}"
+    kind = device.split(":", 1)[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"{where} is not a device rl can use; pick cpu, cuda or mps")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"{where} is not a valid device name; use cpu, cuda, cuda:N or mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{where}: torch sees no CUDA device on this machine; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"{where}: torch sees no MPS device on this machine; use --device cpu")
+
+
 def _load(policy: str, *, lora: bool, value_head: bool, lora_r: int = 16) -> tuple[Any, Any]:
     from node.rl.policy import PolicyWithValue, load_policy
 
@@ -178,11 +216,13 @@ def run_rl(args: argparse.Namespace) -> int:
     overrides["chat_template"] = False if args.no_chat_template else None
     if overrides["algo"] in ("grpo", "rloo") and overrides["group_size"] is None:
         overrides["group_size"] = 4
+    _check_prompt_limit(args)
     with Node.open(args.home, db=args.db) as node:
         try:
             config = RLConfig.from_mapping(node.config.table("rl"), **overrides)
         except ValueError as e:
             raise UsageError(str(e)) from e
+        _check_device(config.device, flag=args.device is not None)
         if config.num_threads:
             import torch
 
@@ -232,6 +272,7 @@ def run_best_of_n(args: argparse.Namespace) -> int:
 
     from node.rl.generate import best_of_n, sample_texts
 
+    _check_sampling(args)
     torch.manual_seed(args.seed)
     with Node.open(args.home, db=args.db) as node:
         prompts = _read_prompts(args, node)
@@ -257,8 +298,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from node.rl.generate import sample_texts
 
-    if args.n < 1:
-        raise UsageError("--n must be >= 1")
+    _check_sampling(args)
+    if args.overlap < 1:
+        raise UsageError(f"--overlap {args.overlap}: ask for at least 1 label per pair")
     torch.manual_seed(args.seed)
     with Node.open(args.home, db=args.db) as node:
         prompts = _read_prompts(args, node)
@@ -294,6 +336,11 @@ def run_sft(args: argparse.Namespace) -> int:
     from node.rl.sft import SFTConfig, train_sft
     from storage.records import Demonstration
 
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: give 1 or more")
+    if not args.lr > 0:
+        raise UsageError(f"--lr {args.lr}: give a learning rate above 0 (e.g. 2e-4)")
     with Node.open(args.home, db=args.db) as node:
         pairs = [(r.prompt, r.response) for r in node.store.iter_records(
             sources=[args.source] if args.source else None, kinds=("demonstrations",)) if isinstance(r, Demonstration)]
