@@ -19,6 +19,9 @@ Containers, detected from the content (gzip by its magic bytes, not by the name)
   non-text columns count as absent. Because a quoted CSV field may span lines, CSV syntax errors,
   bad UTF-8 and over-long lines stop the import even with skip_invalid.
 Text is decoded as strict UTF-8 (a leading byte-order mark is allowed).
+
+Source names (--source, a record's "source" field, or the file name it defaults to) follow
+SOURCE_NAME_RULE, so that every stored name prints on one line and can be typed back as a flag.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import csv
 import gzip
 import json
 import os
+import re
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from json.scanner import make_scanner
@@ -35,24 +39,9 @@ from typing import IO, Any, Final, cast
 
 from node import import_worker
 from node.errors import ImportFormatError
-from node.formats import ParseContext, RecordError, parser_for
+from node.formats import ParseContext, RecordError, fields, parser_for
 from node.formats.dispatch import Parser
-from node.formats.fields import (
-    AGREEMENT,
-    CHOSEN,
-    CONFIDENCE,
-    DEMONSTRATION,
-    PROMPT,
-    RATING,
-    REJECTED,
-    RESPONSE,
-    RESPONSE_A,
-    RESPONSE_B,
-    SCALE_MAX,
-    SCALE_MIN,
-    THUMBS,
-    json_type,
-)
+from node.formats.fields import json_type
 from storage.records import Record
 from storage.rows import RowBatch, RowBuilder, build_batches
 
@@ -62,6 +51,11 @@ MAX_JSON_BYTES: Final = 256 * 1024 * 1024
 """Largest JSON (not JSONL) file loaded whole; larger ones must be converted to JSONL."""
 REJECT_RAW_CHARS: Final = 1000
 """How much of a rejected line is passed to the rejects callback."""
+SOURCE_NAME_MAX: Final = 200  # the labeling API's longest name
+SOURCE_NAME_RULE: Final = (f"1-{SOURCE_NAME_MAX} ASCII letters, digits, '.', '_', '-', '/' or ':', starting with a "
+                           "letter or digit (e.g. hh-rlhf, org-a/harmless-base, labeling:helpful-v1)")
+"""What a source name may be, in words for error messages and --help."""
+_SOURCE_NAME_RE: Final = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._/:-]{{0,{SOURCE_NAME_MAX - 1}}}")
 
 Rejects = Callable[[int, str, str], None]
 """rejects(line, raw_text_truncated, reason) is called for each record skipped with skip_invalid."""
@@ -76,8 +70,10 @@ _READ_ERRORS: Final = (OSError, EOFError, zlib.error)
 _DECODER: Final = json.JSONDecoder()
 _DECODE: Final = _DECODER.decode
 _SCAN: Final = make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed types it as a class  # the C scanner: decode() minus two regex matches per line
-_CSV_TEXT: Final = frozenset({PROMPT, CHOSEN, REJECTED, RESPONSE, RESPONSE_A, RESPONSE_B, DEMONSTRATION})
-_CSV_NUMBERS: Final = frozenset({CONFIDENCE, AGREEMENT, RATING, SCALE_MIN, SCALE_MAX})
+_CSV_TEXT: Final = frozenset({fields.PROMPT, fields.CHOSEN, fields.REJECTED, fields.RESPONSE, fields.RESPONSE_A,
+                              fields.RESPONSE_B, fields.DEMONSTRATION})
+_CSV_NUMBERS: Final = frozenset({fields.CONFIDENCE, fields.AGREEMENT, fields.RATING, fields.SCALE_MIN,
+                                 fields.SCALE_MAX})
 _CSV_BOOLS: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _CSV_LAYOUTS: Final = ("prompt,chosen,rejected (trl); prompt,response_a,response_b,outcome,annotator; "
                        "prompt,response,rating,scale_min,scale_max; prompt,response,thumbs; prompt,demonstration")
@@ -100,11 +96,13 @@ def iter_records(
     and the machine can, see node/import_worker.py); iterating the result always reads it here.
     """
     parse = parser_for(fmt)  # ValueError for an unknown format
-    if source is not None and (type(source) is not str or not source.strip()):
-        raise ValueError(f"source must be a non-empty name or None, got {source!r}")
+    if source is not None and (problem := source_name_problem(source)) is not None:
+        raise ValueError(f"invalid source name: {problem}; use {SOURCE_NAME_RULE}, or None")
     if max_line_bytes <= 0 or max_json_bytes <= 0:
         raise ValueError("max_line_bytes and max_json_bytes must be positive")
     ctx = ParseContext(source=source, default_source=default_source(path))
+    if source is None:  # else --source, checked above, overrides the records' own names
+        parse = _checking_source(parse, ctx.default_source)
     return RecordFile(_Reader(os.fspath(path), parse, ctx, skip_invalid, rejects, max_line_bytes, max_json_bytes),
                       parallel)
 
@@ -139,6 +137,44 @@ class RecordFile(Iterator[Record]):
             return os.path.getsize(self._reader.path) >= import_worker.WORKER_MIN_BYTES
         except OSError:
             return False  # reading it here reports the problem with FILE:0
+
+
+def source_name_problem(name: object) -> str | None:
+    """What is wrong with `name` as a source name (None when it follows SOURCE_NAME_RULE): 'a b' holds a space."""
+    if type(name) is not str:
+        return f"it is not a string but {json_type(name)}"
+    if _SOURCE_NAME_RE.fullmatch(name):
+        return None
+    shown = repr(name[:60]) + ("..." if len(name) > 60 else "")
+    bad = next((c for c in name if not (c.isascii() and (c.isalnum() or c in "._/:-"))), None)
+    if not name.strip():
+        return "it is empty" if not name else f"{shown} is only whitespace"
+    if bad is not None:
+        return f"{shown} holds {'a space' if bad == ' ' else repr(bad)}"
+    if len(name) > SOURCE_NAME_MAX:
+        return f"it is {len(name)} characters long"
+    return f"{shown} does not start with a letter or digit"
+
+
+def _checking_source(parse: Parser, default: str) -> Parser:
+    """`parse`, after refusing a record whose source name (its own, or the file name's) breaks the rule."""
+    good: set[str] = set()  # names that passed
+
+    def checked(d: dict[str, Any], ctx: ParseContext) -> Any:
+        own = d.get(fields.SOURCE)
+        name = default if own is None else own
+        if type(name) is str and name not in good and (own is None or name.strip()):  # the parser refuses blanks
+            if (problem := source_name_problem(name)) is None:
+                good.add(name)
+            elif own is None:
+                raise RecordError(f"the record has no 'source' and the file name gives an invalid source name: "
+                                  f"{problem}", f"pass --source NAME ({SOURCE_NAME_RULE}), or add a 'source'")
+            else:
+                raise RecordError(f"field 'source' is not a valid source name: {problem}",
+                                  f"use {SOURCE_NAME_RULE}, or override it for the whole file with --source NAME")
+        return parse(d, ctx)
+
+    return checked
 
 
 def default_source(path: str | os.PathLike[str]) -> str:
@@ -494,7 +530,7 @@ class _Reader:
         except (csv.Error, StopIteration) as exc:
             raise self.error(header_line, f"the CSV header cannot be read ({exc})",
                              f"start the file with a header row, e.g. {_CSV_LAYOUTS}") from None
-        if PROMPT not in header and CHOSEN not in header:
+        if fields.PROMPT not in header and fields.CHOSEN not in header:
             raise self.error(header_line, f"not JSONL, JSON or a CSV with a known header (columns: "
                                           f"{', '.join(header)[:200]})", f"name the CSV columns, e.g. {_CSV_LAYOUTS}")
         if len(set(header)) != len(header):
@@ -541,7 +577,7 @@ def _csv_record(header: list[str], row: list[str]) -> dict[str, Any]:
             except ValueError:
                 raise RecordError(f"column '{key}' must be a number, got {value[:40]!r}",
                                   f"write '{key}' as a plain number such as 0.8") from None
-        elif key == THUMBS:
+        elif key == fields.THUMBS:
             lowered = value.strip().lower()
             d[key] = _CSV_BOOLS.get(lowered, lowered)
         else:
