@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from node.app import Node
-from node.errors import UsageError
+from node.errors import ImportFormatError, NodeError, UsageError
+from node.importing import SOURCE_NAME_RULE, source_name_problem
 
 IMPORT_FORMATS = ("auto", "trl", "hh", "conversational", "multi", "ratings", "feedback", "demonstrations")
 EXPORT_FORMATS = ("trl", "multi")
@@ -25,15 +27,17 @@ COMMANDS = {
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "import":
-        parser.add_argument("file", metavar="FILE", help="JSONL, JSON or CSV file, optionally gzip-compressed")
+        parser.add_argument("file", metavar="FILE", help="JSONL, JSON or CSV file, optionally gzip-compressed "
+                            "(not '-': stdin cannot be read twice, which format detection needs)")
         parser.add_argument("--source", metavar="NAME", help="source name for every record (default: the record's "
-                            "'source' field, else the file name)")
+                            f"'source' field, else the file name). Every source name is {SOURCE_NAME_RULE}")
         parser.add_argument("--format", dest="fmt", choices=IMPORT_FORMATS, default="auto",
                             help="record format (default: detected per record)")
         parser.add_argument("--skip-invalid", action="store_true",
                             help="store the valid records and write the invalid ones, with reasons, to a reject file")
         parser.add_argument("--rejects", metavar="PATH",
-                            help="reject file for --skip-invalid (default: FILE.rejects.jsonl next to the input)")
+                            help="reject file for --skip-invalid, which must not exist yet (default: "
+                            "FILE.rejects.jsonl next to the input)")
         parser.add_argument("--max-line-bytes", type=int, default=16 * 1024 * 1024, metavar="N",
                             help="longest accepted input line (default: 16 MiB)")
     elif name == "export-data":
@@ -54,43 +58,102 @@ def _progress(desc: str, unit: str):  # type: ignore[no-untyped-def]
     return tqdm(desc=desc, unit=unit, file=sys.stderr, disable=None, mininterval=0.5, dynamic_ncols=True)
 
 
+def _input_file(text: str) -> Path:
+    """The import's input file, or a UsageError that says what the path is instead."""
+    path = Path(text)
+    if text == "-":
+        raise UsageError("reading from stdin ('-') is not supported; save the data to a file and give its path")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give the path of a JSONL, JSON or CSV file inside it")
+    if not path.exists():
+        raise UsageError(f"{path}: no such file; give the path of a JSONL, JSON or CSV file")
+    if not path.is_file():
+        raise UsageError(f"{path} is not a regular file; copy the data to a file and give its path")
+    return path
+
+
+def _new_file_path(text: str, flag: str) -> Path:
+    """An output file path, refused when it names a folder or its folder is missing."""
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        raise UsageError(f"{flag} {text} is a folder; give a file path, e.g. {path / 'out.jsonl'}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{flag} {text}: {parent} is a file, not a folder; give another {flag} path")
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {text}: the folder {parent} does not exist; create it (mkdir -p {parent}) or "
+                         f"give another {flag} path")
+    return path
+
+
+def _rejects_path(args: argparse.Namespace, path: Path) -> Path:
+    """The reject file of --skip-invalid: a new file, never the input file nor any existing file."""
+    if not args.rejects:
+        rejects, flag = path.with_name(path.name + ".rejects.jsonl"), "the default reject file"
+    else:
+        rejects, flag = _new_file_path(args.rejects, "--rejects"), "--rejects"
+    if rejects.exists() or rejects.is_symlink():
+        if rejects.resolve() == path.resolve() or (rejects.exists() and rejects.samefile(path)):
+            raise UsageError(f"--rejects {rejects} is the input file; give another path for the reject file")
+        raise UsageError(f"{flag} {rejects} exists; remove it or pass another --rejects path (nothing was imported)")
+    return rejects
+
+
 def run_import(args: argparse.Namespace) -> int:
     from node.importing import iter_records
 
-    path = Path(args.file)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file; give the path of a JSONL, JSON or CSV file")
+    path = _input_file(args.file)
     if args.max_line_bytes <= 0:
         raise UsageError("--max-line-bytes must be positive")
     if args.rejects and not args.skip_invalid:
         raise UsageError("--rejects only applies with --skip-invalid; add --skip-invalid or drop --rejects")
-    rejects_path = Path(args.rejects) if args.rejects else path.with_name(path.name + ".rejects.jsonl")
+    if args.source is not None and (problem := source_name_problem(args.source)) is not None:
+        raise UsageError(f"invalid --source: {problem}; use {SOURCE_NAME_RULE}")
+    rejects_path = _rejects_path(args, path) if args.skip_invalid else Path(os.devnull)  # devnull: never used
     n_rejected = 0
     rejects_file = None
 
     def reject(line: int, raw: str, reason: str) -> None:
         nonlocal n_rejected, rejects_file
         if rejects_file is None:
-            rejects_file = rejects_path.open("w", encoding="utf-8")
+            try:
+                rejects_file = rejects_path.open("x", encoding="utf-8")  # never over an existing file
+            except OSError as exc:
+                raise NodeError(f"cannot create the reject file {rejects_path} ({exc.strerror or exc}); pass "
+                                "another --rejects path; nothing was imported from this file") from None
         rejects_file.write(json.dumps({"line": line, "reason": reason, "raw": raw}, ensure_ascii=False) + "\n")
         n_rejected += 1
 
     started = time.perf_counter()
+    stored = False
     with Node.open(args.home, db=args.db) as node, _progress(f"importing {path.name}", "rec") as bar:
         records = iter_records(path, source=args.source, fmt=args.fmt, skip_invalid=args.skip_invalid,
                                rejects=reject, max_line_bytes=args.max_line_bytes)
         try:
             result = node.store.import_records(records, progress=bar.update)
+            stored = True
+        except ImportFormatError as exc:  # the store imports a file in ONE transaction: none of it was kept
+            raise ImportFormatError(exc.path, exc.line, exc.problem,
+                                    f"{exc.fix}; nothing was imported from this file") from None
         finally:
             if rejects_file is not None:
                 rejects_file.close()
+                if not stored:  # ours (opened with "x"), and it would block the next try
+                    rejects_path.unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
     added = sum(result.added.values())
-    print(f"imported {path}: {_counts(result.added)} added, {sum(result.duplicates.values())} duplicates skipped "
-          f"in {elapsed:.1f} s")
+    duplicates = sum(result.duplicates.values())
+    if not added and not duplicates and n_rejected:
+        raise NodeError(f"nothing was stored: all {n_rejected} records of {path} are invalid; the reasons are in "
+                        f"{rejects_path}; fix the records and import again")
+    if not added and duplicates:
+        valid = "valid " if n_rejected else ""
+        print(f"imported {path}: nothing new: all {duplicates} {valid}records were already stored in {elapsed:.1f} s")
+    else:
+        print(f"imported {path}: {_counts(result.added)} added, {duplicates} duplicates skipped in {elapsed:.1f} s")
     if n_rejected:
         print(f"skipped {n_rejected} invalid records; reasons in {rejects_path}")
-    return 0 if added or not n_rejected else 1
+    return 0
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -101,7 +164,7 @@ def _counts(counts: dict[str, int]) -> str:
 def run_export_data(args: argparse.Namespace) -> int:
     from node.exporting import write_records
 
-    path = Path(args.file)
+    path = _new_file_path(args.file, "FILE")
     if path.exists() and not args.force:
         raise UsageError(f"{path} exists; choose another FILE or add --force to overwrite it")
     with Node.open(args.home, db=args.db) as node:
