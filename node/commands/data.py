@@ -144,8 +144,9 @@ def run_import(args: argparse.Namespace) -> int:
     added = sum(result.added.values())
     duplicates = sum(result.duplicates.values())
     if not added and not duplicates and n_rejected:
-        raise NodeError(f"nothing was stored: all {n_rejected} records of {path} are invalid; the reasons are in "
-                        f"{rejects_path}; fix the records and import again")
+        which = "the one record" if n_rejected == 1 else f"all {n_rejected} records"
+        raise NodeError(f"nothing was stored: {which} of {path} {'is' if n_rejected == 1 else 'are'} invalid; the "
+                        f"reasons are in {rejects_path}; fix the records and import again")
     if not added and duplicates:
         valid = "valid " if n_rejected else ""
         print(f"imported {path}: nothing new: all {duplicates} {valid}records were already stored in {elapsed:.1f} s")
