@@ -65,6 +65,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--source", metavar="NAME", help="source name for every record (default: the "
                             "record's 'source' field, else the file name)")
         parser.add_argument("--format", dest="fmt", choices=IMPORT_FORMATS, default="auto")
+        parser.add_argument("--skip-invalid", action="store_true", help="evaluate the valid records and skip the "
+                            "invalid ones (their count and the first reason are printed)")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
         parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     elif name == "score":
@@ -83,6 +85,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             "fidelity gate (loudly)")
         parser.add_argument("--data", metavar="FILE", help="dev pairs for the checks (default: the dev split of "
                             "the model's training snapshot)")
+        parser.add_argument("--skip-invalid", action="store_true", help="with --data: skip its invalid records")
         parser.add_argument("--min-agreement", type=float, default=0.995, metavar="X",
                             help="share of dev pairs int8 must order like fp32 (default 0.995)")
         parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
@@ -137,14 +140,34 @@ def resolve_model(node: Node, ref: str | None) -> tuple[Path, ModelEntry | None]
     return model_path(entry), entry
 
 
-def _read_pairs(path_text: str, *, source: str | None = None, fmt: str = "auto") -> list[PreferencePair]:
-    from node.importing import iter_records
+class _Skipped:
+    """The records --skip-invalid left out: how many, and the first one's line and reason."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = ""
+
+    def __call__(self, line: int, _raw: str, reason: str) -> None:
+        self.count += 1
+        self.first = self.first or f"line {line}: {reason.removesuffix(' (or skip bad lines with --skip-invalid)')}"
+
+    def report(self, path: str) -> str:
+        return f"skipped {self.count:,} invalid record(s) of {path} (first: {self.first})"
+
+
+def _read_pairs(path_text: str, *, source: str | None = None, fmt: str = "auto",
+                skipped: _Skipped | None = None) -> list[PreferencePair]:
+    """The preference pairs of a file; with `skipped`, invalid records are counted there instead of failing."""
+    from node.importing import SOURCE_NAME_RULE, iter_records, source_name_problem
     from node.rm.pipeline import pairs_from_records
 
     path = Path(path_text)
     if not path.is_file():
         raise UsageError(f"{path}: no such file; give a preference file in any import format (JSONL, JSON, CSV)")
-    pairs, stats = pairs_from_records(iter_records(path, source=source, fmt=fmt))
+    if source is not None and (problem := source_name_problem(source)) is not None:
+        raise UsageError(f"invalid --source: {problem}; use {SOURCE_NAME_RULE}")
+    records = iter_records(path, source=source, fmt=fmt, skip_invalid=skipped is not None, rejects=skipped)
+    pairs, stats = pairs_from_records(records)
     if not pairs:
         raise NodeError(f"{path} holds no preference pairs ({stats.comparisons} comparisons, {stats.rankings} "
                         f"rankings, {stats.ratings} ratings, {stats.feedback} feedback); give a file with "
@@ -200,6 +223,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-length {args.max_length} is too short; use 64 or more (256 is the default)")
     with Node.open(args.home, db=args.db) as node:
         config = _train_config(node, args)
+        if args.snapshot is not None:
+            _check_snapshot(node, args.snapshot)
         from node.rm.pipeline import train_and_register, training_data
 
         data = training_data(node.store, config, snapshot_id=args.snapshot, sources=args.source)
@@ -227,6 +252,23 @@ def run_train(args: argparse.Namespace) -> int:
           f"longer response {_fmt(m['prefers_longer'])}")
     print(f"registered model {trained.entry.id} ({trained.entry.kind}) at {trained.path}")
     return 0
+
+
+def _check_snapshot(node: Node, ref: str) -> None:
+    """NodeError naming the stored snapshots when `ref` matches none of them."""
+    from storage.errors import NotFoundError
+
+    try:
+        node.store.get_snapshot(ref)
+    except NotFoundError as e:
+        snapshots = node.store.list_snapshots()[::-1]  # newest first
+        if not snapshots:
+            raise NodeError(f"{e.cause}: this node has no snapshots yet; leave out --snapshot to train on a new "
+                            "snapshot of everything stored now") from None
+        shown = ", ".join(f"{s.id[:12]} ({s.created_at:%Y-%m-%d %H:%M}, {s.total:,} items)" for s in snapshots[:5])
+        more = f" and {len(snapshots) - 5} older" if len(snapshots) > 5 else ""
+        raise NodeError(f"{e.cause}; stored snapshots, newest first: {shown}{more}; pass one of these ids, or "
+                        "leave out --snapshot to train on a new snapshot of everything stored now") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +302,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     _threads(args.threads)
-    pairs = _read_pairs(args.data, source=args.source, fmt=args.fmt)
+    skipped = _Skipped() if args.skip_invalid else None
+    pairs = _read_pairs(args.data, source=args.source, fmt=args.fmt, skipped=skipped)
     with Node.open(args.home, db=args.db) as node:
         folder, entry = resolve_model(node, args.model)
     _quiet_hf()
@@ -278,9 +321,13 @@ def run_eval(args: argparse.Namespace) -> int:
     out |= {"model": entry.id if entry else str(folder), "data": args.data,
             "n_truncated": tokenize_pairs(pairs, enc).n_truncated, "max_length": enc.max_length,
             "seconds": round(seconds, 3)}
+    if skipped is not None:
+        out["n_skipped_invalid"] = skipped.count
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    if skipped is not None and skipped.count:
+        print(skipped.report(args.data))
     print(f"model {out['model']} on {args.data}: {report.n_total:,} pairs ({report.n_ties:,} ties), "
           f"{out['n_truncated']:,} truncated to {enc.max_length} tokens, scored in {seconds:.1f} s")
     print(f"accuracy {_fmt(report.accuracy)} (n={report.n:,})   ece {_fmt(report.ece)}   "
@@ -295,6 +342,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    if not args.response.strip():  # as import and /v1/score: an empty response has nothing to score
+        raise UsageError(f"--response is {'empty' if not args.response else 'only whitespace'}: give the response "
+                         "text to score (an empty prompt is fine, an empty response is not)")
     _threads(args.threads)
     with Node.open(args.home, db=args.db) as node:
         folder, entry = resolve_model(node, args.model)
@@ -320,7 +370,12 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already exists and is not empty; choose a new --out DIR or delete it")
     if not 0.0 <= args.min_agreement <= 1.0:
         raise UsageError(f"--min-agreement {args.min_agreement} must lie in [0, 1]; 0.995 allows 1 flip in 200 pairs")
-    dev: list[PreferencePair] | None = _read_pairs(args.data) if args.data else None
+    if args.skip_invalid and not args.data:
+        raise UsageError("--skip-invalid applies to --data FILE; add --data or drop --skip-invalid")
+    skipped = _Skipped() if args.skip_invalid else None
+    dev: list[PreferencePair] | None = _read_pairs(args.data, skipped=skipped) if args.data else None
+    if skipped is not None and skipped.count:
+        print(skipped.report(args.data), file=sys.stderr)
     with Node.open(args.home, db=args.db) as node:
         folder, entry = resolve_model(node, args.model)
         if dev is None and args.fmt != "hf":
@@ -399,6 +454,30 @@ def _export_hf(folder: Path, out: Path, entry: ModelEntry | None) -> int:
 # serve
 
 
+def _check_host(host: str, where: str) -> None:
+    """UsageError when `host` names no address of this machine, so a port in use is the only bind error left."""
+    import errno
+    import socket
+
+    if not host:
+        return
+    fix = "give an address of this machine: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise UsageError(f"{where} is not a valid IP address or known host name ({why}); {fix}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            try:
+                sock.bind((address[0], 0, *address[2:]))  # port 0: tests the address alone
+                return
+            except OSError as e:
+                if e.errno != errno.EADDRNOTAVAIL:
+                    return  # not an address problem: the server reports it when it binds
+    raise UsageError(f"{where} is not an address of this machine (cannot assign it); {fix}")
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from node.http import ServerConfig, run_server
     from node.serve import build_app
@@ -411,6 +490,9 @@ def run_serve(args: argparse.Namespace) -> int:
             config = replace(config, **overrides)
         except ValueError as e:
             raise UsageError(f"{e} (in {node.config.config_path} [server] or the flags)") from None
+        where = f"--host {config.host}" if args.host is not None else \
+            f"[server] host = {config.host!r} in {node.config.config_path}"
+        _check_host(config.host, where)
         app = build_app(node, models=args.model or (), config=config)
         if not args.model and not node.store.list_models():
             print("warning: no reward model is registered: /v1/score and /v1/compare are off; train one with "

@@ -6,6 +6,7 @@ so most tests need none (the eval test scores with a 2-layer BERT built in a sec
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,86 @@ def test_rl_limit_and_sft_counts_are_checked(home: Path, capsys: pytest.CaptureF
     assert "--batch-size 0" in fails(capsys, home, "sft", "--batch-size", "0")
     assert "--lr 0.0" in fails(capsys, home, "sft", "--lr", "0")
     assert "--overlap 0" in fails(capsys, home, "generate", "--overlap", "0")
+
+
+# ---- score, eval, train, serve ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.node.rl.conftest import save_tiny_rm
+
+    return save_tiny_rm(tmp_path_factory.mktemp("rms") / "rm")
+
+
+@pytest.mark.parametrize(("response", "needle"), [("", "--response is empty"), (" \n\t", "--response is only whitespace")])
+def test_score_rejects_an_empty_response(home: Path, capsys: pytest.CaptureFixture[str], response: str,
+                                         needle: str) -> None:
+    line = fails(capsys, home, "score", "--model", "no-such-model", "--prompt", "hi", "--response", response)
+    assert needle in line and "give the response text" in line
+
+
+def test_score_accepts_an_empty_prompt_like_v1_score(home: Path, rm_dir: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--home", str(home), "score", "--model", str(rm_dir), "--prompt", "", "--response", "good"]) == 0
+    float(capsys.readouterr().out)
+
+
+def _pairs_file(path: Path, bad_line: str | None = None) -> Path:
+    lines = [json.dumps({"prompt": f"q{i} cat", "chosen": "good dog", "rejected": "bad rain"}) for i in range(4)]
+    if bad_line is not None:
+        lines.insert(2, bad_line)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_eval_skip_invalid_skips_and_counts(home: Path, rm_dir: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    data = _pairs_file(tmp_path / "bad.jsonl", "{bad")
+    line = fails(capsys, home, "eval", "--model", str(rm_dir), "--data", str(data), code=1)
+    assert "bad.jsonl:3" in line and "--skip-invalid" in line
+    assert main(["--home", str(home), "eval", "--model", str(rm_dir), "--data", str(data), "--skip-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 invalid record(s)" in out and "line 3: malformed JSON" in out and "4 pairs" in out
+    assert main(["--home", str(home), "eval", "--model", str(rm_dir), "--data", str(data), "--skip-invalid",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_skipped_invalid"] == 1 and report["n_total"] == 4
+
+
+def test_eval_rejects_a_bad_source_name(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _pairs_file(tmp_path / "ok.jsonl")
+    line = fails(capsys, home, "eval", "--data", str(data), "--source", "!!")
+    assert "invalid --source" in line
+
+
+def test_export_skip_invalid_needs_data(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = fails(capsys, home, "export", "--format", "onnx", "--out", str(tmp_path / "x"), "--skip-invalid")
+    assert "--skip-invalid applies to --data" in line
+
+
+def test_train_unknown_snapshot_lists_the_stored_ones(home: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from node.app import Node
+
+    assert "no snapshots yet" in fails(capsys, home, "train", "--snapshot", "deadbeef", code=1)
+    assert main(["--home", str(home), "import", str(_pairs_file(tmp_path / "ok.jsonl"))]) == 0
+    with Node.open(home) as node:
+        snapshot = node.store.create_snapshot()
+    line = fails(capsys, home, "train", "--snapshot", "deadbeef", code=1)
+    assert "no snapshot id starts with 'deadbeef'" in line and snapshot.id[:12] in line
+    assert "leave out --snapshot" in line
+
+
+def test_serve_names_the_host_not_the_port(home: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_such_name(*_args: object, **_kwargs: object) -> None:  # no DNS query in tests
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    line = fails(capsys, home, "serve", "--host", "192.0.2.1", "--no-p2p")  # TEST-NET-1: never this machine's
+    assert "--host 192.0.2.1 is not an address of this machine" in line and "port" not in line
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    line = fails(capsys, home, "serve", "--host", "999.1.1.1", "--no-p2p")
+    assert "--host 999.1.1.1 is not a valid IP address" in line and "port" not in line
