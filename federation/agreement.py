@@ -8,6 +8,9 @@ another federation, and every contribution and manifest names the one it belongs
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,26 @@ SHARES = ("lora", "full")
 """What leaves a node: the LoRA adapters + reward head (default), or every weight."""
 AGREEMENT_MAX_AGE_S = 10**9 - 1
 """An agreement (like a manifest) is a long-lived record: it is checked for signature, not freshness."""
+MIN_MAX_LENGTH = 8
+"""Smallest token budget that leaves room for a prompt, a response and a tokenizer's special tokens."""
+_INTS = ("rounds", "min_participants", "local_epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
+         "n_byzantine", "seed")
+_FLOATS = ("learning_rate", "trim_fraction", "clip_norm", "dp_clip_norm", "dp_noise_multiplier", "round_timeout_s")
+
+
+class InvalidSetting(FederationError):
+    """One agreement setting is out of range: `field`, its `value`, the `problem` and the `fix`."""
+
+    def __init__(self, field: str, value: object, problem: str, fix: str) -> None:
+        self.field, self.value, self.problem, self.fix = field, value, problem, fix
+        super().__init__(f"{field} = {show_value(value)}: {problem}; {fix}")
+
+
+def show_value(value: object) -> str:
+    """A setting's value as a user typed it: -1 rather than -1.0, strings quoted."""
+    if isinstance(value, float):
+        return format(value, "g")
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 @dataclass(frozen=True)
@@ -86,12 +109,50 @@ class Agreement:
             raise FederationError(f"strategy {self.strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
         if self.share not in SHARES:
             raise FederationError(f"share {self.share!r} is unknown; use one of {', '.join(SHARES)}")
-        if self.rounds < 1 or self.local_epochs < 1:
-            raise FederationError("rounds and local_epochs must be >= 1")
-        if not 1 <= self.min_participants <= len(self.members):
-            raise FederationError(
-                f"min_participants = {self.min_participants} must be in [1, {len(self.members)}] (the member count)"
-            )
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every numeric setting in range (the bounds of `rewardnode train` where they overlap), so a bad
+        value is refused when the agreement is made or read, not by every member in round 1."""
+        for name in _INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidSetting(name, value, "must be a whole number", "give an integer")
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidSetting(name, value, "must be a finite number", "give a number such as 0.5")
+        at_least_one = {"rounds": "3", "local_epochs": "1", "batch_size": "8", "lora_r": "8", "lora_alpha": "16"}
+        for name, usual in at_least_one.items():
+            if getattr(self, name) < 1:
+                raise InvalidSetting(name, getattr(self, name), "must be >= 1",
+                                     f"give a positive integer ({usual} is usual)")
+        n = len(self.members)
+        if self.min_participants < 1:
+            raise InvalidSetting("min_participants", self.min_participants, "must be >= 1",
+                                 f"give 1 to {n} (the member count, the default)" if n > 1 else "give 1")
+        if self.min_participants > n:
+            raise InvalidSetting("min_participants", self.min_participants,
+                                 f"the federation has {n} member{'s' if n != 1 else ''}",
+                                 f"give at most {n}, or add members with --member")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise InvalidSetting("max_length", self.max_length, f"must be >= {MIN_MAX_LENGTH} (room for the prompt, "
+                                 "the response and the special tokens)", "128 is the default")
+        if not self.learning_rate > 0:
+            raise InvalidSetting("learning_rate", self.learning_rate, "must be > 0", "try 1e-3 (the default)")
+        if not self.round_timeout_s > 0:
+            raise InvalidSetting("round_timeout_s", self.round_timeout_s, "must be > 0 seconds",
+                                 "give the seconds to wait for replies (600 is the default)")
+        for name in ("clip_norm", "dp_clip_norm", "dp_noise_multiplier", "n_byzantine"):
+            if getattr(self, name) < 0:
+                raise InvalidSetting(name, getattr(self, name), "is negative", "use 0 or more (0 switches it off)")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise InvalidSetting("trim_fraction", self.trim_fraction, "must lie in [0, 0.5)",
+                                 "0.2 trims a fifth on each side")
+        if self.dp_noise_multiplier > 0 and self.dp_clip_norm == 0:
+            raise InvalidSetting("dp_noise_multiplier", self.dp_noise_multiplier,
+                                 "adds no noise without client-side clipping (std = multiplier x dp_clip_norm)",
+                                 "give dp_clip_norm > 0 as well, or leave the multiplier at 0")
 
     @property
     def federation_id(self) -> str:
@@ -126,9 +187,17 @@ def verify_agreement(data: bytes, *, expected_coordinator: str | None = None) ->
     """Parse and check a signed agreement file: canonical, signed by the coordinator it names."""
     try:
         env = Envelope.from_bytes(data)
-        agreement = Agreement.from_dict(parse_json(env.payload))
-        Verifier({agreement.coordinator}, max_age_s=AGREEMENT_MAX_AGE_S, max_skew_s=AGREEMENT_MAX_AGE_S).verify(
-            env, expected_type=AGREEMENT_TYPE, expected_sender=expected_coordinator or agreement.coordinator)
+        values = parse_json(env.payload)
+        if not isinstance(values, dict) or not isinstance(values.get("coordinator"), str):
+            raise ValueError("its payload is not an agreement (no coordinator key)")
+        coordinator = values["coordinator"]  # the signature is checked before any setting is
+        Verifier({coordinator}, max_age_s=AGREEMENT_MAX_AGE_S, max_skew_s=AGREEMENT_MAX_AGE_S).verify(
+            env, expected_type=AGREEMENT_TYPE, expected_sender=expected_coordinator or coordinator)
+        agreement = Agreement.from_dict(values)
+    except InvalidSetting as exc:
+        raise FederationError(f"the agreement file has an invalid setting: {exc.field} = {show_value(exc.value)}: "
+                              f"{exc.problem}; ask the coordinator to re-create the federation with a valid "
+                              f"{exc.field}") from None
     except (EnvelopeError, ValueError, TypeError) as exc:
         raise FederationError(f"the agreement file does not verify: {exc}") from None
     if env.payload != agreement.payload():
@@ -137,9 +206,22 @@ def verify_agreement(data: bytes, *, expected_coordinator: str | None = None) ->
 
 
 def save_agreement(path: Path, envelope: Envelope) -> None:
-    """Write the signed agreement (canonical envelope bytes)."""
+    """Write the signed agreement (canonical envelope bytes), atomically."""
+    replace_file(path, envelope.to_bytes())
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and `os.replace`: readers (and a crash) see the old
+    file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(envelope.to_bytes())
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_agreement(path: Path) -> Agreement:
