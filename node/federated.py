@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from federation.agreement import Agreement, load_agreement
+from federation.agreement import Agreement, load_agreement, replace_file
 from federation.codec import Arrays, arrays_sha256, decode_arrays, encode_arrays
 from federation.errors import ChainBroken, FederationError
 from federation.manifest import verify_chain
@@ -279,9 +279,9 @@ def read_join(home: Path, name: str) -> dict[str, Any]:
 
 
 def write_join(home: Path, name: str, values: dict[str, Any]) -> None:
-    path = federation_dir(home, name) / JOIN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    """Record how this node reaches federation `name`'s coordinator (written whole, atomically)."""
+    text = json.dumps(values, indent=2, sort_keys=True) + "\n"
+    replace_file(federation_dir(home, name) / JOIN_FILE, text.encode())
 
 
 def agreement_for(home: Path, name: str) -> Agreement:
