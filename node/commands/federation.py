@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from node.errors import NodeError, UsageError
@@ -15,6 +14,14 @@ COMMANDS: dict[str, str] = {
 }
 
 STRATEGY_CHOICES = ("fedavg", "median", "trimmed-mean", "krum")
+FLAGS: dict[str, str] = {
+    "rounds": "--rounds", "min_participants": "--min-participants", "local_epochs": "--local-epochs",
+    "learning_rate": "--learning-rate", "batch_size": "--batch-size", "max_length": "--max-length",
+    "clip_norm": "--clip-norm", "dp_clip_norm": "--dp-clip-norm", "dp_noise_multiplier": "--dp-noise-multiplier",
+    "round_timeout_s": "--round-timeout",
+}
+"""`federation create` flag of each agreement setting, for error messages."""
+CA_FILE = "ca.pem"
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -94,7 +101,7 @@ def run_federation(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from federation.agreement import Agreement, save_agreement
+    from federation.agreement import Agreement, InvalidSetting, save_agreement, show_value
     from federation.errors import FederationError
     from node.app import Node
     from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir
@@ -109,17 +116,25 @@ def _create(args: argparse.Namespace) -> int:
             members = tuple(PublicKey.parse(k).hex for k in args.member)
         except ValueError as exc:
             raise UsageError(f"--member: {exc}") from None
-        try:
-            agreement = Agreement(
-                name=args.name, coordinator=node.identity.public_key_hex, members=members,
-                base_model=args.base_model, base_model_sha256=base_model_sha256(args.base_model), share=args.share,
-                strategy=args.strategy, rounds=args.rounds,
-                min_participants=args.min_participants or len(members), local_epochs=args.local_epochs,
-                learning_rate=args.learning_rate, batch_size=args.batch_size, max_length=args.max_length,
-                clip_norm=args.clip_norm, dp_clip_norm=args.dp_clip_norm,
-                dp_noise_multiplier=args.dp_noise_multiplier, round_timeout_s=args.round_timeout)
+        settings = dict(
+            strategy=args.strategy, rounds=args.rounds,
+            min_participants=len(members) if args.min_participants is None else args.min_participants,
+            local_epochs=args.local_epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+            max_length=args.max_length, clip_norm=args.clip_norm, dp_clip_norm=args.dp_clip_norm,
+            dp_noise_multiplier=args.dp_noise_multiplier, round_timeout_s=args.round_timeout)
+        try:  # the settings first: a typo should not wait for the base model to be hashed
+            Agreement(name=args.name, coordinator=node.identity.public_key_hex, members=members,
+                      base_model=args.base_model, base_model_sha256="0" * 64, share=args.share, **settings)
+        except InvalidSetting as exc:
+            flag = FLAGS.get(exc.field, exc.field)
+            text = f"{exc.problem}; {exc.fix}".replace("dp_clip_norm", "--dp-clip-norm")
+            raise UsageError(f"{flag} {show_value(exc.value)}: {text}") from None
         except (FederationError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+        _check_max_length(args.base_model, args.max_length)
+        agreement = Agreement(
+            name=args.name, coordinator=node.identity.public_key_hex, members=members, base_model=args.base_model,
+            base_model_sha256=base_model_sha256(args.base_model), share=args.share, **settings)
         save_agreement(target, agreement.sign(node.identity))
         ca = prepare_tls(node.config.home, args.name)
     print(f"created federation {args.name!r} ({agreement.federation_id[:16]}...): {len(members)} member(s), "
@@ -130,24 +145,48 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_max_length(base_model: str, max_length: int) -> None:
+    """Refuse a --max-length beyond the base model's position embeddings (every member would fail)."""
+    from node.rm.model import resolve_backbone_path
+
+    try:
+        config = json.loads((Path(resolve_backbone_path(base_model)) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # base_model_sha256 reports a missing or unreadable model
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if isinstance(limit, int) and max_length > limit:
+        raise UsageError(f"--max-length {max_length}: the base model {base_model!r} takes at most {limit} tokens; "
+                         f"give at most {limit}")
+
+
 def _join(args: argparse.Namespace) -> int:
-    from federation.agreement import verify_agreement
+    from federation.agreement import replace_file, verify_agreement
     from federation.errors import FederationError
     from node.app import Node
-    from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir, write_join
+    from node.federated import AGREEMENT_FILE, base_model_sha256, federation_dir, read_join, write_join
     from node.flower import prepare_supernode_key
 
+    coordinator = _check_coordinator(args.coordinator)
+    ca_pem = _read_ca(Path(args.ca)) if args.ca else None
     with Node.open(args.home, db=args.db) as node:
         home = node.config.home
-        target = federation_dir(home, args.name) / AGREEMENT_FILE
-        source = Path(args.agreement) if args.agreement else target
-        if not source.is_file():
+        fed = federation_dir(home, args.name)
+        target = fed / AGREEMENT_FILE
+        if args.agreement:
+            source = Path(args.agreement)
+            if not source.is_file():
+                raise UsageError(f"--agreement {source}: no such file; pass the agreement.json the coordinator "
+                                 "sent you")
+        elif target.is_file():
+            source = target
+        else:
             raise UsageError(f"no agreement for {args.name!r} yet; pass --agreement FILE (the coordinator's "
                              "agreement.json)")
+        raw = source.read_bytes()
         try:
-            agreement = verify_agreement(source.read_bytes())
+            agreement = verify_agreement(raw)
         except FederationError as exc:
-            raise NodeError(str(exc)) from None
+            raise NodeError(f"{source}: {exc}") from None
         if agreement.name != args.name:
             raise UsageError(f"the agreement is for federation {agreement.name!r}, not {args.name!r}")
         if node.identity.public_key_hex not in agreement.members:
@@ -156,20 +195,59 @@ def _join(args: argparse.Namespace) -> int:
         mine = base_model_sha256(agreement.base_model)
         if mine != agreement.base_model_sha256:
             raise NodeError(f"this node's {agreement.base_model!r} differs from the agreed base model; install it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.resolve() != target.resolve():
-            shutil.copyfile(source, target)
-        join = {"coordinator": args.coordinator, "federation_id": agreement.federation_id}
-        if args.ca:
-            shutil.copyfile(args.ca, target.parent / "ca.pem")
-            join["ca"] = "ca.pem"
-        write_join(home, args.name, join)
+        join: dict[str, str] = {"coordinator": coordinator, "federation_id": agreement.federation_id}
+        kept_ca = False
+        if ca_pem is not None:
+            join["ca"] = CA_FILE
+        elif (fed / CA_FILE).is_file():  # a re-join without --ca keeps TLS to the same federation
+            try:
+                before: object = read_join(home, args.name)
+            except (NodeError, ValueError):
+                before = None
+            if isinstance(before, dict) and before.get("ca") == CA_FILE and \
+                    before.get("federation_id") == agreement.federation_id:
+                join["ca"], kept_ca = CA_FILE, True
+        # Everything is checked: write. The SuperNode key first (a damaged key file fails before any other
+        # write), then each file whole through a temporary file, so a failed join changes nothing stored.
         record = prepare_supernode_key(home, node.identity, agreement)
+        if source.resolve() != target.resolve():
+            replace_file(target, raw)
+        if ca_pem is not None:
+            replace_file(fed / CA_FILE, ca_pem)
+        write_join(home, args.name, join)
     print(f"joined federation {args.name!r} ({agreement.federation_id[:16]}...) coordinated by "
-          f"{agreement.coordinator[:16]}... at {args.coordinator}")
+          f"{agreement.coordinator[:16]}... at {coordinator}")
+    if kept_ca:
+        print(f"  TLS CA                {fed / CA_FILE}  (kept from the earlier join; pass --ca FILE to replace it)")
     print(f"  SuperNode key record  {record}  (send it to the coordinator: rewardnode federation admit "
           f"{args.name} FILE)")
     return 0
+
+
+def _check_coordinator(address: str) -> str:
+    """The coordinator's SuperLink address as HOST:PORT (an IPv6 host in brackets), port 1-65535."""
+    host, sep, port = address.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    ok = bool(sep) and bool(bare) and not any(c.isspace() or c in "/[]" for c in bare) and port.isascii() and port.isdigit()
+    if not ok or not 1 <= int(port) <= 65535 or (":" in bare and bare == host):
+        raise UsageError(f"--coordinator {address}: give the coordinator's SuperLink address as HOST:PORT with a "
+                         "port in 1-65535, e.g. 10.0.0.5:9093 ([::1]:9093 for IPv6)")
+    return address
+
+
+def _read_ca(path: Path) -> bytes:
+    """The bytes of `path` if it holds a PEM X.509 certificate (the coordinator's tls/ca.pem)."""
+    from cryptography import x509
+
+    hint = "pass the tls/ca.pem that the coordinator's `federation create` wrote"
+    if not path.is_file():
+        raise UsageError(f"--ca {path}: no such file; {hint}")
+    data = path.read_bytes()
+    try:
+        x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise UsageError(f"--ca {path}: not a PEM X.509 certificate; {hint}") from None
+    return data
 
 
 def _admit(args: argparse.Namespace) -> int:
