@@ -22,6 +22,7 @@ import gzip
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -82,7 +83,10 @@ def write_records(path: str | os.PathLike[str], records: Iterable[Record], *, fm
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
+    # A fresh temporary name next to the target: never a user's file that happens to be called FILE.partial.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    partial = Path(name)
     try:
         with ExitStack() as stack:
             out = _open(stack, partial, compress=path.name.endswith(".gz"))

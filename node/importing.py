@@ -21,7 +21,8 @@ Containers, detected from the content (gzip by its magic bytes, not by the name)
 Text is decoded as strict UTF-8 (a leading byte-order mark is allowed).
 
 Source names (--source, a record's "source" field, or the file name it defaults to) follow
-SOURCE_NAME_RULE, so that every stored name prints on one line and can be typed back as a flag.
+SOURCE_NAME_RULE, so that every stored name prints on one line. Other datasets' names ("OpenAssistant
+oasst1", "données/v2") are kept as they are.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import csv
 import gzip
 import json
 import os
-import re
+import unicodedata
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from json.scanner import make_scanner
@@ -52,10 +53,9 @@ MAX_JSON_BYTES: Final = 256 * 1024 * 1024
 REJECT_RAW_CHARS: Final = 1000
 """How much of a rejected line is passed to the rejects callback."""
 SOURCE_NAME_MAX: Final = 200  # the labeling API's longest name
-SOURCE_NAME_RULE: Final = (f"1-{SOURCE_NAME_MAX} ASCII letters, digits, '.', '_', '-', '/' or ':', starting with a "
-                           "letter or digit (e.g. hh-rlhf, org-a/harmless-base, labeling:helpful-v1)")
+SOURCE_NAME_RULE: Final = (f"1-{SOURCE_NAME_MAX} characters, not only spaces, with no control characters "
+                           "(no newline or tab; e.g. hh-rlhf, org-a/harmless-base, OpenAssistant oasst1)")
 """What a source name may be, in words for error messages and --help."""
-_SOURCE_NAME_RE: Final = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._/:-]{{0,{SOURCE_NAME_MAX - 1}}}")
 
 Rejects = Callable[[int, str, str], None]
 """rejects(line, raw_text_truncated, reason) is called for each record skipped with skip_invalid."""
@@ -140,20 +140,18 @@ class RecordFile(Iterator[Record]):
 
 
 def source_name_problem(name: object) -> str | None:
-    """What is wrong with `name` as a source name (None when it follows SOURCE_NAME_RULE): 'a b' holds a space."""
+    """What is wrong with `name` as a source name (None when it follows SOURCE_NAME_RULE): 'a\\nb' holds '\\n'."""
     if type(name) is not str:
         return f"it is not a string but {json_type(name)}"
-    if _SOURCE_NAME_RE.fullmatch(name):
-        return None
     shown = repr(name[:60]) + ("..." if len(name) > 60 else "")
-    bad = next((c for c in name if not (c.isascii() and (c.isalnum() or c in "._/:-"))), None)
     if not name.strip():
         return "it is empty" if not name else f"{shown} is only whitespace"
+    bad = next((c for c in name if unicodedata.category(c).startswith("C")), None)
     if bad is not None:
-        return f"{shown} holds {'a space' if bad == ' ' else repr(bad)}"
+        return f"{shown} holds the control character {bad!r}"
     if len(name) > SOURCE_NAME_MAX:
         return f"it is {len(name)} characters long"
-    return f"{shown} does not start with a letter or digit"
+    return None
 
 
 def _checking_source(parse: Parser, default: str) -> Parser:

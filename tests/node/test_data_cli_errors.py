@@ -113,7 +113,7 @@ def test_a_failed_import_removes_the_reject_file_it_began(cli: Cli, tmp_path: Pa
 def test_a_blank_source_is_a_usage_error(cli: Cli, tmp_path: Path, source: str) -> None:
     data = write_jsonl(tmp_path / "ten.jsonl", RECORDS)
     line = cli.error(2, "import", str(data), "--source", source)
-    assert "invalid --source" in line and "use 1-200 ASCII letters" in line
+    assert "invalid --source" in line and "use 1-200 characters" in line
 
 
 @pytest.mark.parametrize("where, force, needle", [
@@ -143,11 +143,11 @@ def test_import_of_a_folder_or_stdin_says_what_it_is(cli: Cli, tmp_path: Path) -
 
 # ---- 3. source names --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("source", ["x\ny", "a b/c;drop", "tab\there", "-leading", "é", "a" * 201])
+@pytest.mark.parametrize("source", ["x\ny", "tab\there", "zero\u200bwidth", "   ", "a" * 201])
 def test_a_bad_source_flag_is_refused_before_anything_is_stored(cli: Cli, tmp_path: Path, source: str) -> None:
     data = write_jsonl(tmp_path / "ten.jsonl", RECORDS)
     line = cli.error(2, "import", str(data), f"--source={source}")
-    assert line.startswith("rewardnode: error: invalid --source: ") and "use 1-200 ASCII letters" in line
+    assert line.startswith("rewardnode: error: invalid --source: ") and "use 1-200 characters" in line
     assert cli.stats() == {}
 
 
@@ -167,12 +167,11 @@ def test_a_record_with_a_bad_source_fails_naming_the_line_or_goes_to_rejects(cli
     assert list(cli.stats()) == ["good-1"]
 
 
-def test_an_invalid_file_name_source_asks_for_source(cli: Cli, tmp_path: Path) -> None:
-    data = write_jsonl(tmp_path / "my data.jsonl", RECORDS)
-    line = cli.error(1, "import", str(data))
-    assert "the file name gives an invalid source name: 'my data' holds a space; pass --source NAME" in line
-    assert cli("import", str(data), "--source", "my-data")[0] == 0
-    assert list(cli.stats()) == ["my-data"]
+def test_other_datasets_source_names_are_kept(cli: Cli, tmp_path: Path) -> None:
+    records = [{**r, "source": "OpenAssistant oasst1"} for r in RECORDS]
+    assert cli("import", str(write_jsonl(tmp_path / "my data (v2).jsonl", records)))[0] == 0
+    assert cli("import", str(write_jsonl(tmp_path / "données v2.jsonl", RECORDS)))[0] == 0
+    assert sorted(cli.stats()) == ["OpenAssistant oasst1", "données v2"]
 
 
 def _names_in(text: str) -> set[str]:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.exporting import write_records
-from node.importing import iter_records
+from node.importing import iter_records, source_name_problem
 from storage.records import OUTCOMES, Comparison, Demonstration, Feedback, Ranking, Rating, Record
 
 SAMPLES = Path(__file__).resolve().parents[2] / "node" / "samples"
@@ -33,7 +33,8 @@ maybe_name = st.none() | name
 unit = st.none() | st.floats(0, 1)
 timezones = st.none() | st.builds(lambda m: timezone(timedelta(minutes=m)), st.integers(-23 * 60, 23 * 60))
 created = st.none() | st.datetimes(timezones=timezones)
-source = st.sampled_from(["org-a", "org-b"]) | name
+source = st.sampled_from(["org-a", "org-b", "OpenAssistant oasst1"]) | name.filter(  # import refuses control characters
+    lambda s: source_name_problem(s) is None)
 common = {"source": source, "subset": st.none() | st.just("harmless"), "campaign": maybe_name,
           "external_id": maybe_name, "idempotency_key": maybe_name, "created_at": created}
 
@@ -175,3 +176,12 @@ def test_a_failed_export_leaves_no_file(tmp_path: Path) -> None:
 def test_unknown_export_format_is_a_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="use one of trl, multi"):
         write_records(tmp_path / "x.jsonl", [], fmt="csv")
+
+
+def test_an_export_never_touches_a_file_named_like_its_temporary(tmp_path: Path) -> None:
+    mine = tmp_path / "out.jsonl.partial"
+    mine.write_text("the user's own file")
+    item = Comparison(prompt="p", response_a="a", response_b="b", outcome="A", source="s")
+    assert write_records(tmp_path / "out.jsonl", [item]) == 1
+    assert mine.read_text() == "the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.partial"]
