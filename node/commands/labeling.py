@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from node.app import Node
 from node.errors import UsageError
@@ -47,6 +49,30 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         revoke.add_argument("id", type=int)
 
 
+def _check_url(url: str) -> None:
+    """--url must be an http(s) base URL with a host: the invite link is built on it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise UsageError(f"--url {url!r} is not a valid URL ({e}); give the server's base URL, "
+                         "e.g. https://labels.example.org or http://127.0.0.1:8080") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--url {url!r} is not an http(s) URL with a host; give the server's base URL, "
+                         "e.g. https://labels.example.org or http://127.0.0.1:8080")
+    if parts.query or parts.fragment:
+        raise UsageError(f"--url {url!r} has a ?query or #fragment; give the server's base URL without them")
+
+
+def _invite_expiry(days: float) -> datetime:
+    if not math.isfinite(days) or days <= 0:
+        raise UsageError(f"--days {days:g}: an invite must stay valid for more than 0 days (e.g. --days 7)")
+    try:
+        return datetime.now(UTC) + timedelta(days=days)
+    except OverflowError:
+        raise UsageError(f"--days {days:g} is too far in the future; give a number of days such as 7 or 30") from None
+
+
 def _base_url(node: Node, url: str | None) -> str:
     if url:
         return url.rstrip("/")
@@ -75,6 +101,12 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 def run_campaign(args: argparse.Namespace) -> int:
     from node.labeling.service import new_secret, sha256_hex
 
+    if args.action == "invite":  # checked before the store is opened: a bad flag changes nothing
+        if not args.labeler.strip():
+            raise UsageError("--labeler is empty: give the labeler's name (it is recorded with their labels)")
+        if args.url is not None:
+            _check_url(args.url)
+        expires = _invite_expiry(args.days)
     with Node.open(args.home, db=args.db) as node:
         store = node.store
         if args.action == "create":
@@ -96,7 +128,6 @@ def run_campaign(args: argparse.Namespace) -> int:
         elif args.action == "invite":
             store.get_campaign(args.name)
             secret = new_secret()
-            expires = datetime.now(UTC) + timedelta(days=args.days)
             store.add_token(sha256_hex(secret), kind="invite", role="labeler", name=args.labeler,
                             campaign=args.name, expires_at=expires)
             print(f"invite for {args.labeler} to {args.name} (one use, expires {expires:%Y-%m-%d %H:%M} UTC; "
@@ -120,6 +151,8 @@ def run_campaign(args: argparse.Namespace) -> int:
 def run_token(args: argparse.Namespace) -> int:
     from node.labeling.service import new_secret, sha256_hex
 
+    if args.action == "create" and not args.name.strip():
+        raise UsageError("--name is empty: give who holds the token (a labeler token labels as this name)")
     with Node.open(args.home, db=args.db) as node:
         store = node.store
         if args.action == "create":

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.p2p import PeerBook
 
 COMMANDS = {
     "peers": "list known peers (peers.json), add one (`peers add MULTIADDR`), or --probe them",
@@ -22,9 +27,14 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             help="start the p2p host briefly and report which peers answer")
 
 
+def _not_saved(book: PeerBook, exc: OSError) -> str:
+    return (f"cannot write {book.path} ({exc.strerror or exc}): the node home {book.path.parent} is not writable; "
+            "nothing was changed")
+
+
 def run_peers(args: argparse.Namespace) -> int:
     from node.app import Node
-    from node.errors import UsageError
+    from node.errors import NodeError, UsageError
     from node.p2p import P2PConfig, PeerBook
 
     with Node.open(args.home, db=args.db) as node:
@@ -32,7 +42,11 @@ def run_peers(args: argparse.Namespace) -> int:
         if args.action == "add":
             if not args.multiaddr:
                 raise UsageError("peers add needs the peer's address: rewardnode peers add /ip4/HOST/tcp/PORT/p2p/ID")
-            added = book.add(args.multiaddr, args.name)
+            try:
+                added = book.add(args.multiaddr, args.name)
+            except OSError as exc:  # peers.json is replaced atomically: the old file is intact
+                raise NodeError(f"{_not_saved(book, exc)}; make it writable (or free disk space) and add the peer "
+                                "again") from None
             print(("added " if added else "already known: ") + args.multiaddr)
             return 0
         if args.multiaddr:
@@ -59,7 +73,10 @@ def run_peers(args: argparse.Namespace) -> int:
                     known = next((p for p in book.peers if p["addr"] == row["addr"]), None)
                     if known is not None:
                         known["last_seen_ms"] = row["last_seen_ms"] = time.time_ns() // 1_000_000
-                book.save()
+                try:
+                    book.save()
+                except OSError as exc:  # the probe itself worked: report it, say what was not recorded
+                    print(f"warning: {_not_saved(book, exc)} (last-seen times not recorded)", file=sys.stderr)
     if args.json:
         print(json.dumps({"peers": rows}, indent=2))
     elif not rows:

@@ -149,7 +149,7 @@ def test_eval_skip_invalid_skips_and_counts(home: Path, rm_dir: Path, tmp_path: 
 
 def test_eval_rejects_a_bad_source_name(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _pairs_file(tmp_path / "ok.jsonl")
-    line = fails(capsys, home, "eval", "--data", str(data), "--source", "!!")
+    line = fails(capsys, home, "eval", "--data", str(data), "--source", "a\nb")
     assert "invalid --source" in line
 
 
@@ -183,3 +183,73 @@ def test_serve_names_the_host_not_the_port(home: Path, capsys: pytest.CaptureFix
     monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
     line = fails(capsys, home, "serve", "--host", "999.1.1.1", "--no-p2p")
     assert "--host 999.1.1.1 is not a valid IP address" in line and "port" not in line
+
+
+# ---- campaign invite, token create, peers add ---------------------------------------------------------
+
+
+@pytest.fixture
+def campaign_home(home: Path, tmp_path: Path) -> Path:
+    assert main(["--home", str(home), "import", str(_pairs_file(tmp_path / "ok.jsonl")), "--source", "qa"]) == 0
+    assert main(["--home", str(home), "campaign", "create", "c1", "--source", "qa"]) == 0
+    return home
+
+
+def _token_count(home: Path) -> int:
+    from node.app import Node
+
+    with Node.open(home) as node:
+        return len(node.store.list_tokens())
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (("--days", "-1"), "--days -1: an invite must stay valid for more than 0 days"),
+    (("--days", "0"), "--days 0: an invite must stay valid for more than 0 days"),
+    (("--days", "nan"), "--days nan"),
+    (("--days", "1e12"), "--days 1e+12 is too far in the future"),
+    (("--url", "notaurl"), "--url 'notaurl' is not an http(s) URL with a host"),
+    (("--url", "ftp://host"), "is not an http(s) URL with a host"),
+    (("--url", "http://"), "is not an http(s) URL with a host"),
+    (("--url", "http://host:99999"), "is not a valid URL"),
+    (("--url", "http://host/?a=1"), "?query or #fragment"),
+    (("--labeler", ""), "--labeler is empty: give the labeler's name"),
+    (("--labeler", "  "), "--labeler is empty: give the labeler's name"),
+])
+def test_campaign_invite_rejects_bad_flags_and_stores_no_invite(campaign_home: Path, flags: tuple[str, str],
+                                                                needle: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    line = fails(capsys, campaign_home, "campaign", "invite", "c1", "--labeler", "bob", *flags)
+    assert needle in line
+    assert _token_count(campaign_home) == 0
+
+
+def test_campaign_invite_with_good_flags_still_works(campaign_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["--home", str(campaign_home), "campaign", "invite", "c1", "--labeler", "bob", "--days", "0.5",
+                 "--url", "https://labels.example.org/"]) == 0
+    assert "https://labels.example.org/login#invite=" in capsys.readouterr().out
+    assert _token_count(campaign_home) == 1
+
+
+def test_token_create_rejects_an_empty_name(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--name is empty: give who holds the token" in fails(capsys, home, "token", "create", "--role",
+                                                                "scorer", "--name", " ")
+
+
+PEER = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWGzh6h1yYvU8JpTtyXPtjS8QyT7x3w4Lw3jbEqNkP8Mfd"
+
+
+def test_peers_add_on_a_read_only_home_changes_nothing(home: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from node.p2p import PeerBook
+
+    def read_only(self: PeerBook) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(PeerBook, "save", read_only)
+    line = fails(capsys, home, "peers", "add", PEER, code=1)
+    assert "peers.json (Read-only file system)" in line and "is not writable" in line
+    assert "nothing was changed" in line
+    assert not (home / "peers.json").exists()
