@@ -196,7 +196,7 @@ def verify_agreement(data: bytes, *, expected_coordinator: str | None = None) ->
         agreement = Agreement.from_dict(values)
     except InvalidSetting as exc:
         raise FederationError(f"the agreement file has an invalid setting: {exc.field} = {show_value(exc.value)}: "
-                              f"{exc.problem}; ask the coordinator to re-create the federation with a valid "
+                              f"{exc.problem}; the coordinator must re-create the federation with a valid "
                               f"{exc.field}") from None
     except (EnvelopeError, ValueError, TypeError) as exc:
         raise FederationError(f"the agreement file does not verify: {exc}") from None
@@ -228,4 +228,7 @@ def load_agreement(path: Path) -> Agreement:
     """Read and verify an agreement file."""
     if not path.is_file():
         raise FederationError(f"no agreement at {path}; run `rewardnode federation create` or `join --agreement FILE`")
-    return verify_agreement(path.read_bytes())
+    try:
+        return verify_agreement(path.read_bytes())
+    except FederationError as exc:
+        raise FederationError(f"{path}: {exc}") from None

@@ -120,7 +120,7 @@ def test_join_refuses_a_signed_agreement_with_a_bad_setting(homes, bert_dir, tmp
     path.write_bytes(data)
     assert join(member, "--coordinator", COORDINATOR, "--agreement", str(path)) == 1
     err = capsys.readouterr().err
-    assert f"invalid setting: {next(iter(bad))}" in err and "ask the coordinator to re-create" in err
+    assert f"invalid setting: {next(iter(bad))}" in err and "the coordinator must re-create the federation" in err
     assert not (member / "federation").exists()
 
 
@@ -129,7 +129,8 @@ def test_a_stored_agreement_with_a_bad_setting_is_refused_when_loaded(joined, be
     key = Identity.load(member / "identity.key").public_key_hex
     (member / "federation" / "fed" / "agreement.json").write_bytes(_signed_with(coord, key, bert_dir, batch_size=0))
     assert cli("--home", str(member), "federation", "status", "fed") == 1
-    assert "invalid setting: batch_size = 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "agreement.json: the agreement file has an invalid setting: batch_size = 0" in err
 
 
 def test_a_tampered_agreement_fails_on_its_signature_before_its_settings(homes, bert_dir, tmp_path) -> None:
