@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from federation.aggregation import dp_privatize, flatten, unflatten
 from federation.agreement import Agreement
 from federation.codec import Arrays
-from federation.contribution import NO_REPLY, Rejection, sign_contribution
+from federation.contribution import MEMBER_ERROR, NO_REPLY, Rejection, sign_contribution
 from federation.errors import BelowQuorum, FederationError
 from federation.rounds import FederationState, RoundResult
 from protocol.identity import Identity
@@ -182,7 +182,8 @@ def _collect(replies: Iterable[Message], sent: dict[str, int]) -> tuple[
         answered.add(reply.metadata.reply_to_message_id)
         node = sent.get(reply.metadata.reply_to_message_id, -1)
         if reply.has_error():
-            rejected.append(Rejection("", NO_REPLY, f"node {node} replied with an error: {str(reply.error.reason)[:200]}"))
+            rejected.append(Rejection("", MEMBER_ERROR,
+                                      f"node {node} replied with an error: {str(reply.error.reason)[:200]}"))
             continue
         try:
             content = reply.content

@@ -52,6 +52,7 @@ WRONG_SHAPES = "wrong-shapes"
 BAD_COUNT = "bad-example-count"
 DUPLICATE_SENDER = "duplicate-sender"
 NO_REPLY = "no-reply"
+MEMBER_ERROR = "member-error"  # the member replied, with an error (its local training failed)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from federation.aggregation import aggregate, flatten, unflatten
 from federation.agreement import Agreement
 from federation.codec import Arrays, arrays_sha256
-from federation.contribution import Accepted, Rejection, RoundContext, verify_round
+from federation.contribution import MEMBER_ERROR, Accepted, Rejection, RoundContext, verify_round
 from federation.errors import BelowQuorum
 from federation.manifest import GENESIS, build_manifest, manifest_link, sign_manifest, verify_chain
 from protocol.envelope import Verifier
@@ -87,11 +87,14 @@ class FederationState:
         accepted, rejected = verify_round(list(replies), self.context(r), self.verifier)
         rejected = [*extra_rejections, *rejected]
         if len(accepted) < a.min_participants:
-            reasons = "; ".join(f"{x.sender[:12] or '?'}: {x.reason}" for x in rejected) or "no replies"
+            reasons = "; ".join(f"{x.sender[:12] or '?'}: {x.reason}" + (f" ({x.detail})" if x.detail else "")
+                                for x in rejected) or "no replies"
+            fix = ("fix what the failing members report (their own logs say more) and run the federation again"
+                   if any(x.reason == MEMBER_ERROR for x in rejected) else
+                   "bring members back online and run the federation again")
             raise BelowQuorum(
                 f"round {r}: {len(accepted)} valid contribution(s), fewer than min_participants = "
-                f"{a.min_participants} ({reasons}); the round is aborted and the global model unchanged: "
-                "bring members back online and run the federation again"
+                f"{a.min_participants} ({reasons}); the round is aborted and the global model unchanged: {fix}"
             )
         rows = np.stack([flatten(x.update, self.names) for x in accepted])  # (K, D)
         counts = np.array([x.num_examples for x in accepted], dtype=np.float64)  # (K,)

@@ -112,6 +112,21 @@ def test_below_min_participants_aborts_cleanly(make_federation) -> None:
         assert not [m for m in node.store.list_models() if m.kind == "federated"]
 
 
+def test_a_member_whose_training_fails_is_named_with_its_error(make_federation, monkeypatch) -> None:
+    coord, homes = make_federation(2, pairs=8, extra=("--round-timeout", "20"))
+    from node.federated import NodeParticipant
+
+    def broken(self, global_arrays, round):
+        raise ValueError("the local store is unreadable")
+
+    monkeypatch.setattr(NodeParticipant, "train", broken)
+    with pytest.raises(BelowQuorum) as caught:
+        run_local(coord, homes, "fed")
+    message = str(caught.value)
+    assert "member-error" in message and "the local store is unreadable" in message, message
+    assert "fix what the failing members report" in message and "back online" not in message
+
+
 class CoordinatorCrash(Exception):
     pass
 
