@@ -191,7 +191,8 @@ def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict
 
     entry = node.store.get_model(model_id)
     if entry.kind != MODEL_KIND:
-        raise ChainBroken(f"model {entry.id} is {entry.kind!r}, not federated: it has no manifest chain to verify")
+        raise ChainBroken(f"model {entry.id} is {entry.kind!r}, not federated: it has no manifest chain to verify; "
+                          "only federated models carry one: `rewardnode models` lists them (kind 'federated')")
     path = Path(entry.path)
     weights = path / WEIGHTS_FILE
     if not weights.is_file() or file_sha256(weights) != entry.sha256:

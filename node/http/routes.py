@@ -179,9 +179,9 @@ def expect_array(value: Any, where: str, *, min_len: int, max_len: int, limit_na
 
 def expect_text(value: Any, where: str, *, max_chars: int, allow_empty: bool) -> str:
     """`value` as a string of at most max_chars characters (non-empty unless allow_empty)."""
-    if not isinstance(value, str) or (not allow_empty and not value):
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
         kind = "a string" if allow_empty else "a non-empty string"
-        got = "an empty string" if value == "" else json_type(value)
+        got = "an empty string" if value == "" else "only whitespace" if isinstance(value, str) else json_type(value)
         raise ValidationError(where, f"must be {kind}; got {got}")
     if len(value) > max_chars:
         raise ValidationError(where, f"is {len(value)} characters, more than the limit of {max_chars}; shorten "

@@ -22,6 +22,8 @@ ITEM = {"prompt": "p", "response": "r"}
     ({"items": [ITEM, ITEM, ITEM, {"prompt": "p", "response": ""}]}, 422,
      ["items[3].response must be a non-empty string; got an empty string"]),
     ({"items": [ITEM, {"prompt": "p", "response": None}]}, 422, ["items[1].response must be a non-empty string; got null"]),
+    ({"items": [{"prompt": "p", "response": " \n "}]}, 422,
+     ["items[0].response must be a non-empty string; got only whitespace"]),
     ({"items": [{"prompt": 3, "response": "r"}]}, 422, ["items[0].prompt must be a string; got number"]),
     ({"items": [{"response": "r"}]}, 422, ["items[0].prompt is required"]),
     ({"items": [{"prompt": "p", "response": "r", "score": 1}]}, 422, ["unknown field 'score' in items[0]",
