@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from numpy.typing import NDArray
 
@@ -30,6 +31,9 @@ from federation.rounds import FederationState, RoundResult
 from protocol.identity import Identity
 
 log = logging.getLogger(__name__)
+
+MEMBER_ERROR_CODES = frozenset({ErrorCode.LOAD_CLIENT_APP_EXCEPTION, ErrorCode.CLIENT_APP_RAISED_EXCEPTION})
+"""Error replies that carry the member's own failure (its ClientApp did not load, or raised)."""
 
 # Wire keys: record names and config keys, spelled once.
 MSG_TRAIN = "train"
@@ -182,8 +186,10 @@ def _collect(replies: Iterable[Message], sent: dict[str, int]) -> tuple[
         answered.add(reply.metadata.reply_to_message_id)
         node = sent.get(reply.metadata.reply_to_message_id, -1)
         if reply.has_error():
-            rejected.append(Rejection("", MEMBER_ERROR,
-                                      f"node {node} replied with an error: {str(reply.error.reason)[:200]}"))
+            # The member's ClientApp failed to load or raised: its own error. Anything else (node or
+            # reply unavailable, app process crashed or killed) is the member not answering.
+            reason = MEMBER_ERROR if reply.error.code in MEMBER_ERROR_CODES else NO_REPLY
+            rejected.append(Rejection("", reason, f"node {node} replied with an error: {str(reply.error.reason)[:200]}"))
             continue
         try:
             content = reply.content

@@ -97,7 +97,8 @@ def test_sigkill_during_import_keeps_committed_rows_and_no_partial_batch(tmp_pat
 
     # The node works on: the first file is still fully there (0 added), new data goes in.
     again = rn("import", str(first), "--source", "first", home=home)
-    assert again.returncode == 0 and "0 records added" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and "nothing new: all 300 records were already stored" in again.stdout, \
+        again.stdout + again.stderr
     small = _write(tmp_path / "small.jsonl", 50, "small")
     assert rn("import", str(small), "--source", "small", home=home).returncode == 0
     assert _count(db, "comparisons") == 350
