@@ -149,7 +149,7 @@ def run_import(args: argparse.Namespace) -> int:
                         f"reasons are in {rejects_path}; fix the records and import again")
     if not added and duplicates:
         valid = "valid " if n_rejected else ""
-        print(f"imported {path}: nothing new: all {duplicates} {valid}records were already stored in {elapsed:.1f} s")
+        print(f"imported {path} in {elapsed:.1f} s: nothing new: all {duplicates} {valid}records were already stored")
     else:
         print(f"imported {path}: {_counts(result.added)} added, {duplicates} duplicates skipped in {elapsed:.1f} s")
     if n_rejected:
