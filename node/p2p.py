@@ -143,8 +143,12 @@ class PeerBook:
 
     def save(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"peers": self.peers}, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps({"peers": self.peers}, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # no half-written .tmp left in the home
+            raise
 
 
 FederationHook = Callable[[Any, Any], None]

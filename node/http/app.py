@@ -12,6 +12,7 @@ Features (scoring here; labeling, ingestion, dashboard later) are tables of Endp
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import sys
 from collections.abc import Sequence
@@ -146,8 +147,13 @@ async def serve(app: web.Application, host: str, port: int, *, shutdown_timeout:
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError as e:
-            raise NodeError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another port with --port, "
-                            "or stop the program that uses it") from None
+            if e.errno == errno.EADDRINUSE:
+                fix = "pick another port with --port, or stop the program that uses it"
+            elif e.errno == errno.EACCES:
+                fix = "ports below 1024 need privileges: pick a port >= 1024 with --port"
+            else:
+                fix = f"check --host {host}: it must be an address of this machine (127.0.0.1, 0.0.0.0, ::)"
+            raise NodeError(f"cannot listen on {host}:{port} ({e.strerror or e}); {fix}") from None
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         bound_host, bound_port = runner.addresses[0][:2]
