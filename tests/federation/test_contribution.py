@@ -16,6 +16,8 @@ from federation.rounds import FederationState
 from protocol.envelope import Envelope, Verifier
 from protocol.identity import Identity
 
+pytestmark = pytest.mark.e2e  # the end-to-end fault suite: make e2e
+
 COORD = Identity.from_seed(bytes([9]) * 32)
 MEMBERS = [Identity.from_seed(bytes([i]) * 32) for i in range(1, 4)]
 OUTSIDER = Identity.from_seed(bytes([7]) * 32)

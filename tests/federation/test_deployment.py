@@ -50,6 +50,7 @@ def _kill_everything_of(home: Path, cli_proc: subprocess.Popen[bytes]) -> None:
                 pass
 
 
+@pytest.mark.e2e
 def test_deployment_engine_with_a_member_killed_mid_run(make_federation, tmp_path: Path) -> None:
     port = _free_port()
     coord, homes = make_federation(3, pairs=12, extra=("--min-participants", "2", "--round-timeout", "60",
@@ -194,6 +195,7 @@ def test_stopping_a_flower_process_leaves_no_child_behind(tmp_path: Path) -> Non
     assert not alive, "the child outlived stop()"
 
 
+@pytest.mark.e2e
 def test_a_killed_coordinator_resumes_where_it_stopped(make_federation) -> None:
     port = _free_port()
     coord, homes = make_federation(2, pairs=12, extra=("--round-timeout", "60", "--rounds", "3"))

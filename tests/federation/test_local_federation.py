@@ -17,6 +17,8 @@ from node.errors import NodeError
 from node.federated import run_local, verify_model
 from tests.federation.conftest import cli, secret_pairs
 
+pytestmark = pytest.mark.e2e  # the end-to-end fault suite: make e2e
+
 
 def _payload_bytes(message) -> bytes:  # every byte a ClientApp reply carries
     chunks: list[bytes] = []

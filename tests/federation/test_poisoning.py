@@ -18,6 +18,8 @@ from federation.codec import Arrays
 from node.federated import NodeParticipant, run_local
 from tests.federation.conftest import build_federation
 
+pytestmark = pytest.mark.e2e  # the end-to-end fault suite: make e2e
+
 N_MEMBERS = 4
 SCALE = 100.0
 

@@ -16,7 +16,7 @@ import pytest
 from node.import_worker import can_fork
 from tests.node.test_cli import rn
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX"), pytest.mark.e2e]
 
 
 def _write(path: Path, n: int, tag: str) -> Path:

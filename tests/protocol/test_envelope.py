@@ -39,6 +39,8 @@ from protocol.errors import (
 )
 from protocol.identity import Identity, verify_signature
 
+pytestmark = pytest.mark.e2e  # the end-to-end fault suite: make e2e
+
 NOW = 1_700_000_000_000  # ms
 ALICE = Identity.from_seed(bytes([1]) * 32)
 BOB = Identity.from_seed(bytes([2]) * 32)

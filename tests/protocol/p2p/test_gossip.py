@@ -84,6 +84,7 @@ def _attacker_publish(host: P2PHost, topic: str, data: bytes) -> None:
     host.call(pub)
 
 
+@pytest.mark.e2e
 def test_bad_messages_are_dropped_at_the_first_hop(make_host: HostFactory) -> None:
     # attacker M -- B -- C: M skips validation; B must drop each bad message so C never sees it.
     m, b, c = make_host(), make_host(), make_host()
