@@ -110,6 +110,11 @@ def run_campaign(args: argparse.Namespace) -> int:
     with Node.open(args.home, db=args.db) as node:
         store = node.store
         if args.action == "create":
+            from node.importing import source_name_problem
+
+            if (problem := source_name_problem(args.name)) is not None:  # labels are stored as labeling:NAME
+                raise UsageError(f"invalid campaign name: {problem}; give a name of 1-200 characters without "
+                                 "control characters, e.g. helpful-v1")
             if not args.source and not args.pairs:
                 raise UsageError("a campaign needs pairs: pass --source NAME (repeatable) and/or --pairs FILE")
             if args.overlap < 1:

@@ -29,6 +29,7 @@ from node.http import (
     json_response,
 )
 from node.http.routes import CONFIG_KEY, check_fields, read_json_object
+from node.importing import SOURCE_NAME_RULE, source_name_problem
 from node.labeling.service import SERVICE_KEY
 from storage.errors import InvalidRecordError, StorageError
 from storage.records import OUTCOMES, Comparison, Feedback, Ranking, Rating, Record
@@ -167,7 +168,10 @@ async def _save(request: web.Request, record: Record, kind: str) -> web.Response
 
 
 def _source(request: web.Request, body: _Body) -> str:
-    return body.name("source") or request.config_dict[SERVICE_KEY].settings.default_api_source
+    named = body.name("source")
+    if named is not None and (problem := source_name_problem(named)) is not None:
+        raise ValidationError("source", f"is not a valid source name: {problem}; use {SOURCE_NAME_RULE}")
+    return named or request.config_dict[SERVICE_KEY].settings.default_api_source
 
 
 async def post_comparison(request: web.Request) -> web.Response:

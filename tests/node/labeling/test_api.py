@@ -104,6 +104,7 @@ async def test_labelers_get_403_outside_labeling(client: TestClient) -> None:
     ("/v1/comparisons", {**COMPARISON, "annotator": "mallory"}, "labels as its own holder"),
     ("/v1/comparisons", {**COMPARISON, "prompt": "x" * 20_001}, "more than the limit"),
     ("/v1/comparisons", [COMPARISON], "must be a JSON object"),
+    ("/v1/comparisons", {**COMPARISON, "source": "app\nx"}, "source is not a valid source name"),
     ("/v1/rankings", {"prompt": "p", "responses": ["a", "a"]}, "must all differ"),
     ("/v1/rankings", {"prompt": "p", "responses": ["a"]}, "responses must be an array"),
     ("/v1/feedback", {"prompt": "p", "response": "r"}, "exactly one of"),

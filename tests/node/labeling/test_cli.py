@@ -46,3 +46,5 @@ def test_campaign_and_token_commands(tmp_path: Path) -> None:
     again = rn(home, "campaign", "create", "c1", "--source", "s")
     assert again.returncode == 1 and "already exists" in again.stderr
     assert rn(home, "campaign", "create", "c2").returncode == 2
+    bad = rn(home, "campaign", "create", "c3\nx", "--source", "s")  # its labels would be source labeling:c3\nx
+    assert bad.returncode == 2 and "invalid campaign name" in bad.stderr
