@@ -14,11 +14,10 @@ admission keeps strangers out, signatures say who sent what.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from federation.agreement import Agreement
+from federation.agreement import Agreement, replace_file
 from federation.errors import FederationError
 from protocol.canonical import canonical_json, parse_json
 from protocol.envelope import Envelope, Verifier, sign_envelope
@@ -55,11 +54,9 @@ def ensure_supernode_key(private_path: Path) -> bytes:
             raise FederationError(f"{private_path} is not an elliptic-curve key; move it away and join again")
     else:
         key = ec.generate_private_key(ec.SECP384R1())
-        private_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                      serialization.NoEncryption()))
+        # whole or absent after a crash: written to a 0600 temporary file, then renamed
+        replace_file(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                     serialization.NoEncryption()))
     public: bytes = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return public
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.admission import SupernodeKey, ensure_supernode_key, sign_supernode_key, verify_supernode_key
-from federation.agreement import Agreement
+from federation.agreement import Agreement, replace_file
 from federation.errors import FederationError
 from node.app import Node
 from node.errors import NodeError
@@ -148,7 +148,7 @@ def prepare_supernode_key(home: Path, identity: Identity, agreement: Agreement) 
     fed = federation_dir(home, agreement.name)
     public = ensure_supernode_key(fed / SUPERNODE_KEY_FILE)
     record = fed / SUPERNODE_RECORD_FILE
-    record.write_bytes(sign_supernode_key(identity, agreement.federation_id, public).to_bytes())
+    replace_file(record, sign_supernode_key(identity, agreement.federation_id, public).to_bytes())
     return record
 
 

@@ -135,8 +135,8 @@ def _create(args: argparse.Namespace) -> int:
         agreement = Agreement(
             name=args.name, coordinator=node.identity.public_key_hex, members=members, base_model=args.base_model,
             base_model_sha256=base_model_sha256(args.base_model), share=args.share, **settings)
+        ca = prepare_tls(node.config.home, args.name)  # before the agreement: a failure leaves no CA-less federation
         save_agreement(target, agreement.sign(node.identity))
-        ca = prepare_tls(node.config.home, args.name)
     print(f"created federation {args.name!r} ({agreement.federation_id[:16]}...): {len(members)} member(s), "
           f"{agreement.strategy}, {agreement.rounds} round(s)")
     print(f"  agreement  {target}  (send it to every member: rewardnode federation join {args.name} "
