@@ -8,6 +8,7 @@ endpoint states the role it needs, so the auth middleware and /openapi.json come
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,14 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise BadRequest(f"request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); send "
                          "one JSON object") from None
+    except RecursionError:
+        raise BadRequest("request body is JSON nested too deeply to parse (arrays or objects inside each other "
+                         "hundreds of levels deep); send a flat JSON object as the API schema describes") from None
+    except ValueError as e:  # int('9' * 5000): CPython's limit on decimal digits in an integer
+        if "digits" not in str(e):
+            raise BadRequest(f"request body is not valid JSON ({e}); send one JSON object") from None
+        raise BadRequest(f"request body has an integer with more than {sys.get_int_max_str_digits()} digits, "
+                         "which cannot be parsed; send numbers with fewer digits") from None
     if not isinstance(data, dict):
         raise ValidationError("", f"the request body must be a JSON object; got {json_type(data)}")
     return data
@@ -177,8 +186,18 @@ def expect_array(value: Any, where: str, *, min_len: int, max_len: int, limit_na
     return value
 
 
+def check_unicode(value: str, where: str) -> str:
+    """`value` if it can be encoded as UTF-8; JSON's "\\ud800" escape gives a lone surrogate, which cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValidationError(where, f"is not valid Unicode text (a lone surrogate at character {e.start}); send "
+                                     "UTF-8 text, and escape characters outside the BMP as surrogate pairs") from None
+    return value
+
+
 def expect_text(value: Any, where: str, *, max_chars: int, allow_empty: bool) -> str:
-    """`value` as a string of at most max_chars characters (non-empty unless allow_empty)."""
+    """`value` as valid Unicode text of at most max_chars characters (non-empty unless allow_empty)."""
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         kind = "a string" if allow_empty else "a non-empty string"
         got = "an empty string" if value == "" else "only whitespace" if isinstance(value, str) else json_type(value)
@@ -186,7 +205,7 @@ def expect_text(value: Any, where: str, *, max_chars: int, allow_empty: bool) ->
     if len(value) > max_chars:
         raise ValidationError(where, f"is {len(value)} characters, more than the limit of {max_chars}; shorten "
                                      "it, or raise max_text_chars in the server config")
-    return value
+    return check_unicode(value, where)
 
 
 def expect_optional_id(value: Any, where: str) -> str | None:
@@ -194,5 +213,6 @@ def expect_optional_id(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise ValidationError(where, f"must be a non-empty string or omitted; got {json_type(value)}")
-    return value
+        got = "an empty string" if value == "" else json_type(value)
+        raise ValidationError(where, f"must be a non-empty string or omitted; got {got}")
+    return check_unicode(value, where)

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from node.http.auth import Role
 from node.http.config import ServerConfig
-from node.http.errors import NotFound, ServiceUnavailable
+from node.http.errors import HttpError, NotFound, ServiceUnavailable
 from node.http.routes import (
     CONFIG_KEY,
     Endpoint,
@@ -170,7 +170,8 @@ class MicroBatcher:
 
     A batch closes when it holds `max_batch` items or when its oldest request has waited `window_s`;
     requests are never split (one larger than max_batch is scored alone), and each caller gets back
-    exactly its own slice, in order.
+    exactly its own slice, in order. A batch whose scorer call fails is scored again request by request,
+    so only the request that broke it gets the error.
     """
 
     def __init__(self, score_batch: BatchScoreFn, *, window_s: float, max_batch: int) -> None:
@@ -240,23 +241,38 @@ class MicroBatcher:
                 self._wakeup.set()  # more is queued: go again right after this batch
             if not jobs:
                 continue
-            prompts = [p for job in jobs for p in job.prompts]
-            responses = [r for job in jobs for r in job.responses]
             self.batches += 1
-            try:
-                scores = await self._score_batch(prompts, responses)  # cancelled by close(): it fails _in_flight
-            except Exception as e:  # noqa: BLE001 - every waiting request gets the failure
+            await self._score_jobs(jobs)  # cancelled by close(): it fails _in_flight
+            self._in_flight = []
+
+    async def _score_jobs(self, jobs: list[_Job]) -> None:
+        """Score `jobs` in one call and give each its slice.
+
+        If that call fails with an unexpected error and the batch holds several requests, each is scored
+        alone, so one request the scorer cannot handle fails by itself and the others still get their
+        scores. An HttpError (e.g. 503, the model did not load) concerns the whole batch: every job gets it.
+        """
+        prompts = [p for job in jobs for p in job.prompts]
+        responses = [r for job in jobs for r in job.responses]
+        try:
+            scores = await self._score_batch(prompts, responses)
+        except Exception as e:  # noqa: BLE001 - handed to the waiting requests, never lost
+            if len(jobs) == 1 or isinstance(e, HttpError):
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(e)
-            else:
-                start = 0
-                for job in jobs:
-                    end = start + len(job.prompts)
-                    if not job.future.done():
-                        job.future.set_result(scores[start:end])
-                    start = end
-            self._in_flight = []
+                return
+            for job in jobs:  # isolate the failing request
+                if not job.future.done():
+                    self.batches += 1
+                    await self._score_jobs([job])
+            return
+        start = 0
+        for job in jobs:
+            end = start + len(job.prompts)
+            if not job.future.done():
+                job.future.set_result(scores[start:end])
+            start = end
 
     async def close(self) -> None:
         """Stop the batcher; queued and in-flight requests get 503."""
