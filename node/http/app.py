@@ -119,10 +119,13 @@ def create_app(
     app[AUTHENTICATORS_KEY] = auths
     route_endpoints: dict[AbstractRoute, Endpoint] = {}
     endpoints: list[Endpoint] = []
+    declared = {(ep.method, ep.path) for feature in all_features for ep in feature.endpoints}
     for feature in all_features:
         for ep in feature.endpoints:
-            route = app.router.add_route(ep.method, ep.path, ep.handler, name=ep.operation_id)
-            route_endpoints[route] = ep
+            resource = app.router.add_resource(ep.path, name=ep.operation_id)
+            route_endpoints[resource.add_route(ep.method, ep.handler)] = ep
+            if ep.method == "GET" and ("HEAD", ep.path) not in declared:  # as add_get(allow_head=True) does
+                route_endpoints[resource.add_route("HEAD", ep.handler)] = ep
             endpoints.append(ep)
         if feature.setup is not None:
             feature.setup(app)

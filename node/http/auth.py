@@ -135,6 +135,7 @@ async def authorize(
         raise Unauthorized(f"{request.method} {request.path} needs authentication; send 'Authorization: Bearer "
                            "<token>' with a token from the node's admin")
     if not principal.may(required):
+        roles = f"{required.value!r}" if required is Role.ADMIN else f"{required.value!r} or 'admin'"
         raise Forbidden(f"{principal.name!r} has role {principal.role.value!r}; {request.method} {request.path} "
-                        f"needs role {required.value!r} or 'admin'")
+                        f"needs role {roles}")
     return principal
