@@ -6,16 +6,18 @@ that records which response was shown on the left and the choice relative to wha
 answer itself is stored as an ordinary `Comparison` (response_a = the left one) and, when the
 labeler wrote a better response, a `Demonstration`, in the same transaction.
 
-Every function takes a Connection inside the caller's transaction (the Store opens them).
+Every function takes a Connection inside the caller's transaction (the Store opens them), except
+`submit`, which opens its own (the ingestion API's one write until Store has a method for it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from itertools import combinations
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Row, and_, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,7 +26,11 @@ from storage import hashing, reading
 from storage import models as m
 from storage.errors import AlreadyExistsError, InvalidRecordError, NotFoundError
 from storage.importer import _Importer
-from storage.records import Comparison, Demonstration
+from storage.records import Comparison, Demonstration, Record
+from storage.rows import RowBuilder
+
+if TYPE_CHECKING:
+    from storage.store import Store
 
 MAX_RESPONSES_PER_PROMPT: Final = 8
 """A source's prompt with more responses contributes pairs among its first 8 (28 pairs)."""
@@ -39,6 +45,8 @@ _responses: Final = m.table_of(m.Response)
 _prompts: Final = m.table_of(m.Prompt)
 _comparisons: Final = m.table_of(m.Comparison)
 _queue: Final = m.table_of(m.AmbiguityItem)
+MAX_LABEL_ID: Final = 2**63 - 1
+"""Ids (pairs, tokens) are 64-bit integers: a bigger one names nothing (and SQLite cannot bind it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,8 +334,8 @@ def record_label(conn: Connection, *, campaign_name: str, pair_id: int, annotato
     if choice not in m.LABEL_CHOICES:
         raise InvalidRecordError(f"choice {choice!r} is not one of {', '.join(m.LABEL_CHOICES)}", "pick one of them")
     campaign = get_campaign(conn, campaign_name)
-    p = conn.execute(select(_pairs).where(_pairs.c.id == pair_id, _pairs.c.campaign_id == campaign.id)
-                     ).one_or_none()
+    p = None if not 0 <= pair_id <= MAX_LABEL_ID else conn.execute(
+        select(_pairs).where(_pairs.c.id == pair_id, _pairs.c.campaign_id == campaign.id)).one_or_none()
     if p is None:
         raise NotFoundError(f"campaign {campaign_name!r} has no pair {pair_id}", "label the pair the page shows")
     if left_response_id not in (p.response_lo_id, p.response_hi_id):
@@ -438,12 +446,73 @@ def list_tokens(conn: Connection) -> list[TokenInfo]:
 
 def revoke_token(conn: Connection, token_id: int, now: datetime) -> None:
     """Revoke a credential; NotFoundError for an unknown id."""
-    if conn.execute(update(_tokens).where(_tokens.c.id == token_id).values(revoked_at=now)).rowcount != 1:
+    if not 0 <= token_id <= MAX_LABEL_ID or conn.execute(update(_tokens).where(_tokens.c.id == token_id).values(revoked_at=now)).rowcount != 1:
         raise NotFoundError(f"no token has id {token_id}", "list the tokens and pick an id")
+
+
+# ---- the ingestion API ------------------------------------------------------------------------
+
+
+def scoped_idempotency_key(scope: str, key: str) -> str:
+    """The stored form of a caller's idempotency key: scoped to the caller, so callers never collide.
+
+    The scope is percent-quoted (no "/" left in it), so the first "/" ends it.
+
+    >>> scoped_idempotency_key("labeler:alice", "k1")
+    'labeler:alice/k1'
+    >>> scoped_idempotency_key("admin:a/b", "c")
+    'admin:a%2Fb/c'
+    """
+    return f"{quote(scope, safe=':')}/{key}"
+
+
+def _holder_of(conn: Connection, idempotency_key: str) -> tuple[str, str] | None:
+    """(kind, content key) of the stored record that holds this idempotency key, if any."""
+    for kind in m.KINDS:
+        t = m.Base.metadata.tables[kind]
+        key = conn.execute(select(t.c.key).where(t.c.idempotency_key == idempotency_key)).scalar_one_or_none()
+        if key is not None:
+            return kind, str(key)
+    return None
+
+
+def submit_record(conn: Connection, record: Record, *, scope: str, now: datetime) -> bool:
+    """Store one record sent to the ingestion API; False when it was stored before.
+
+    Its campaign must exist (NotFoundError: imports create campaigns, the API does not). Its
+    idempotency key is scoped to `scope` (the caller) and names one record: sent again with the
+    same record it is a retry (False); with another record, AlreadyExistsError and, as with any
+    error, nothing of it is stored (the caller's transaction rolls back).
+    """
+    if record.campaign is not None and conn.execute(
+            select(_campaigns.c.id).where(_campaigns.c.name == record.campaign)).scalar_one_or_none() is None:
+        raise NotFoundError(f"no campaign named {record.campaign!r}",
+                            "create it with `rewardnode campaign create` or leave 'campaign' out")
+    key = record.idempotency_key
+    if key is not None:
+        record = replace(record, idempotency_key=scoped_idempotency_key(scope, key))
+    batch = RowBuilder(conn.dialect.name, now).build([record])
+    kind = next(k for k in m.KINDS if batch.n_rows(k))
+    content_key = str(batch.columns[kind][0][0])
+    importer = _Importer(conn, now)
+    importer.insert(batch)  # ON CONFLICT DO NOTHING: a stored content key or idempotency key stores no row
+    if record.idempotency_key is not None:
+        holder = _holder_of(conn, record.idempotency_key)
+        if holder is not None and holder != (kind, content_key):
+            raise AlreadyExistsError(f"idempotency key {key!r} was already used for another record",
+                                     "send a new idempotency key with each new record; repeat a key only to "
+                                     "retry the very same record")
+    return importer.added[kind] == 1
+
+
+def submit(store: Store, record: Record, *, scope: str) -> bool:
+    """`submit_record` in one write transaction of `store`: all of the record or nothing."""
+    return store._write("storing a record", lambda c: submit_record(c, record, scope=scope, now=datetime.now(UTC)))
 
 
 __all__ = [
     "CampaignInfo", "CampaignLabelRow", "LabelResult", "PairText", "PairToLabel", "TokenInfo", "add_token",
     "campaign_labels", "create_campaign", "find_token", "get_campaign", "labeled_count", "list_campaigns",
-    "list_tokens", "next_pair", "pair_texts", "record_label", "revoke_token", "use_invite",
+    "list_tokens", "next_pair", "pair_texts", "record_label", "revoke_token", "scoped_idempotency_key", "submit",
+    "submit_record", "use_invite",
 ]
