@@ -6,8 +6,11 @@
     GET  /v1/stats        counts per source and per campaign
 
 Every POST answers {"ok": true, "kind", "stored"}: "stored" is false when the record was already
-there (same idempotency key, from the body or the `Idempotency-Key` header, or the same content).
-A labeler's records are stored under their own name; an admin may name any annotator.
+there (a retry with the same idempotency key, from the body or the `Idempotency-Key` header, or the
+same content). An idempotency key belongs to the caller who sent it (other callers' keys never
+collide with it) and names one record: the same key with a different record is refused with 409.
+A "campaign" must already exist (`rewardnode campaign create`). A labeler's records are stored
+under their own name; an admin may name any annotator. A refused record stores nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from aiohttp import web
 from node.http import (
     PRINCIPAL_KEY,
     Endpoint,
+    HttpError,
     Role,
     Schema,
     ServiceUnavailable,
@@ -31,7 +35,8 @@ from node.http import (
 from node.http.routes import CONFIG_KEY, check_fields, read_json_object
 from node.importing import SOURCE_NAME_RULE, source_name_problem
 from node.labeling.service import SERVICE_KEY
-from storage.errors import InvalidRecordError, StorageError
+from storage import labeling
+from storage.errors import AlreadyExistsError, InvalidRecordError, NotFoundError, StorageError
 from storage.records import OUTCOMES, Comparison, Feedback, Ranking, Rating, Record
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -84,6 +89,12 @@ STATS = Schema("LabelStats", {
 })
 
 
+class Conflict(HttpError):
+    """409: the idempotency key was already used for a different record."""
+
+    status = 409
+
+
 class _Body:
     """Typed reads of a validated-as-object JSON body; every problem is a 422 naming the field."""
 
@@ -116,9 +127,24 @@ class _Body:
         value = self.data.get(key) if where is None else value
         if value is None and not required:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(where or key, "must be a finite number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too big for a float (math.isfinite would raise it too)
+            raise ValidationError(where or key, "is too large: must be a finite number") from None
+        if not math.isfinite(number):
+            raise ValidationError(where or key, "must be a finite number")
+        return number
+
+    def comment(self) -> str | None:
+        """The optional "comment": a string (empty means none), or a 422."""
+        value = self.data.get("comment")
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ValidationError("comment", "must be a string (or omitted)")
+        return self.text("comment")
 
 
 def _who(request: web.Request, body: _Body) -> str | None:
@@ -157,14 +183,22 @@ async def _store(request: web.Request, kind: str, build: Callable[[_Body], Recor
 async def _save(request: web.Request, record: Record, kind: str) -> web.Response:
     """Store one record (once: a retry with its idempotency key stores nothing) and acknowledge it."""
     service = request.config_dict[SERVICE_KEY]
+    principal = request[PRINCIPAL_KEY]
     try:
-        result = await service.call(service.store.import_records, [record])
+        stored = await service.call(labeling.submit, service.store, record,
+                                    scope=f"{principal.role.value}:{principal.name}")
     except InvalidRecordError as e:
         raise ValidationError("", e.cause) from None
+    except NotFoundError as e:  # the named campaign
+        raise ValidationError("", str(e)) from None
+    except AlreadyExistsError:
+        raise Conflict(f"idempotency key {record.idempotency_key!r} was already used for a different record; "
+                       "send this record with a new idempotency key (reuse a key only to retry the very "
+                       "same record)") from None
     except StorageError as e:
         raise ServiceUnavailable(f"the store could not save the record ({e.cause}); retry with the same "
                                  "idempotency key") from None
-    return json_response({"ok": True, "kind": kind, "stored": result.added[kind] == 1})
+    return json_response({"ok": True, "kind": kind, "stored": stored})
 
 
 def _source(request: web.Request, body: _Body) -> str:
@@ -185,9 +219,7 @@ async def post_comparison(request: web.Request) -> web.Response:
         confidence = b.number("confidence")
         if confidence is not None and not 0 <= confidence <= 1:
             raise ValidationError("confidence", "must be in [0, 1]")
-        comment = b.data.get("comment")
-        if comment is not None:
-            comment = b.text("comment") if comment else None
+        comment = b.comment()
         return Comparison(_source(request, b), str(b.text("prompt")), str(b.text("response_a")),
                           str(b.text("response_b")), outcome, annotator=_who(request, b), confidence=confidence,
                           comment=comment, model_a=b.name("model_a"), model_b=b.name("model_b"),
@@ -222,7 +254,7 @@ async def post_feedback(request: web.Request) -> web.Response:
             raise ValidationError("", 'send exactly one of "thumbs" ("up" or "down") or "rating" (with "scale")')
         who, model, campaign, external_id, key = (_who(request, b), b.name("model"), b.name("campaign"),
                                                    b.name("external_id"), _key(request, b))
-        comment = b.text("comment") if b.data.get("comment") else None
+        comment = b.comment()
         prompt, response = str(b.text("prompt")), str(b.text("response"))
         if thumbs is not None:
             if thumbs not in ("up", "down"):
@@ -270,13 +302,13 @@ def api_endpoints() -> tuple[Endpoint, ...]:
     return (
         Endpoint(method="POST", path="/v1/comparisons", handler=post_comparison, role=Role.LABELER,
                  summary="Store one pairwise comparison", operation_id="postComparison", request=COMPARISON_IN,
-                 response=STORED, errors=(503,), tags=tags),
+                 response=STORED, errors=(409, 503), tags=tags),
         Endpoint(method="POST", path="/v1/rankings", handler=post_ranking, role=Role.LABELER,
                  summary="Store one ranking (best first)", operation_id="postRanking", request=RANKING_IN,
-                 response=STORED, errors=(503,), tags=tags),
+                 response=STORED, errors=(409, 503), tags=tags),
         Endpoint(method="POST", path="/v1/feedback", handler=post_feedback, role=Role.LABELER,
                  summary="Store thumbs up/down or a rating on one response", operation_id="postFeedback",
-                 request=FEEDBACK_IN, response=STORED, errors=(503,), tags=tags),
+                 request=FEEDBACK_IN, response=STORED, errors=(409, 503), tags=tags),
         Endpoint(method="GET", path="/v1/stats", handler=get_stats, role=Role.ADMIN,
                  summary="Records per source and campaign progress", operation_id="getStats", response=STATS,
                  tags=tags),
