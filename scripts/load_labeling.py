@@ -176,7 +176,9 @@ def main() -> int:
         from storage.store import Store
 
         with Store.open(url) as store:
-            keys = Counter(r.idempotency_key for r in store.iter_records(sources=["load"], kinds=("comparisons",))
+            # the API stores a caller's key as "<role>:<name>/<key>": compare the client's part
+            keys = Counter(str(r.idempotency_key).split("/", 1)[-1]
+                           for r in store.iter_records(sources=["load"], kinds=("comparisons",))
                            if isinstance(r, Comparison))
             page_rows = len(store.campaign_labels(CAMPAIGN))
     lat = sorted(tally.latencies)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import combinations
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Row, and_, case, func, insert, select, update
@@ -28,9 +28,6 @@ from storage.errors import AlreadyExistsError, InvalidRecordError, NotFoundError
 from storage.importer import _Importer
 from storage.records import Comparison, Demonstration, Record
 from storage.rows import RowBuilder
-
-if TYPE_CHECKING:
-    from storage.store import Store
 
 MAX_RESPONSES_PER_PROMPT: Final = 8
 """A source's prompt with more responses contributes pairs among its first 8 (28 pairs)."""
@@ -505,14 +502,9 @@ def submit_record(conn: Connection, record: Record, *, scope: str, now: datetime
     return importer.added[kind] == 1
 
 
-def submit(store: Store, record: Record, *, scope: str) -> bool:
-    """`submit_record` in one write transaction of `store`: all of the record or nothing."""
-    return store._write("storing a record", lambda c: submit_record(c, record, scope=scope, now=datetime.now(UTC)))
-
-
 __all__ = [
     "CampaignInfo", "CampaignLabelRow", "LabelResult", "PairText", "PairToLabel", "TokenInfo", "add_token",
     "campaign_labels", "create_campaign", "find_token", "get_campaign", "labeled_count", "list_campaigns",
-    "list_tokens", "next_pair", "pair_texts", "record_label", "revoke_token", "scoped_idempotency_key", "submit",
+    "list_tokens", "next_pair", "pair_texts", "record_label", "revoke_token", "scoped_idempotency_key",
     "submit_record", "use_invite",
 ]

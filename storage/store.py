@@ -293,6 +293,14 @@ class Store:
         self._write("creating a campaign", run)
         return self.get_campaign(name)
 
+    def submit(self, record: Record, *, scope: str) -> bool:
+        """Store one record from an API caller in one transaction, all of it or nothing; True when stored.
+
+        Its idempotency key is scoped to `scope` (the caller); the same key with another record raises
+        AlreadyExistsError, a campaign that does not exist NotFoundError."""
+        return self._write("storing a record",
+                           lambda c: labeling.submit_record(c, record, scope=scope, now=datetime.now(UTC)))
+
     def list_campaigns(self) -> list[CampaignInfo]:
         """Every campaign with its progress, by name."""
         return self._read("listing campaigns", labeling.list_campaigns)

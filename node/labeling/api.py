@@ -35,7 +35,6 @@ from node.http import (
 from node.http.routes import CONFIG_KEY, check_fields, read_json_object
 from node.importing import SOURCE_NAME_RULE, source_name_problem
 from node.labeling.service import SERVICE_KEY
-from storage import labeling
 from storage.errors import AlreadyExistsError, InvalidRecordError, NotFoundError, StorageError
 from storage.records import OUTCOMES, Comparison, Feedback, Ranking, Rating, Record
 
@@ -185,8 +184,7 @@ async def _save(request: web.Request, record: Record, kind: str) -> web.Response
     service = request.config_dict[SERVICE_KEY]
     principal = request[PRINCIPAL_KEY]
     try:
-        stored = await service.call(labeling.submit, service.store, record,
-                                    scope=f"{principal.role.value}:{principal.name}")
+        stored = await service.call(service.store.submit, record, scope=f"{principal.role.value}:{principal.name}")
     except InvalidRecordError as e:
         raise ValidationError("", e.cause) from None
     except NotFoundError as e:  # the named campaign

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from storage import labeling
 from storage.errors import AlreadyExistsError, NotFoundError
 from storage.records import Comparison, Feedback, Rating
 from storage.store import Store
@@ -137,17 +136,17 @@ def test_submit_is_all_or_nothing_on_every_database(db_url: str) -> None:  # noq
     s = Store.open(db_url)
     try:
         record = Comparison("api", "p", "a", "b", "A", idempotency_key="k")
-        assert labeling.submit(s, record, scope="labeler:alice") is True
-        assert labeling.submit(s, record, scope="labeler:alice") is False  # a retry
+        assert s.submit(record, scope="labeler:alice") is True
+        assert s.submit(record, scope="labeler:alice") is False  # a retry
         before = s.table_counts()
         with pytest.raises(AlreadyExistsError, match="'k' was already used"):
-            labeling.submit(s, Comparison("api", "new prompt", "x", "y", "B", idempotency_key="k"),
+            s.submit(Comparison("api", "new prompt", "x", "y", "B", idempotency_key="k"),
                             scope="labeler:alice")
         with pytest.raises(NotFoundError, match="no campaign named 'nope'"):
-            labeling.submit(s, Comparison("api", "q", "x", "y", "B", campaign="nope"), scope="labeler:alice")
+            s.submit(Comparison("api", "q", "x", "y", "B", campaign="nope"), scope="labeler:alice")
         assert s.table_counts() == before and s.list_campaigns() == []
         other = Comparison("api", "new prompt", "x", "y", "B", idempotency_key="k")
-        assert labeling.submit(s, other, scope="admin:ops") is True  # another caller's k
+        assert s.submit(other, scope="admin:ops") is True  # another caller's k
         assert sorted(str(r.idempotency_key) for r in s.iter_records()) == ["admin:ops/k", "labeler:alice/k"]
     finally:
         s.close()
