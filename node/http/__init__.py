@@ -10,6 +10,7 @@ from node.http.auth import ApiToken, Authenticator, BearerTokenAuthenticator, Pr
 from node.http.config import ServerConfig
 from node.http.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     HttpError,
     NotFound,
@@ -24,7 +25,7 @@ from node.http.routes import PRINCIPAL_KEY, Endpoint, Feature, Schema, json_resp
 from node.http.scoring import Scorer, ScorerRegistry
 
 __all__ = [
-    "ApiToken", "Authenticator", "BadRequest", "BearerTokenAuthenticator", "Endpoint", "Feature", "Forbidden",
+    "ApiToken", "Authenticator", "BadRequest", "BearerTokenAuthenticator", "Conflict", "Endpoint", "Feature", "Forbidden",
     "HttpError", "NotFound", "PRINCIPAL_KEY", "PayloadTooLarge", "Principal", "Role", "Schema", "Scorer",
     "ScorerRegistry", "ServerConfig", "ServiceUnavailable", "Unauthorized", "UnsupportedMediaType",
     "ValidationError", "create_app", "error_body", "hash_token", "json_response", "read_json_object",

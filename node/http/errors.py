@@ -66,6 +66,12 @@ class NotFound(HttpError):
     status = 404
 
 
+class Conflict(HttpError):
+    """409: the request clashes with what is stored (e.g. an idempotency key already used for another record)."""
+
+    status = 409
+
+
 class PayloadTooLarge(HttpError):
     """413: the body is larger than `max_body_bytes`."""
 

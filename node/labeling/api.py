@@ -24,15 +24,15 @@ from aiohttp import web
 
 from node.http import (
     PRINCIPAL_KEY,
+    Conflict,
     Endpoint,
-    HttpError,
     Role,
     Schema,
     ServiceUnavailable,
     ValidationError,
     json_response,
 )
-from node.http.routes import CONFIG_KEY, check_fields, read_json_object
+from node.http.routes import CONFIG_KEY, check_fields, check_unicode, read_json_object
 from node.importing import SOURCE_NAME_RULE, source_name_problem
 from node.labeling.service import SERVICE_KEY
 from storage.errors import AlreadyExistsError, InvalidRecordError, NotFoundError, StorageError
@@ -88,12 +88,6 @@ STATS = Schema("LabelStats", {
 })
 
 
-class Conflict(HttpError):
-    """409: the idempotency key was already used for a different record."""
-
-    status = 409
-
-
 class _Body:
     """Typed reads of a validated-as-object JSON body; every problem is a 422 naming the field."""
 
@@ -111,10 +105,7 @@ class _Body:
         limit = limit or self.max_chars
         if len(value) > limit:
             raise ValidationError(where, f"is {len(value)} characters, more than the limit of {limit}; shorten it")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(where, "is not valid Unicode text (a lone surrogate); send UTF-8 text") from None
+        check_unicode(value, where)
         if "\x00" in value:
             raise ValidationError(where, "contains a NUL character; remove it")
         return value
