@@ -6,8 +6,7 @@ that records which response was shown on the left and the choice relative to wha
 answer itself is stored as an ordinary `Comparison` (response_a = the left one) and, when the
 labeler wrote a better response, a `Demonstration`, in the same transaction.
 
-Every function takes a Connection inside the caller's transaction (the Store opens them), except
-`submit`, which opens its own (the ingestion API's one write until Store has a method for it).
+Every function takes a Connection inside the caller's transaction (the Store opens them).
 """
 
 from __future__ import annotations
@@ -443,7 +442,8 @@ def list_tokens(conn: Connection) -> list[TokenInfo]:
 
 def revoke_token(conn: Connection, token_id: int, now: datetime) -> None:
     """Revoke a credential; NotFoundError for an unknown id."""
-    if not 0 <= token_id <= MAX_LABEL_ID or conn.execute(update(_tokens).where(_tokens.c.id == token_id).values(revoked_at=now)).rowcount != 1:
+    if not 0 <= token_id <= MAX_LABEL_ID or conn.execute(
+            update(_tokens).where(_tokens.c.id == token_id).values(revoked_at=now)).rowcount != 1:
         raise NotFoundError(f"no token has id {token_id}", "list the tokens and pick an id")
 
 
