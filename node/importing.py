@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any, Final, cast
 
 from node import import_worker
-from node.errors import ImportFormatError
+from node.errors import ImportFormatError, UsageError
 from node.formats import ParseContext, RecordError, fields, parser_for
 from node.formats.dispatch import Parser
 from node.formats.fields import json_type
@@ -152,6 +152,12 @@ def source_name_problem(name: object) -> str | None:
     if len(name) > SOURCE_NAME_MAX:
         return f"it is {len(name)} characters long"
     return None
+
+
+def check_source_flag(source: str | None) -> None:
+    """UsageError when a --source NAME breaks SOURCE_NAME_RULE (checked before anything is read)."""
+    if source is not None and (problem := source_name_problem(source)) is not None:
+        raise UsageError(f"invalid --source: {problem}; use {SOURCE_NAME_RULE}")
 
 
 def _checking_source(parse: Parser, default: str) -> Parser:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from node.app import Node
 from node.errors import ImportFormatError, NodeError, UsageError
-from node.importing import SOURCE_NAME_RULE, source_name_problem
+from node.importing import SOURCE_NAME_RULE, check_source_flag
 
 IMPORT_FORMATS = ("auto", "trl", "hh", "conversational", "multi", "ratings", "feedback", "demonstrations")
 EXPORT_FORMATS = ("trl", "multi")
@@ -107,8 +107,7 @@ def run_import(args: argparse.Namespace) -> int:
         raise UsageError("--max-line-bytes must be positive")
     if args.rejects and not args.skip_invalid:
         raise UsageError("--rejects only applies with --skip-invalid; add --skip-invalid or drop --rejects")
-    if args.source is not None and (problem := source_name_problem(args.source)) is not None:
-        raise UsageError(f"invalid --source: {problem}; use {SOURCE_NAME_RULE}")
+    check_source_flag(args.source)
     rejects_path = _rejects_path(args, path) if args.skip_invalid else Path(os.devnull)  # devnull: never used
     n_rejected = 0
     rejects_file = None

@@ -158,14 +158,13 @@ class _Skipped:
 def _read_pairs(path_text: str, *, source: str | None = None, fmt: str = "auto",
                 skipped: _Skipped | None = None) -> list[PreferencePair]:
     """The preference pairs of a file; with `skipped`, invalid records are counted there instead of failing."""
-    from node.importing import SOURCE_NAME_RULE, iter_records, source_name_problem
+    from node.importing import check_source_flag, iter_records
     from node.rm.pipeline import pairs_from_records
 
     path = Path(path_text)
     if not path.is_file():
         raise UsageError(f"{path}: no such file; give a preference file in any import format (JSONL, JSON, CSV)")
-    if source is not None and (problem := source_name_problem(source)) is not None:
-        raise UsageError(f"invalid --source: {problem}; use {SOURCE_NAME_RULE}")
+    check_source_flag(source)
     records = iter_records(path, source=source, fmt=fmt, skip_invalid=skipped is not None, rejects=skipped)
     pairs, stats = pairs_from_records(records)
     if not pairs:
