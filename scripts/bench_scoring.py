@@ -162,8 +162,7 @@ def profile_int8(onnx_dir: Path, model_dir: Path, ids: list[int], tmp: Path, run
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoConfig
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options = options_one_thread()
     options.enable_profiling, options.profile_file_prefix = True, str(tmp / "ort-profile")
     session = ort.InferenceSession(str(onnx_dir / "model.int8.onnx"), options, providers=["CPUExecutionProvider"])
     row = np.asarray([ids], dtype=np.int64)
