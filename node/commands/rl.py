@@ -97,6 +97,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--batch-size", type=int, default=4)
         parser.add_argument("--lr", type=float, default=2e-4)
         parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the adapter's initialization and shuffling")
         parser.add_argument("--out", metavar="DIR", help="output folder (default: HOME/sft/<time>)")
 
 
@@ -171,13 +172,17 @@ def _check_device(device: str, flag: bool) -> None:
         raise UsageError(f"{where}: torch sees no MPS device on this machine; use --device cpu")
 
 
-def _load(policy: str, *, lora: bool, value_head: bool, lora_r: int = 16) -> tuple[Any, Any]:
+def _load(policy: str, *, lora: bool, value_head: bool, seed: int, lora_r: int = 16) -> tuple[Any, Any]:
+    """The policy (with its LoRA adapter and value head, initialized from `seed`) and its tokenizer."""
+    import torch
+
     from node.rl.policy import PolicyWithValue, load_policy
 
     try:
         model, tokenizer = load_policy(policy)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load --policy {policy}: {e}") from e
+    torch.manual_seed(seed)  # LoRA's A matrices and the value head: the same run twice gives the same policy
     return PolicyWithValue(model, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, value_head=value_head), tokenizer
 
 
@@ -232,7 +237,7 @@ def run_rl(args: argparse.Namespace) -> int:
         audit = _reward(args.audit, node, config.device) if args.audit else None
         out = _run_dir(args, node, "rl")
         policy, tokenizer = _load(args.policy, lora=config.lora, value_head=config.algo == "ppo",
-                                  lora_r=config.lora_r)
+                                  seed=config.seed, lora_r=config.lora_r)
     (out / "config.json").write_text(json.dumps({**config.to_dict(), "policy": args.policy, "reward": args.reward,
                                                  "audit": args.audit, "prompts": len(prompts)}, indent=2) + "\n")
     log = StepLog(out / "log.jsonl")
@@ -277,7 +282,7 @@ def run_best_of_n(args: argparse.Namespace) -> int:
     with Node.open(args.home, db=args.db) as node:
         prompts = _read_prompts(args, node)
         reward = _reward(args.reward, node)
-    policy, tokenizer = _load(args.policy, lora=False, value_head=False)
+    policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed)
     candidates = sample_texts(policy.lm, tokenizer, prompts, args.n, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     flat_prompts = [p for p, group in zip(prompts, candidates, strict=True) for _ in group]
@@ -304,7 +309,7 @@ def run_generate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     with Node.open(args.home, db=args.db) as node:
         prompts = _read_prompts(args, node)
-    policy, tokenizer = _load(args.policy, lora=False, value_head=False)
+    policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed)
     model_name = args.model_name or str(args.policy)
     candidates = sample_texts(policy.lm, tokenizer, prompts, args.n, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
@@ -348,10 +353,10 @@ def run_sft(args: argparse.Namespace) -> int:
             raise UsageError("no demonstrations stored; import some with `rewardnode import FILE --format "
                              "demonstrations`")
         out = _run_dir(args, node, "sft")
-    policy, tokenizer = _load(args.policy, lora=not args.full, value_head=False)
+    policy, tokenizer = _load(args.policy, lora=not args.full, value_head=False, seed=args.seed)
     try:
         losses = train_sft(policy, tokenizer, pairs, SFTConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                                               learning_rate=args.lr))
+                                                               learning_rate=args.lr, seed=args.seed))
     except ValueError as e:
         raise NodeError(str(e)) from e
     paths = save_policy(policy, tokenizer, out)
