@@ -97,6 +97,10 @@ class Agreement:
     """How long the coordinator waits for replies in a round."""
     seed: int = 0
     """Seed of the initial head / adapter weights."""
+    mean_pool_init: bool = False
+    """Start the reward from the mean of the tokens (node.rm.model.init_mean_pooling, as `rewardnode
+    train` does). `federation create` turns it on; an agreement written before this setting existed
+    reads as off, so its members keep building the base model they signed up to."""
 
     def __post_init__(self) -> None:
         for key in (self.coordinator, *self.members):
@@ -112,6 +116,8 @@ class Agreement:
         self._check_numbers()
 
     def _check_numbers(self) -> None:
+        if not isinstance(self.mean_pool_init, bool):
+            raise InvalidSetting("mean_pool_init", self.mean_pool_init, "must be true or false", "give a boolean")
         """Every numeric setting in range (the bounds of `rewardnode train` where they overlap), so a bad
         value is refused when the agreement is made or read, not by every member in round 1."""
         for name in _INTS:
@@ -166,6 +172,8 @@ class Agreement:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["members"] = list(self.members)
+        if not self.mean_pool_init:  # absent in agreements that predate it: their federation ids stay the same
+            del d["mean_pool_init"]
         return d
 
     @classmethod

@@ -68,7 +68,8 @@ def build_model(agreement: Agreement) -> tuple[nn.Module, Any]:
     """The backbone with the agreement's LoRA/head setup; seeded so every node builds the same one."""
     torch.manual_seed(agreement.seed)
     model, tokenizer = load_backbone(agreement.base_model, lora=agreement.share == "lora",
-                                     lora_r=agreement.lora_r, lora_alpha=agreement.lora_alpha)
+                                     lora_r=agreement.lora_r, lora_alpha=agreement.lora_alpha,
+                                     mean_pool_init=agreement.mean_pool_init)
     disable_dropout(model)
     return model, tokenizer
 

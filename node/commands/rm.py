@@ -40,6 +40,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--snapshot", metavar="ID", help="train on this stored snapshot (id or unique prefix); "
                             "default: a new snapshot of everything stored now")
         parser.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters + the head")
+        parser.add_argument("--cls-init", action="store_const", const=False, dest="mean_pool_init", default=None,
+                            help="start the reward from the pretrained [CLS] vector, not the mean of the tokens")
         parser.add_argument("--epochs", type=int, metavar="N")
         parser.add_argument("--max-length", type=int, metavar="N", help="tokens per (prompt, response); longer "
                             "ones are truncated (middle of the prompt cut), never dropped")
@@ -198,6 +200,7 @@ def _train_config(node: Node, args: argparse.Namespace) -> Any:
         "base_model": args.base, "lora": args.lora, "epochs": args.epochs, "max_length": args.max_length,
         "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed, "dev_fraction": args.dev_fraction,
         "patience": args.patience, "eval_every": args.eval_every, "device": args.device, "num_threads": args.threads,
+        "mean_pool_init": args.mean_pool_init,
     }
     try:
         config = TrainConfig.from_dict(dict(node.config.table("rm")))

@@ -54,13 +54,20 @@ def load_backbone(
     lora_alpha: int = 16,
     lora_dropout: float = 0.0,
     dtype: torch.dtype = torch.float32,
+    mean_pool_init: bool = False,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Load a one-output sequence classifier and its tokenizer from a local folder, LoRA-wrapped or not."""
+    """Load a one-output sequence classifier and its tokenizer from a local folder, LoRA-wrapped or not.
+
+    mean_pool_init: when the folder has no reward head yet (a backbone, not a reward model), start the
+    [CLS] reward from the mean of the tokens (`init_mean_pooling`).
+    """
     path = resolve_backbone_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=dtype, local_files_only=True
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=dtype, local_files_only=True, output_loading_info=True
     )
+    if mean_pool_init and fresh_head(model, info["missing_keys"]):
+        init_mean_pooling(model)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(
@@ -84,6 +91,39 @@ def load_backbone(
         modules_to_save=[reward_head_name(model)],
     )
     return get_peft_model(model, peft_config), tokenizer
+
+
+def fresh_head(model: nn.Module, missing_keys: list[str]) -> bool:
+    """True when the reward head's weights were not in the checkpoint (newly initialized)."""
+    head = reward_head_name(model)
+    return any(key == head or key.startswith(head + ".") for key in missing_keys)
+
+
+def init_mean_pooling(model: nn.Module) -> bool:
+    """Zero the last encoder layer's query projection, so the [CLS] reward starts from the mean token.
+
+    An encoder's reward reads the last layer's [CLS] vector, whose attention output is a softmax-weighted
+    mean of the value vectors. With a zero query every score is 0, the softmax is uniform over the
+    unmasked tokens, and [CLS] receives the plain mean of the text's tokens: the summary that sentence
+    encoders such as all-MiniLM-L6-v2 were trained to produce ("mean pooling"), where the pretrained
+    [CLS] position carries no such training. The query's gradient is not zero, so training moves on to a
+    learned attention pooling. Only [CLS]'s outputs of the last layer reach the reward, so nothing else
+    changes; the model stays a stock sequence classifier. Returns False, changing nothing, for models
+    without a BERT-like last layer (decoders).
+    """
+    base = unwrap(model)
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    layers = getattr(getattr(body, "encoder", None), "layer", None)
+    if getattr(base.config, "is_decoder", False) or not isinstance(layers, nn.ModuleList) or not len(layers):
+        return False
+    query = getattr(getattr(getattr(layers[-1], "attention", None), "self", None), "query", None)
+    if not isinstance(query, nn.Linear):
+        return False
+    with torch.no_grad():
+        query.weight.zero_()
+        if query.bias is not None:
+            query.bias.zero_()
+    return True
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:

@@ -246,3 +246,15 @@ def test_a_member_refuses_another_federation() -> None:
     a = make_agreement()
     with pytest.raises(FederationError, match="re-join"):
         contribute(_FakeParticipant(a, MEMBERS[0]), "00" * 32, 1, GLOBAL)
+
+
+def test_mean_pool_init_setting_keeps_older_agreements_ids() -> None:
+    """Agreements written before mean_pool_init existed have no such key: they read as off and keep their id."""
+    legacy = make_agreement()
+    assert "mean_pool_init" not in legacy.to_dict() and legacy.mean_pool_init is False
+    on = make_agreement(mean_pool_init=True)
+    assert on.to_dict()["mean_pool_init"] is True and on.federation_id != legacy.federation_id
+    assert Agreement.from_dict(json.loads(json.dumps(on.to_dict()))) == on
+    assert Agreement.from_dict(json.loads(json.dumps(legacy.to_dict()))).federation_id == legacy.federation_id
+    with pytest.raises(FederationError, match="mean_pool_init"):
+        make_agreement(mean_pool_init="yes")

@@ -95,3 +95,53 @@ def test_cls_path_equals_the_models_forward_in_rewards_and_gradients(bert_dir, l
 def test_cls_path_is_only_taken_for_bert_classifiers(llama_dir) -> None:
     model, _ = load_backbone(str(llama_dir))
     assert not cls_path_supported(model)
+
+
+def test_mean_pool_init_makes_cls_the_mean_of_the_tokens(bert_dir, tmp_path: Path) -> None:
+    """With the last layer's query zeroed, [CLS] attends evenly: its attention output is the mean of the values."""
+    model, tokenizer = load_backbone(str(bert_dir), mean_pool_init=True)
+    last = model.bert.encoder.layer[-1]
+    assert not last.attention.self.query.weight.any() and not last.attention.self.query.bias.any()
+    assert model.bert.encoder.layer[0].attention.self.query.weight.any()  # only the last layer changes
+    batch = dict(tokenizer(["w1 w2 w3", "w4"], ["w5", "w6 w7"], padding=True, return_tensors="pt"))
+    seen: dict[str, torch.Tensor] = {}
+    last.attention.self.register_forward_hook(lambda m, i, o: seen.update(context=o[0]))  # returns None
+    last.register_forward_pre_hook(lambda m, i: seen.update(hidden=i[0]))
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+        values = last.attention.self.value(seen["hidden"])  # (N, T, D)
+    mask = batch["attention_mask"].unsqueeze(-1).float()  # (N, T, 1)
+    mean = (values * mask).sum(1) / mask.sum(1)  # (N, D): padding excluded
+    torch.testing.assert_close(seen["context"][:, 0], mean, atol=1e-5, rtol=1e-5)
+
+    # the query still learns
+    model.train()
+    rewards(model, batch).sum().backward()
+    assert last.attention.self.query.weight.grad.abs().sum() > 0
+
+    # a folder that is already a reward model (head present) keeps its query; so does the default
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    with torch.no_grad():
+        model.bert.encoder.layer[-1].attention.self.query.weight.fill_(0.5)
+    model.save_pretrained(tmp_path / "rm")
+    again, _ = load_backbone(str(tmp_path / "rm"), mean_pool_init=True)
+    assert (again.bert.encoder.layer[-1].attention.self.query.weight == 0.5).all()
+    plain, _ = load_backbone(str(bert_dir))
+    assert plain.bert.encoder.layer[-1].attention.self.query.weight.any()
+
+
+def test_mean_pool_init_leaves_decoders_alone(llama_dir) -> None:
+    from node.rm.model import init_mean_pooling
+
+    model, _ = load_backbone(str(llama_dir), mean_pool_init=True)
+    assert not init_mean_pooling(model)
+    assert all(p.any() for n, p in model.named_parameters() if "q_proj" in n)
+
+
+def test_mean_pool_init_under_lora_zeroes_the_frozen_query(bert_dir) -> None:
+    model, _ = load_backbone(str(bert_dir), lora=True, lora_r=4, mean_pool_init=True)
+    base = unwrap(model)
+    query = base.bert.encoder.layer[-1].attention.self.query
+    assert not query.base_layer.weight.any() and not query.base_layer.weight.requires_grad

@@ -16,7 +16,8 @@ from .conftest import synthetic_pairs
 def initial_params(config) -> dict[str, torch.Tensor]:
     """The weights train_reward_model starts from: the backbone loaded under the same seed."""
     torch.manual_seed(config.seed)
-    model, _ = load_backbone(config.base_model, lora=config.lora, lora_r=config.lora_r)
+    model, _ = load_backbone(config.base_model, lora=config.lora, lora_r=config.lora_r,
+                             mean_pool_init=config.mean_pool_init)
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
@@ -24,15 +25,28 @@ def initial_params(config) -> dict[str, torch.Tensor]:
 # centering term gives it one.
 
 
-def test_full_fine_tuning_moves_every_parameter(tiny_config, tmp_path) -> None:
-    config = replace(tiny_config, batch_size=16, center_coef=0.01)
+def unchanged_after(config, steps: int, tmp_path) -> list[str]:
+    """Names of the parameters that training for `steps` optimizer steps left exactly as they started."""
     before = initial_params(config)
     result = train_reward_model(synthetic_pairs(16), [], config, out_dir=tmp_path, progress=False)
-    assert result.global_step == 1
+    assert result.global_step == steps
     after = dict(result.model.named_parameters())
     assert set(after) == set(before)
-    unchanged = [n for n, p in after.items() if torch.equal(p.detach(), before[n])]
-    assert unchanged == []
+    return [n for n, p in after.items() if torch.equal(p.detach(), before[n])]
+
+
+def test_full_fine_tuning_moves_every_parameter(tiny_config, tmp_path) -> None:
+    config = replace(tiny_config, batch_size=16, center_coef=0.01, mean_pool_init=False)
+    assert unchanged_after(config, 1, tmp_path) == []
+
+
+def test_mean_pool_init_moves_the_last_key_from_the_second_step(tiny_config, tmp_path) -> None:
+    """With the last layer's query at zero, attention scores q.k have no gradient in k: step 1 moves the query,
+    and from step 2 on the keys learn too. Every other parameter moves in step 1."""
+    config = replace(tiny_config, batch_size=16, center_coef=0.01, mean_pool_init=True)
+    key = [f"bert.encoder.layer.1.attention.self.key.{p}" for p in ("bias", "weight")]
+    assert sorted(unchanged_after(config, 1, tmp_path / "one")) == key
+    assert unchanged_after(replace(config, batch_size=8), 2, tmp_path / "two") == []
 
 
 def test_lora_moves_only_adapters_and_head(tiny_config, tmp_path) -> None:
