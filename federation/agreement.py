@@ -98,9 +98,9 @@ class Agreement:
     seed: int = 0
     """Seed of the initial head / adapter weights."""
     mean_pool_init: bool = False
-    """Start the reward from the mean of the tokens (node.rm.model.init_mean_pooling, as `rewardnode
-    train` does). `federation create` turns it on; an agreement written before this setting existed
-    reads as off, so its members keep building the base model they signed up to."""
+    """Start the reward from the mean of the tokens (node.rm.model.init_mean_pooling; `federation
+    create --mean-pool-init`). Written into the agreement only when on, so agreements made before the
+    setting existed keep their federation ids."""
 
     def __post_init__(self) -> None:
         for key in (self.coordinator, *self.members):

@@ -1,6 +1,6 @@
 """Four organizations, one per source in shared/data: private vs centralized vs federated reward models.
 
-    python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 128] [--cls-init]
+    python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 128] [--mean-pool-init]
 
 Each organization holds one source (hh-rlhf, finegrained-rlhf, llmbar, alpacaeval-ai): natural non-IID
 data whose preferences conflict (harmless replies are shorter, the AI judge prefers longer ones). 20% of
@@ -95,9 +95,8 @@ def main() -> None:
     parser.add_argument("--robust", default="median", help="the robust rule beside FedAvg")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cls-init", action="store_true",
-                        help="start from the pretrained [CLS] vector (federation create --cls-init) instead of the "
-                             "mean of the tokens")
+    parser.add_argument("--mean-pool-init", action="store_true",
+                        help="start the reward from the mean of the tokens (federation create --mean-pool-init)")
     args = parser.parse_args()
     if args.pairs < 1 or args.dev < 1 or args.rounds < 1:
         parser.error("--pairs, --dev and --rounds must be at least 1")
@@ -117,7 +116,7 @@ def main() -> None:
                          base_model_sha256=base_model_sha256(args.base_model), strategy=strategy,
                          rounds=args.rounds, min_participants=len(members), learning_rate=args.learning_rate,
                          max_length=args.max_length, round_timeout_s=36000, seed=args.seed,
-                         mean_pool_init=not args.cls_init)
+                         mean_pool_init=args.mean_pool_init)
 
     def federate(members: dict[str, tuple[Identity, list[PreferencePair]]], strategy: str) -> tuple[Agreement, Arrays]:
         a = agreement([k for k, _ in members.values()], strategy)
@@ -133,7 +132,7 @@ def main() -> None:
 
     print(f"4 organizations x {args.pairs} training pairs (dev {args.dev} each), {args.rounds} rounds, "
           f"base {args.base_model}, LoRA + head shared, max length {args.max_length}, reward starts from "
-          f"{'[CLS]' if args.cls_init else 'the mean of the tokens'}", flush=True)
+          f"{'the mean of the tokens' if args.mean_pool_init else '[CLS]'}", flush=True)
     runs: dict[str, tuple[Agreement, Arrays]] = {}
     for name, (train, _) in orgs.items():
         t0 = time.perf_counter()

@@ -50,8 +50,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     create.add_argument("--dp-clip-norm", type=float, default=0.0, help="client-side DP clipping (0 = off)")
     create.add_argument("--dp-noise-multiplier", type=float, default=0.0)
     create.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies")
-    create.add_argument("--cls-init", action="store_true",
-                        help="start the reward from the pretrained [CLS] vector instead of the mean of the tokens")
+    create.add_argument("--mean-pool-init", action="store_true",
+                        help="start the reward from the mean of the tokens instead of the pretrained [CLS] vector "
+                             "(as train --mean-pool-init)")
     join = sub.add_parser("join", help="join a federation: check the signed agreement, record the coordinator")
     join.add_argument("name", metavar="NAME")
     join.add_argument("--coordinator", metavar="HOST:PORT", required=True, help="the coordinator's SuperLink")
@@ -124,7 +125,7 @@ def _create(args: argparse.Namespace) -> int:
             local_epochs=args.local_epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
             max_length=args.max_length, clip_norm=args.clip_norm, dp_clip_norm=args.dp_clip_norm,
             dp_noise_multiplier=args.dp_noise_multiplier, round_timeout_s=args.round_timeout,
-            mean_pool_init=not args.cls_init)
+            mean_pool_init=args.mean_pool_init)
         try:  # the settings first: a typo should not wait for the base model to be hashed
             Agreement(name=args.name, coordinator=node.identity.public_key_hex, members=members,
                       base_model=args.base_model, base_model_sha256="0" * 64, share=args.share, **settings)

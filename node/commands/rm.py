@@ -40,8 +40,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--snapshot", metavar="ID", help="train on this stored snapshot (id or unique prefix); "
                             "default: a new snapshot of everything stored now")
         parser.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters + the head")
-        parser.add_argument("--cls-init", action="store_const", const=False, dest="mean_pool_init", default=None,
-                            help="start the reward from the pretrained [CLS] vector, not the mean of the tokens")
+        parser.add_argument("--mean-pool-init", action="store_true", default=None,
+                            help="start the reward from the mean of the tokens, not the pretrained [CLS] vector")
         parser.add_argument("--epochs", type=int, metavar="N")
         parser.add_argument("--max-length", type=int, metavar="N", help="tokens per (prompt, response); longer "
                             "ones are truncated (middle of the prompt cut), never dropped")

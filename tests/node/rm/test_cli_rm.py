@@ -89,7 +89,7 @@ def trained(bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained
         path = write_jsonl(root / f"{name}.jsonl", records)
         assert main(["import", str(path), "--source", name, "--home", str(home)]) == 0
     proc = rn("train", "--base", str(bert_dir), "--epochs", "3", "--max-length", "48", "--batch-size", "8",
-              "--lr", "3e-3", "--threads", "1", "--dev-fraction", "0.2", home=home)
+              "--lr", "3e-3", "--threads", "1", "--dev-fraction", "0.2", "--mean-pool-init", home=home)
     assert proc.returncode == 0, proc.stderr
     match = re.search(r"registered model ([0-9a-f]{12}) \(personal\)", proc.stdout)
     assert match, proc.stdout
@@ -115,6 +115,7 @@ def test_train_registers_a_loadable_model_with_its_card(trained: Trained, capsys
     assert counts["pairs_from_ratings"] > 0 and counts["pairs_from_feedback"] > 0
     assert set(card["metrics"]["length_bias"]) >= {"longer_wins_accuracy", "prefers_longer"}
     assert card["config"]["max_length"] == 48 and card["config"]["epochs"] == 3
+    assert card["config"]["mean_pool_init"] is True
     code, out, _ = cli(capsys, "models", "--home", str(trained.home))
     assert code == 0 and trained.model_id in out and "personal" in out
 
