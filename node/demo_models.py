@@ -1,7 +1,7 @@
 """Tiny models for `python -m node.demo --quick`, built from configs in seconds, nothing downloaded.
 
 - a 2-layer BERT reward-model backbone (saved headless, like all-MiniLM-L6-v2) with a WordPiece
-  tokenizer trained here on the demo's own texts;
+  tokenizer built from the demo's own texts (the same vocabulary on every run);
 - a 2-layer Llama policy with a byte-level BPE tokenizer trained here, and a one-line chat template.
 
 They learn little; they let the quick demo (and its test) run every step of the real pipeline.
@@ -9,6 +9,7 @@ They learn little; they let the quick demo (and its test) run every step of the 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,13 +28,30 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{%
                  "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
+def wordpiece_vocab(tok: Tokenizer, texts: Sequence[str], vocab_size: int, special: Sequence[str]) -> dict[str, int]:
+    """A WordPiece vocabulary that is the same on every run: the special tokens, every character (word-initial and
+    "##" continuation, so any word splits into known pieces), then the most frequent whole words (ties in string
+    order) up to vocab_size. tokenizers' WordPieceTrainer numbers equally frequent characters in hash order and
+    breaks ties between equally frequent merges by those numbers, so the same texts gave different vocabularies,
+    and differently trained demo models, from one run to the next."""
+    assert tok.normalizer is not None and tok.pre_tokenizer is not None
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    pieces = [*special, *chars, *(f"##{c}" for c in chars)]
+    known = set(pieces)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in known]
+    return {t: i for i, t in enumerate(pieces + words[:max(0, vocab_size - len(pieces))])}
+
+
 def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 2000, seed: int = 0) -> Path:
-    """A 2-layer BERT (hidden 32) + WordPiece tokenizer trained on `texts`, saved to `out`."""
+    """A 2-layer BERT (hidden 32) + a WordPiece tokenizer built from `texts` (`wordpiece_vocab`), saved to `out`."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    tok.model = models.WordPiece(vocab=wordpiece_vocab(tok, texts, vocab_size, special), unk_token="[UNK]")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

@@ -93,3 +93,19 @@ def test_chance_band_is_the_95_percent_range_of_a_guessing_model() -> None:
     assert chance_band(100) == pytest.approx(0.098)  # 1.96 * sqrt(0.25 / 100)
     assert chance_band(80) == pytest.approx(0.1096, abs=1e-4)
     assert math.isnan(chance_band(0))
+
+
+def test_tiny_backbone_is_the_same_on_every_build(tmp_path: Path) -> None:
+    """The quick demo's reward-model backbone: same texts, same vocabulary and weights (tokenizers' own trainer
+    numbered its vocabulary differently from run to run). Any word still splits into known pieces."""
+    from transformers import AutoTokenizer
+
+    from node.demo_models import build_tiny_backbone
+
+    texts = [f"the quick brown fox {i} jumps over the lazy dog {i * 7}" for i in range(50)] + ["xyzzy qwv"]
+    a, b = (build_tiny_backbone(tmp_path / name, texts, vocab_size=200) for name in ("a", "b"))
+    for name in ("tokenizer.json", "model.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    tokenizer = AutoTokenizer.from_pretrained(a)
+    assert tokenizer.unk_token_id not in tokenizer("the quick zoxq")["input_ids"]  # unseen word: characters
+    assert tokenizer.tokenize("the fox") == ["the", "fox"]
