@@ -116,10 +116,10 @@ class Agreement:
         self._check_numbers()
 
     def _check_numbers(self) -> None:
-        if not isinstance(self.mean_pool_init, bool):
-            raise InvalidSetting("mean_pool_init", self.mean_pool_init, "must be true or false", "give a boolean")
         """Every numeric setting in range (the bounds of `rewardnode train` where they overlap), so a bad
         value is refused when the agreement is made or read, not by every member in round 1."""
+        if not isinstance(self.mean_pool_init, bool):
+            raise InvalidSetting("mean_pool_init", self.mean_pool_init, "must be true or false", "give a boolean")
         for name in _INTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
