@@ -396,6 +396,8 @@ class Demo:
                                     data, "--source", source, "--json", echo=False)
                 report = json.loads(out)
                 row[who] = report["accuracy"]
+                row.setdefault("prefers longer", {})[who] = report.get("prefers_longer")
+                row["longer wins"] = report.get("longer_wins_accuracy")  # the data's own length bias
                 row["n"] = report.get("n")
             rows.append(row)
             self.say(f"  {source:17} private ({owner}) {_pct(row[owner])}   federated {_pct(row['federated'])}   "
@@ -465,13 +467,16 @@ class Demo:
                  f"(federation engine: {r['engine']}, {self.cfg.rounds} rounds in {r['federation_seconds']:.0f} s)")
         self.say("\nreward-model accuracy on each source's held-out pairs (never imported by anyone)")
         self.say(f"  {'source':18} {'owner':6} {'private (owner)':>16} {'best other private':>19} "
-                 f"{'federated':>10} {'n':>5} {'guessing (95%)':>15}")
+                 f"{'federated':>10} {'n':>5} {'guessing (95%)':>15} {'longer wins':>12} {'fed. prefers longer':>20}")
         for row in r["accuracy"]:
             others = max(row[o] for o in ORGS if o != row["owner"])
             band = f"50% +- {100 * chance_band(row['n']):.0f}"
             self.say(f"  {row['source']:18} {row['owner']:6} {_pct(row[row['owner']]):>16} {_pct(others):>19} "
-                     f"{_pct(row['federated']):>10} {row['n']:>5} {band:>15}")
-        self.say("  (a model that guesses lands anywhere in the last column's range: differences inside it are noise)")
+                     f"{_pct(row['federated']):>10} {row['n']:>5} {band:>15} {_pct(row.get('longer wins')):>12} "
+                     f"{_pct(row['prefers longer'].get('federated')):>20}")
+        self.say("  (a model that guesses lands anywhere in the guessing range: differences inside it are noise. Length "
+                 "bias: 'longer wins' is the accuracy of that rule on the same pairs; a model that prefers the longer "
+                 "response far from 50% of the time learned length, not preferences)")
         first, last = r["ppo"]["first"], r["ppo"]["last"]
         self.say(f"\nPPO ({len(r['ppo']['log'])} steps, org-a, reward = federated RM, audit = org-a's private RM)")
         self.say(f"  {'':14} {'before (step 1)':>16} {'after (step ' + str(last['step']) + ')':>16}")

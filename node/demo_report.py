@@ -86,7 +86,8 @@ def write_report(path: str | os.PathLike[str], results: Mapping[str, Any], *, qu
         _svg("KL to the reference policy", "step", [("kl", steps, col("kl"))]),
     ]
     acc_rows = [[row["source"], row["owner"], *(_fmt(row.get(o), True) for o in orgs), _fmt(row.get("federated"), True),
-                 row.get("n"), _band(row.get("n"))] for row in acc]
+                 row.get("n"), _band(row.get("n")), _fmt(row.get("longer wins"), True),
+                 _fmt(row.get("prefers longer", {}).get("federated"), True)] for row in acc]
     first, last = (log[0], log[-1]) if log else ({}, {})
     ppo_rows = [[label, _fmt(first.get(k)), _fmt(last.get(k))]
                 for k, label in (("reward", "PPO reward"), ("audit_reward", "audit reward"), ("kl", "KL"))]
@@ -105,9 +106,11 @@ Flower rounds (engine: {html.escape(str(results.get('engine', '?')))}), and org-
 reward model. Total time: {f'{seconds:.0f} s' if isinstance(seconds, int | float) else 'n/a'}.</p>
 <div>{''.join(charts)}</div>
 <h2>Accuracy on each source's held-out pairs</h2>
-{_table(['source', 'owner', *[f'{o} private' for o in orgs], 'federated', 'n', 'guessing (95%)'], acc_rows)}
-<p>A model that guesses lands anywhere in the last column's range on that many pairs: differences inside it are
-noise.</p>
+{_table(['source', 'owner', *[f'{o} private' for o in orgs], 'federated', 'n', 'guessing (95%)', 'longer wins',
+         'federated prefers longer'], acc_rows)}
+<p>A model that guesses lands anywhere in the guessing range on that many pairs: differences inside it are
+noise. Length bias: "longer wins" is the accuracy of that rule on the same pairs; a model that prefers the
+longer response far from half of the time learned length, not preferences.</p>
 <h2>PPO (before = step 1, after = last step)</h2>
 {_table(['', 'before', 'after'], ppo_rows)}
 <h2>Export</h2><p>{'ONNX int8 passed the fidelity gate' if export.get('ok') else 'ONNX int8 refused by the fidelity gate'}:

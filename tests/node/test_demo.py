@@ -78,6 +78,9 @@ def test_quick_demo_runs_every_step(tmp_path: Path) -> None:
 
     # the final table
     assert "reward-model accuracy on each source's held-out pairs" in out and "guessing (95%)" in out
+    assert "longer wins" in out and "fed. prefers longer" in out  # length bias beside accuracy
+    for row in results["accuracy"]:
+        assert 0 <= row["longer wins"] <= 1 and 0 <= row["prefers longer"]["federated"] <= 1
     for source in ("hh-rlhf", "finegrained-rlhf", "llmbar"):
         assert any(line.strip().startswith(source) and "%" in line for line in out.splitlines())
     for label in ("PPO reward", "audit reward", "KL to reference"):
