@@ -23,6 +23,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from node.demo_models import wordpiece_vocab
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -79,7 +81,7 @@ def save_tiny_rm(out: Path, seed: int = 0) -> Path:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(corpus(seed + 7), trainers.WordPieceTrainer(vocab_size=80, special_tokens=special))
+    tok.model = models.WordPiece(vocab=wordpiece_vocab(tok, list(corpus(seed + 7)), 80, special), unk_token="[UNK]")  # same ids every run
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

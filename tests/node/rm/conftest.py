@@ -23,6 +23,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from node.demo_models import wordpiece_vocab
 from node.rm.config import TrainConfig
 from node.rm.data import PreferencePair
 
@@ -73,7 +74,7 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(_corpus(random.Random(0)), trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+    tok.model = models.WordPiece(vocab=wordpiece_vocab(tok, list(_corpus(random.Random(0))), 300, special), unk_token="[UNK]")  # same ids every run
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
