@@ -45,8 +45,9 @@ def wordpiece_vocab(tok: Tokenizer, texts: Sequence[str], vocab_size: int, speci
     return {t: i for i, t in enumerate(pieces + words[:max(0, vocab_size - len(pieces))])}
 
 
-def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 2000, seed: int = 0) -> Path:
-    """A 2-layer BERT (hidden 32) + a WordPiece tokenizer built from `texts` (`wordpiece_vocab`), saved to `out`."""
+def wordpiece_tokenizer(texts: Sequence[str], vocab_size: int, *,
+                        model_max_length: int | None = None) -> BertTokenizerFast:
+    """A BERT tokenizer (lower-casing, [CLS] A [SEP] B [SEP] with token types) on `wordpiece_vocab(texts)`."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -56,8 +57,14 @@ def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 20
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     tok.decoder = decoders.WordPiece()
-    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", **extra)
+
+
+def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 2000, seed: int = 0) -> Path:
+    """A 2-layer BERT (hidden 32) + a WordPiece tokenizer built from `texts` (`wordpiece_vocab`), saved to `out`."""
+    tokenizer = wordpiece_tokenizer(texts, vocab_size, model_max_length=512)
     tokenizer.save_pretrained(out)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

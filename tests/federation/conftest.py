@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
-from node.demo_models import wordpiece_vocab
+from node.demo_models import wordpiece_tokenizer
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
@@ -51,17 +50,7 @@ def build_tiny_bert(out: Path) -> Path:
     """A 1-layer BERT (hidden 16) + WordPiece tokenizer trained here, saved to `out` (also used by scripts/)."""
     rng = random.Random(0)
     corpus = [_sentence(rng, 10) + f" {MARKER} {DISTRACTOR} secret tag" for _ in range(300)]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.model = models.WordPiece(vocab=wordpiece_vocab(tok, list(corpus), 200, special), unk_token="[UNK]")  # same ids every run
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    tok.decoder = decoders.WordPiece()
-    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer = wordpiece_tokenizer(corpus, 200)
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,

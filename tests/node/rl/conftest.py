@@ -12,18 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
-    BertTokenizerFast,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
 from transformers.utils import logging as hf_logging
 
-from node.demo_models import wordpiece_vocab
+from node.demo_models import wordpiece_tokenizer
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 hf_logging.set_verbosity_error()
@@ -77,18 +76,7 @@ def save_tiny_rm(out: Path, seed: int = 0) -> Path:
     """A reward-model artifact (node/rm/artifact.py layout) on a tiny BERT with a WordPiece tokenizer."""
     from node.rm.artifact import save_reward_model
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.model = models.WordPiece(vocab=wordpiece_vocab(tok, list(corpus(seed + 7)), 80, special), unk_token="[UNK]")  # same ids every run
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    tok.decoder = decoders.WordPiece()
-    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer = wordpiece_tokenizer(list(corpus(seed + 7)), 80)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,

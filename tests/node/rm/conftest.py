@@ -12,18 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
     BertModel,
-    BertTokenizerFast,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
 from transformers.utils import logging as hf_logging
 
-from node.demo_models import wordpiece_vocab
+from node.demo_models import wordpiece_tokenizer
 from node.rm.config import TrainConfig
 from node.rm.data import PreferencePair
 
@@ -70,20 +69,7 @@ def synthetic_pairs(n: int, seed: int = 0, *, source: str = "synthetic") -> list
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT (hidden 32) saved as BertModel (no head, like all-MiniLM-L6-v2) + WordPiece tokenizer."""
     out = tmp_path_factory.mktemp("tiny-bert")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.model = models.WordPiece(vocab=wordpiece_vocab(tok, list(_corpus(random.Random(0))), 300, special), unk_token="[UNK]")  # same ids every run
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    tok.decoder = decoders.WordPiece()
-    tokenizer = BertTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    tokenizer = wordpiece_tokenizer(list(_corpus(random.Random(0))), 300)
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = BertConfig(
