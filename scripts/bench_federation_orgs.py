@@ -1,6 +1,7 @@
 """Four organizations, one per source in shared/data: private vs centralized vs federated reward models.
 
     python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 128] [--mean-pool-init]
+        [--share lora|full] [--learning-rate X] [--batch-size N] [--local-epochs N] [--models private centralized ...]
 
 Each organization holds one source (hh-rlhf, finegrained-rlhf, llmbar, alpacaeval-ai): natural non-IID
 data whose preferences conflict (harmless replies are shorter, the AI judge prefers longer ones). 20% of
@@ -41,6 +42,7 @@ from federation.local_grid import LocalGrid  # noqa: E402
 from federation.rounds import FederationState  # noqa: E402
 from node.federated import NodeParticipant, base_model_sha256, build_model, initial_arrays, load_shared  # noqa: E402
 from node.importing import iter_records  # noqa: E402
+from node.rm.artifact import save_reward_model  # noqa: E402
 from node.rm.data import PairCollator, PairEncoder, PreferencePair, split_by_prompt, tokenize_pairs  # noqa: E402
 from node.rm.model import rewards  # noqa: E402
 from node.rm.pipeline import pairs_from_records  # noqa: E402
@@ -50,6 +52,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ORGS = {"hh-rlhf": "hh-rlhf/dev-sample.jsonl.gz", "finegrained-rlhf": "finegrained-rlhf/train.jsonl.gz",
         "llmbar": "llmbar/train.jsonl.gz", "alpacaeval-ai": "alpacaeval-ai/train.jsonl.gz"}
 DEV_FRACTION = 0.2
+MODELS = ("private", "centralized", "fedavg", "robust")
 
 
 def load_org(data: Path, name: str, n_train: int, n_dev: int, seed: int) -> tuple[list[PreferencePair],
@@ -97,13 +100,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mean-pool-init", action="store_true",
                         help="start the reward from the mean of the tokens (federation create --mean-pool-init)")
+    parser.add_argument("--share", choices=("lora", "full"), default="lora",
+                        help="what the models train and share: LoRA adapters + head, or every weight "
+                             "(full: use a learning rate near 5e-5)")
+    parser.add_argument("--batch-size", type=int, default=8, help="local batch size (pairs)")
+    parser.add_argument("--local-epochs", type=int, default=1, help="passes over a member's data per round")
+    parser.add_argument("--save", type=Path, metavar="DIR",
+                        help="also save every trained model as a reward-model folder under DIR (for eval/export)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="which models to train and compare (default: all)")
     args = parser.parse_args()
-    if args.pairs < 1 or args.dev < 1 or args.rounds < 1:
-        parser.error("--pairs, --dev and --rounds must be at least 1")
+    if min(args.pairs, args.dev, args.rounds, args.batch_size, args.local_epochs) < 1:
+        parser.error("--pairs, --dev, --rounds, --batch-size and --local-epochs must be at least 1")
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # long texts are truncated by the pair encoder; no warning per text
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model build would bury the results
     orgs = {name: load_org(args.data, name, args.pairs, args.dev, args.seed) for name in ORGS}
     union_dev = [p for _, dev in orgs.values() for p in dev]
     coordinator = Identity.generate()
@@ -116,7 +129,8 @@ def main() -> None:
                          base_model_sha256=base_model_sha256(args.base_model), strategy=strategy,
                          rounds=args.rounds, min_participants=len(members), learning_rate=args.learning_rate,
                          max_length=args.max_length, round_timeout_s=36000, seed=args.seed,
-                         mean_pool_init=args.mean_pool_init)
+                         mean_pool_init=args.mean_pool_init, share=args.share, batch_size=args.batch_size,
+                         local_epochs=args.local_epochs)
 
     def federate(members: dict[str, tuple[Identity, list[PreferencePair]]], strategy: str) -> tuple[Agreement, Arrays]:
         a = agreement([k for k, _ in members.values()], strategy)
@@ -130,23 +144,41 @@ def main() -> None:
             grid.shutdown()
         return a, outcome.final
 
-    print(f"4 organizations x {args.pairs} training pairs (dev {args.dev} each), {args.rounds} rounds, "
-          f"base {args.base_model}, LoRA + head shared, max length {args.max_length}, reward starts from "
+    def trained(label: str, run: tuple[Agreement, Arrays], seconds: float) -> None:
+        runs[label] = run
+        print(f"  trained {label} in {seconds:.0f}s", flush=True)
+        if args.save is not None:
+            a, arrays = run
+            model, tokenizer = build_model(a)
+            load_shared(model, arrays)
+            out = args.save / label.replace(" ", "-")
+            save_reward_model(model.eval(), tokenizer, out, {
+                "kind": "bench-federation-orgs", "model": label, "agreement": a.to_dict(),
+                "scoring": {"max_length": a.max_length, "min_prompt_tokens": min(16, a.max_length // 4)}})
+            print(f"    saved to {out}", flush=True)
+
+    shared = "LoRA + head" if args.share == "lora" else "all weights"
+    print(f"4 organizations x {args.pairs} training pairs (dev {args.dev} each), {args.rounds} rounds x "
+          f"{args.local_epochs} local epoch(s), base {args.base_model}, {shared} trained and shared, lr "
+          f"{args.learning_rate:g}, batch {args.batch_size}, max length {args.max_length}, reward starts from "
           f"{'the mean of the tokens' if args.mean_pool_init else '[CLS]'}", flush=True)
     runs: dict[str, tuple[Agreement, Arrays]] = {}
     for name, (train, _) in orgs.items():
+        if "private" not in args.models:
+            break
         t0 = time.perf_counter()
-        runs[f"private {name}"] = federate({name: (keys[name], train)}, "fedavg")
-        print(f"  trained private {name} in {time.perf_counter() - t0:.0f}s", flush=True)
-    t0 = time.perf_counter()
-    pooled = [p for train, _ in orgs.values() for p in train]
-    runs["centralized"] = federate({"all": (central_key, random.Random(args.seed).sample(pooled, len(pooled)))},
-                                   "fedavg")
-    print(f"  trained centralized in {time.perf_counter() - t0:.0f}s", flush=True)
+        trained(f"private {name}", federate({name: (keys[name], train)}, "fedavg"), time.perf_counter() - t0)
+    if "centralized" in args.models:
+        t0 = time.perf_counter()
+        pooled = [p for train, _ in orgs.values() for p in train]
+        run = federate({"all": (central_key, random.Random(args.seed).sample(pooled, len(pooled)))}, "fedavg")
+        trained("centralized", run, time.perf_counter() - t0)
     for strategy in ("fedavg", args.robust):
+        if ("fedavg" if strategy == "fedavg" else "robust") not in args.models:
+            continue
         t0 = time.perf_counter()
-        runs[f"federated {strategy}"] = federate({n: (keys[n], train) for n, (train, _) in orgs.items()}, strategy)
-        print(f"  trained federated {strategy} in {time.perf_counter() - t0:.0f}s", flush=True)
+        run = federate({n: (keys[n], train) for n, (train, _) in orgs.items()}, strategy)
+        trained(f"federated {strategy}", run, time.perf_counter() - t0)
 
     sets = {**{name: dev for name, (_, dev) in orgs.items()}, "union": union_dev}
     print("\naccuracy on each organization's dev split (and how often the model prefers the longer response)")
