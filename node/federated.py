@@ -74,6 +74,17 @@ def build_model(agreement: Agreement) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+def scoring_config(agreement: Agreement) -> dict[str, int]:
+    """How federated training truncates (prompt, response) pairs: the model card's "scoring" entry."""
+    return {"max_length": agreement.max_length, "min_prompt_tokens": min(16, agreement.max_length // 4)}
+
+
+def pair_encoder(agreement: Agreement, tokenizer: Any) -> PairEncoder:
+    """The PairEncoder of federated training (and of evaluating its models as they were trained)."""
+    scoring = scoring_config(agreement)
+    return PairEncoder(tokenizer, scoring["max_length"], scoring["min_prompt_tokens"])
+
+
 def shared_arrays(model: nn.Module) -> Arrays:
     """What leaves the node: every trainable parameter (adapters + head under LoRA), as float32."""
     return {n: p.detach().cpu().numpy().astype(np.float32) for n, p in model.named_parameters() if p.requires_grad}
@@ -121,7 +132,7 @@ class NodeParticipant:
         if not self.pairs:
             raise FederationError("this node has no preference pairs to train on; import comparisons first")
         self.model, self.tokenizer = build_model(agreement)
-        self.encoder = PairEncoder(self.tokenizer, agreement.max_length, min(16, agreement.max_length // 4))
+        self.encoder = pair_encoder(agreement, self.tokenizer)
         self.data = tokenize_pairs(self.pairs, self.encoder)
         self.collator = PairCollator(self.encoder.pad_token_id)
 
@@ -166,8 +177,7 @@ def register_federated(node: Node, agreement: Agreement, global_arrays: Arrays, 
     digest = arrays_sha256(global_arrays)
     out = node.config.models_dir / f"federated-{agreement.name}-{digest[:12]}"
     card = {"kind": MODEL_KIND, "federation": agreement.name, "federation_id": agreement.federation_id,
-            "rounds": len(chain), "scoring": {"max_length": agreement.max_length,
-                                              "min_prompt_tokens": min(16, agreement.max_length // 4)}}
+            "rounds": len(chain), "scoring": scoring_config(agreement)}
     if not out.exists():
         sha = save_reward_model(model, tokenizer, out, card)
         (out / SHARED_ARRAYS_FILE).write_bytes(encode_arrays(global_arrays))

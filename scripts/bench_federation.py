@@ -43,8 +43,15 @@ from federation.apps import make_client_app, run_federation  # noqa: E402
 from federation.codec import Arrays  # noqa: E402
 from federation.local_grid import LocalGrid  # noqa: E402
 from federation.rounds import FederationState  # noqa: E402
-from node.federated import NodeParticipant, base_model_sha256, build_model, initial_arrays, load_shared  # noqa: E402
-from node.rm.data import PairCollator, PairEncoder, PreferencePair, tokenize_pairs  # noqa: E402
+from node.federated import (  # noqa: E402
+    NodeParticipant,
+    base_model_sha256,
+    build_model,
+    initial_arrays,
+    load_shared,
+    pair_encoder,
+)
+from node.rm.data import PairCollator, PreferencePair, tokenize_pairs  # noqa: E402
 from node.rm.model import rewards  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
 
@@ -86,7 +93,7 @@ def accuracy(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) 
     model, tokenizer = build_model(agreement)
     load_shared(model, arrays)
     model.eval()
-    encoder = PairEncoder(tokenizer, agreement.max_length, min(16, agreement.max_length // 4))
+    encoder = pair_encoder(agreement, tokenizer)
     data = tokenize_pairs(pairs, encoder)
     batch = PairCollator(encoder.pad_token_id)([data[i] for i in range(len(data))])
     with torch.inference_mode():

@@ -40,10 +40,18 @@ from federation.apps import make_client_app, run_federation  # noqa: E402
 from federation.codec import Arrays  # noqa: E402
 from federation.local_grid import LocalGrid  # noqa: E402
 from federation.rounds import FederationState  # noqa: E402
-from node.federated import NodeParticipant, base_model_sha256, build_model, initial_arrays, load_shared  # noqa: E402
+from node.federated import (  # noqa: E402
+    NodeParticipant,
+    base_model_sha256,
+    build_model,
+    initial_arrays,
+    load_shared,
+    pair_encoder,
+    scoring_config,
+)
 from node.importing import iter_records  # noqa: E402
 from node.rm.artifact import save_reward_model  # noqa: E402
-from node.rm.data import PairCollator, PairEncoder, PreferencePair, split_by_prompt, tokenize_pairs  # noqa: E402
+from node.rm.data import PairCollator, PreferencePair, split_by_prompt, tokenize_pairs  # noqa: E402
 from node.rm.model import rewards  # noqa: E402
 from node.rm.pipeline import pairs_from_records  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
@@ -68,7 +76,7 @@ def evaluate(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) 
     model, tokenizer = build_model(agreement)
     load_shared(model, arrays)
     model.eval()
-    encoder = PairEncoder(tokenizer, agreement.max_length, min(16, agreement.max_length // 4))
+    encoder = pair_encoder(agreement, tokenizer)
     data = tokenize_pairs(pairs, encoder)
     collate = PairCollator(encoder.pad_token_id)
     margins: list[float] = []
@@ -112,6 +120,8 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.pairs, args.dev, args.rounds, args.batch_size, args.local_epochs) < 1:
         parser.error("--pairs, --dev, --rounds, --batch-size and --local-epochs must be at least 1")
+    if args.save is not None and args.save.exists() and (not args.save.is_dir() or any(args.save.iterdir())):
+        parser.error(f"--save {args.save}: not an empty folder; name a new one (nothing is overwritten)")
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
@@ -154,7 +164,7 @@ def main() -> None:
             out = args.save / label.replace(" ", "-")
             save_reward_model(model.eval(), tokenizer, out, {
                 "kind": "bench-federation-orgs", "model": label, "agreement": a.to_dict(),
-                "scoring": {"max_length": a.max_length, "min_prompt_tokens": min(16, a.max_length // 4)}})
+                "scoring": scoring_config(a)})
             print(f"    saved to {out}", flush=True)
 
     shared = "LoRA + head" if args.share == "lora" else "all weights"
