@@ -52,7 +52,7 @@ from node.federated import (  # noqa: E402
     pair_encoder,
 )
 from node.rm.data import PairCollator, PreferencePair, tokenize_pairs  # noqa: E402
-from node.rm.model import rewards  # noqa: E402
+from node.rm.evaluate import pair_rewards  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
 
 ATTACKS = ("none", "label-flip", "scale100", "sign-flip")
@@ -92,14 +92,9 @@ class Attacker:
 def accuracy(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) -> float:
     model, tokenizer = build_model(agreement)
     load_shared(model, arrays)
-    model.eval()
     encoder = pair_encoder(agreement, tokenizer)
-    data = tokenize_pairs(pairs, encoder)
-    batch = PairCollator(encoder.pad_token_id)([data[i] for i in range(len(data))])
-    with torch.inference_mode():
-        r = rewards(model, batch).float()  # (2B,)
-    b = len(pairs)
-    return float((r[:b] > r[b:]).float().mean())
+    r_c, r_r = pair_rewards(model, tokenize_pairs(pairs, encoder), PairCollator(encoder.pad_token_id), 32)
+    return float((r_c > r_r).float().mean())
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ from node.federated import (  # noqa: E402
 from node.importing import iter_records  # noqa: E402
 from node.rm.artifact import save_reward_model  # noqa: E402
 from node.rm.data import PairCollator, PreferencePair, split_by_prompt, tokenize_pairs  # noqa: E402
-from node.rm.model import rewards  # noqa: E402
+from node.rm.evaluate import pair_rewards  # noqa: E402
 from node.rm.pipeline import pairs_from_records  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
 
@@ -71,27 +71,22 @@ def load_org(data: Path, name: str, n_train: int, n_dev: int, seed: int) -> tupl
     return (rng.sample(train, min(n_train, len(train))), rng.sample(dev, min(n_dev, len(dev))))
 
 
-def evaluate(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) -> tuple[float, float, float]:
-    """(accuracy, share of pairs where the model prefers the longer response, "longer wins" accuracy)."""
+def dev_margins(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) -> list[float]:
+    """r_chosen - r_rejected of each pair, in order, for the model the shared arrays make."""
     model, tokenizer = build_model(agreement)
     load_shared(model, arrays)
-    model.eval()
     encoder = pair_encoder(agreement, tokenizer)
-    data = tokenize_pairs(pairs, encoder)
-    collate = PairCollator(encoder.pad_token_id)
-    margins: list[float] = []
-    with torch.inference_mode():
-        for start in range(0, len(data), 32):
-            batch = collate([data[i] for i in range(start, min(start + 32, len(data)))])
-            r = rewards(model, batch).float()  # (2B,) chosen first, then rejected
-            b = r.shape[0] // 2
-            margins += (r[:b] - r[b:]).tolist()
-    longer_chosen = [len(p.chosen) > len(p.rejected) for p in pairs]
+    r_c, r_r = pair_rewards(model, tokenize_pairs(pairs, encoder), PairCollator(encoder.pad_token_id), 32)
+    return (r_c - r_r).tolist()
+
+
+def accuracy_and_bias(pairs: list[PreferencePair], margins: list[float]) -> tuple[float, float]:
+    """(accuracy, share of the pairs with a longer side where the model prefers the longer response)."""
     decided = [i for i, p in enumerate(pairs) if len(p.chosen) != len(p.rejected)]
     accuracy = sum(m > 0 for m in margins) / len(margins)
-    prefers_longer = sum((margins[i] > 0) == longer_chosen[i] for i in decided) / max(1, len(decided))
-    longer_wins = sum(longer_chosen[i] for i in decided) / max(1, len(decided))
-    return accuracy, prefers_longer, longer_wins
+    prefers_longer = sum((margins[i] > 0) == (len(pairs[i].chosen) > len(pairs[i].rejected))
+                         for i in decided) / max(1, len(decided))
+    return accuracy, prefers_longer
 
 
 def main() -> None:
@@ -191,12 +186,17 @@ def main() -> None:
         trained(f"federated {strategy}", run, time.perf_counter() - t0)
 
     sets = {**{name: dev for name, (_, dev) in orgs.items()}, "union": union_dev}
+    spans, start = {}, 0  # where each dev split lies in union_dev: every model scores the union once
+    for name, (_, dev) in orgs.items():
+        spans[name], start = slice(start, start + len(dev)), start + len(dev)
+    spans["union"] = slice(0, len(union_dev))
     print("\naccuracy on each organization's dev split (and how often the model prefers the longer response)")
     print(f"{'model':>28} | " + " | ".join(f"{s:>22}" for s in sets))
     for label, (a, arrays) in runs.items():
+        margins = dev_margins(a, arrays, union_dev)
         cells = []
-        for pairs in sets.values():
-            acc, longer, _ = evaluate(a, arrays, pairs)
+        for name, pairs in sets.items():
+            acc, longer = accuracy_and_bias(pairs, margins[spans[name]])
             cells.append(f"{acc:.3f} (longer {longer:.2f})")
         print(f"{label:>28} | " + " | ".join(f"{c:>22}" for c in cells), flush=True)
     rule = []
