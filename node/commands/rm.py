@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 IMPORT_FORMATS = ("auto", "trl", "hh", "conversational", "multi", "ratings", "feedback")
 EXPORT_FORMATS = ("hf", "onnx", "onnx-int8")
+INT8_SCHEMES = ("auto", "dynamic", "weights")  # node.rm.export.INT8_SCHEMES, without importing torch
 
 COMMANDS = {
     "train": "train the node's private reward model on a snapshot of the store and register it",
@@ -90,6 +91,10 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--skip-invalid", action="store_true", help="with --data: skip its invalid records")
         parser.add_argument("--min-agreement", type=float, default=0.995, metavar="X",
                             help="share of dev pairs int8 must order like fp32 (default 0.995)")
+        parser.add_argument("--int8", dest="int8_scheme", choices=INT8_SCHEMES, default="auto",
+                            help="with onnx-int8: dynamic = int8 weights and int8 compute (fastest; activations "
+                            "rounded per tensor), weights = int8 weights, fp32 compute (as small, fp32 speed, "
+                            "near-fp32 scores); auto (default) writes dynamic if it passes the gate, else weights")
         parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
         parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     elif name == "serve":
@@ -394,8 +399,9 @@ def run_export(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExportFidelityWarning)
         report = export_onnx(folder, out, int8=args.fmt == "onnx-int8", dev_pairs=dev,
-                             min_agreement=args.min_agreement, force=args.force,
-                             measure_latency=not args.no_latency)
+                             int8_scheme=args.int8_scheme, min_agreement=args.min_agreement, force=args.force,
+                             measure_latency=not args.no_latency,
+                             progress=lambda line: print(f"  {line} ...", flush=True))
     for w in caught:
         if issubclass(w.category, ExportFidelityWarning):
             print(f"WARNING: {w.message}", file=sys.stderr)
@@ -408,7 +414,12 @@ def run_export(args: argparse.Namespace) -> int:
                  else "NOT RUN (forced, no dev pairs)")
         agreement = "n/a" if report.agreement is None else f"{report.agreement:.2%}"
         print(f"int8 fidelity gate {state}: {agreement} of {report.n_dev_pairs} dev pairs ordered like fp32 "
-              f"(required {report.min_agreement:.2%})")
+              f"(required {report.min_agreement:.2%}); wrote {report.int8_scheme} int8")
+        if len(report.int8_tried) > 1:
+            tried = ", ".join(f"{name} {share:.2%}" for name, share in report.int8_tried.items())
+            print(f"  int8 schemes gated in turn: {tried}")
+        if report.int8_scheme == "weights":
+            print("  weight-only int8: the file stores int8 weights, onnxruntime computes in fp32 (fp32 latency)")
     for kind, by_batch in report.latency_ms.items():
         times = ", ".join(f"batch {b}: {ms:.2f} ms" for b, ms in by_batch.items())
         print(f"  latency {kind:<10} ({report.latency_tokens} tokens, 1 thread) {times}")

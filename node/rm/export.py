@@ -2,7 +2,8 @@
 
     out_dir/
       model.onnx          fp32: input_ids, attention_mask[, token_type_ids] (B, T) int64 -> reward (B,) float32
-      model.int8.onnx     int8 weights (onnxruntime dynamic quantization, per channel); same inputs and output
+      model.int8.onnx     int8 weights (node.rm.quantize: "dynamic" int8 compute, or "weights" int8 storage with
+                          fp32 compute); same inputs and output
       tokenizer.json, tokenizer_config.json, ...
       scoring.json        training-time truncation, the pair template as token ids, sha256 and size of each
                           model file, the checks below
@@ -19,9 +20,12 @@ Checks run on the folder before it is moved into place (nothing half-checked is 
    int8 as with fp32 (pairs with |r_c - r_r| < TIE in fp32 agree whatever int8 says). Dynamic
    quantization takes each activation's int8 range from the whole batch tensor, so an int8 score
    depends a little on what it is batched with: the int8 side is scored both in batches of 32 and one
-   sequence at a time, and the lower agreement counts. Below min_agreement the export raises
-   ExportFidelityError, unless force=True, which writes it with a warning and records the failure in
-   scoring.json. Without dev pairs the gate cannot run, so int8 is refused unless force=True.
+   sequence at a time, and the lower agreement counts. int8_scheme "auto" (the default) gates dynamic
+   int8 first (fast) and, when it fails, weight-only int8 (as small, fp32 speed, near-fp32 scores);
+   scoring.json records which one was written and what each scored. Below min_agreement the export
+   raises ExportFidelityError, unless force=True, which writes the best one tried with a warning and
+   records the failure in scoring.json. Without dev pairs the gate cannot run, so int8 is refused
+   unless force=True (which writes dynamic int8 unchecked under "auto").
 
 BERT classifiers are traced through node.rm.model.cls_rewards (the last layer runs for [CLS] only), so
 the ONNX graph skips the work whose output the reward never reads. The graph is traced with eager
@@ -32,7 +36,6 @@ onnxruntime fuses it at load time. One file per model: models over
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -56,6 +59,7 @@ from node.rm import standalone
 from node.rm.artifact import WEIGHTS_FILE, RewardScorer, file_sha256
 from node.rm.data import PROMPT_CUT_MARKER, PairEncoder, PreferencePair, pad_batch
 from node.rm.model import rewards
+from node.rm.quantize import SCHEMES, quantize_int8
 from node.rm.standalone import (
     EXPORT_FORMAT,
     FP32_FILE,
@@ -72,6 +76,7 @@ DEFAULT_OPSET = 17
 """LayerNormalization is an opset-17 op; onnxruntime 1.14+ (mobile builds included) runs it."""
 DYNAMO_MIN_OPSET = 18
 FP32_TOLERANCE = 1e-3
+INT8_SCHEMES = ("auto", *SCHEMES)
 TIE = 1e-6
 """|r_c - r_r| below this in fp32 is a tie: any int8 order agrees with it."""
 ONNX_MAX_BYTES = 2**31 - 2**24
@@ -101,15 +106,18 @@ class ExportError(NodeError):
 class ExportFidelityError(ExportError):
     """The int8 model orders too few dev pairs like the fp32 model."""
 
-    def __init__(self, agreement: float, min_agreement: float, n_pairs: int) -> None:
+    def __init__(self, agreement: float, min_agreement: float, n_pairs: int,
+                 tried: dict[str, float] | None = None) -> None:
         self.agreement = agreement
         self.min_agreement = min_agreement
         self.n_pairs = n_pairs
+        self.tried = dict(tried or {})
         flipped = round((1.0 - agreement) * n_pairs)
+        schemes = f" (schemes tried: {_tried(self.tried)})" if len(self.tried) > 1 else ""
         super().__init__(
             f"int8 fidelity gate failed: the int8 model orders {agreement:.2%} of {n_pairs} dev pairs like the fp32 "
-            f"model ({flipped} flipped), below the required {min_agreement:.2%}; nothing was written. Ship the fp32 "
-            "model (export without int8), or pass --force (force=True) to write the int8 model anyway"
+            f"model ({flipped} flipped){schemes}, below the required {min_agreement:.2%}; nothing was written. Ship "
+            "the fp32 model (export without int8), or pass --force (force=True) to write the int8 model anyway"
         )
 
 
@@ -150,6 +158,10 @@ class ExportReport:
     """{"torch" | "onnx_fp32" | "onnx_int8": {batch size: median ms per call}} at 1 thread."""
     latency_tokens: int = 0
     """Tokens per sequence in the latency batches."""
+    int8_scheme: str | None = None
+    """The int8 variant written (node.rm.quantize.SCHEMES), None without int8."""
+    int8_tried: dict[str, float] = field(default_factory=dict)
+    """Gate agreement of every int8 scheme tried, in the order tried (empty when the gate did not run)."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -161,7 +173,7 @@ class ExportReport:
             "min_agreement": self.min_agreement, "int8_max_abs_diff": self.int8_max_abs_diff,
             "gate_passed": self.gate_passed, "forced": self.forced,
             "latency_ms": {k: {str(b): v for b, v in d.items()} for k, d in self.latency_ms.items()},
-            "latency_tokens": self.latency_tokens,
+            "latency_tokens": self.latency_tokens, "int8_scheme": self.int8_scheme, "int8_tried": self.int8_tried,
         }
 
 
@@ -175,14 +187,21 @@ def export_onnx(
     *,
     int8: bool,
     dev_pairs: Sequence[PreferencePair] | None,
+    int8_scheme: str = "auto",
     min_agreement: float = 0.995,
     force: bool = False,
     opset: int = DEFAULT_OPSET,
     measure_latency: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportReport:
-    """Export the reward model saved at model_dir to an ONNX folder at out_dir, checked as the module says."""
+    """Export the reward model saved at model_dir to an ONNX folder at out_dir, checked as the module says.
+    progress, when given, receives one line as each stage starts (the checks score every dev pair several
+    times, minutes for a MiniLM model on a few hundred pairs)."""
+    say = progress or (lambda line: None)
     if not 0.0 <= min_agreement <= 1.0:
         raise ValueError(f"min_agreement = {min_agreement} must lie in [0, 1]; 0.995 allows 1 flip in 200 pairs")
+    if int8_scheme not in INT8_SCHEMES:
+        raise ValueError(f"int8_scheme = {int8_scheme!r} is unknown; use one of {', '.join(INT8_SCHEMES)}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not an empty folder; export to a new folder or delete it")
@@ -213,8 +232,9 @@ def export_onnx(
 
         prompts = [p for p, _ in PROBES] + [q.prompt for q in dev] * 2
         responses = [r for _, r in PROBES] + [q.chosen for q in dev] + [q.rejected for q in dev]
+        say(f"scoring {len(prompts)} sequences with torch")
         r_torch = np.asarray(scorer.score(prompts, responses), dtype=np.float64)
-
+        say("exporting fp32 ONNX and checking it against torch")
         exporter, fp32 = _export_checked(scorer, encoder, spec, tmp, prompts, responses, r_torch, opset)
         max_diff = float(np.abs(fp32.scores - r_torch).max())
         used_opset = opset if exporter == "torchscript" else max(opset, DYNAMO_MIN_OPSET)
@@ -224,24 +244,27 @@ def export_onnx(
         int8_diff: float | None = None
         gate_passed: bool | None = None
         forced = False
+        scheme: str | None = None
+        tried: dict[str, float] = {}
         if int8:
-            quantize_int8(tmp / FP32_FILE, tmp / INT8_FILE)
-            int8_scorer = OnnxRewardScorer(tmp, variant="int8", verify=False)
-            if dev:
-                agreement, int8_diff = _int8_fidelity(int8_scorer, fp32.scores[len(PROBES):],
-                                                      prompts[len(PROBES):], responses[len(PROBES):])
+            int8_scorer, scheme, agreement, int8_diff, tried = _quantize_gated(
+                tmp, int8_scheme, min_agreement, fp32.scores[len(PROBES):] if dev else None,
+                prompts[len(PROBES):], responses[len(PROBES):], say)
+            if agreement is not None:
                 gate_passed = agreement >= min_agreement
                 if not gate_passed and not force:
-                    raise ExportFidelityError(agreement, min_agreement, len(dev))
+                    raise ExportFidelityError(agreement, min_agreement, len(dev), tried)
                 if not gate_passed:
                     forced = True
                     _warn_forced(f"int8 fidelity gate FAILED: {agreement:.2%} of {len(dev)} dev pairs ordered like "
-                                 f"fp32, required {min_agreement:.2%}. --force was given: writing {INT8_FILE} ANYWAY; "
-                                 "scoring.json marks it as failed, and its rankings may differ from the trained model's")
+                                 f"fp32 ({_tried(tried)}), required {min_agreement:.2%}. --force was given: writing "
+                                 f"{INT8_FILE} ({scheme}) ANYWAY; scoring.json marks it as failed, and its rankings "
+                                 "may differ from the trained model's")
             else:
                 forced = True
-                _warn_forced(f"--force was given without dev pairs: writing {INT8_FILE} WITHOUT its fidelity gate; "
-                             "nobody checked that it orders pairs like the fp32 model. scoring.json marks it unchecked")
+                _warn_forced(f"--force was given without dev pairs: writing {INT8_FILE} ({scheme}) WITHOUT its "
+                             "fidelity gate; nobody checked that it orders pairs like the fp32 model. scoring.json "
+                             "marks it unchecked")
 
         files = [FP32_FILE] + ([INT8_FILE] if int8 else [])
         spec["files"] = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
@@ -250,8 +273,8 @@ def export_onnx(
         spec["checks"] = {
             "max_abs_diff_vs_torch": max_diff, "n_checked": len(prompts),
             "int8": None if not int8 else {
-                "agreement": agreement, "min_agreement": min_agreement, "n_dev_pairs": len(dev),
-                "max_abs_diff_vs_fp32": int8_diff, "passed": gate_passed, "forced": forced,
+                "scheme": scheme, "tried": tried, "agreement": agreement, "min_agreement": min_agreement,
+                "n_dev_pairs": len(dev), "max_abs_diff_vs_fp32": int8_diff, "passed": gate_passed, "forced": forced,
             },
         }
         _write_spec(tmp, spec)
@@ -259,6 +282,7 @@ def export_onnx(
         latency: dict[str, dict[int, float]] = {}
         tokens = min(LATENCY_TOKENS, encoder.max_length)
         if measure_latency:
+            say("measuring latency")
             onnx = {"onnx_fp32": fp32.scorer} | ({"onnx_int8": int8_scorer} if int8_scorer is not None else {})
             latency = latency_ms(scorer.model, encoder, onnx, batches=LATENCY_BATCHES, tokens=tokens, threads=1)
 
@@ -279,6 +303,7 @@ def export_onnx(
         exporter=exporter, opset=used_opset, max_abs_diff_vs_torch=max_diff, n_checked=len(prompts),
         n_dev_pairs=len(dev), agreement=agreement, min_agreement=min_agreement, int8_max_abs_diff=int8_diff,
         gate_passed=gate_passed, forced=forced, latency_ms=latency, latency_tokens=tokens,
+        int8_scheme=scheme, int8_tried=tried,
     )
     log.info("exported %s: %s", out, report.to_json())
     return report
@@ -299,15 +324,51 @@ def order_agreement(rc_ref: np.ndarray, rr_ref: np.ndarray, rc: np.ndarray, rr: 
 
 
 def _int8_fidelity(int8: OnnxRewardScorer, r_fp32: np.ndarray, prompts: list[str],
-                   responses: list[str]) -> tuple[float, float]:
+                   responses: list[str], batch_sizes: tuple[int, ...] = (32, 1)) -> tuple[float, float]:
     """(agreement, max |r_int8 - r_fp32|) on dev pairs laid out as [chosen..., rejected...]."""
     n = len(r_fp32) // 2
     agreements, diffs = [], []
-    for batch_size in (32, 1):  # int8 activation ranges are per batch: check batched and alone
+    for batch_size in batch_sizes:
         r_int8 = np.asarray(int8.score(prompts, responses, batch_size), dtype=np.float64)  # (2N,)
         agreements.append(order_agreement(r_fp32[:n], r_fp32[n:], r_int8[:n], r_int8[n:]))
         diffs.append(float(np.abs(r_int8 - r_fp32).max()))
     return min(agreements), max(diffs)
+
+
+def _quantize_gated(
+    folder: Path, scheme: str, min_agreement: float, r_fp32: np.ndarray | None, prompts: list[str],
+    responses: list[str], say: Callable[[str], None],
+) -> tuple[OnnxRewardScorer, str, float | None, float | None, dict[str, float]]:
+    """Write folder/INT8_FILE with the scheme asked for; "auto" tries SCHEMES in order and keeps the first that
+    passes the gate, or, when none does, the one that orders the most dev pairs like fp32. Without r_fp32
+    (no dev pairs; the caller forces) the first scheme is written unchecked.
+    Returns (int8 scorer, scheme written, agreement, max |r_int8 - r_fp32|, {scheme tried: agreement})."""
+    schemes = SCHEMES if scheme == "auto" else (scheme,)
+    tried: dict[str, float] = {}
+    measured: dict[str, tuple[float, float]] = {}
+    for name in schemes:
+        quantize_int8(folder / FP32_FILE, folder / INT8_FILE, name)
+        int8 = OnnxRewardScorer(folder, variant="int8", verify=False)
+        if r_fp32 is None:
+            return int8, name, None, None, tried
+        say(f"gating {name} int8 on {len(r_fp32) // 2} dev pairs")
+        # dynamic int8 takes its activation ranges from the batch: check batched and alone; weight-only int8
+        # rounds no activation, so its scores do not depend on the batch
+        measured[name] = _int8_fidelity(int8, r_fp32, prompts, responses, (32, 1) if name == "dynamic" else (32,))
+        tried[name] = measured[name][0]
+        say(f"{name} int8 orders {tried[name]:.2%} of the dev pairs like fp32")
+        if tried[name] >= min_agreement:
+            return int8, name, *measured[name], tried
+        del int8
+    best = max(tried, key=lambda name: tried[name])
+    if best != schemes[-1]:
+        quantize_int8(folder / FP32_FILE, folder / INT8_FILE, best)
+    return OnnxRewardScorer(folder, variant="int8", verify=False), best, *measured[best], tried
+
+
+def _tried(tried: dict[str, float]) -> str:
+    """"dynamic 92.71%, weights 99.10%": what each int8 scheme tried scored on the gate."""
+    return ", ".join(f"{name} {agreement:.2%}" for name, agreement in tried.items())
 
 
 def scoring_spec(encoder: PairEncoder, model: nn.Module) -> dict[str, Any]:
@@ -440,34 +501,6 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8 quantization: per-channel int8 weights for MatMul and Gather, uint8 activations at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="rm-int8-") as scratch:
-        source = fp32_path
-        for i, skip_symbolic in enumerate((False, True)):  # symbolic shape inference fails on some graphs
-            pre = Path(scratch) / f"pre{i}.onnx"
-            try:  # shape inference + constant folding, so the quantizer sees every weight MatMul
-                # A failed symbolic pass dumps sym_shape_infer_temp.onnx (+ data files) into the working
-                # directory: run it inside the scratch folder so nothing leaks into the caller's cwd.
-                with contextlib.chdir(scratch):
-                    quant_pre_process(str(fp32_path.resolve()), str(pre.resolve()),
-                                      skip_symbolic_shape=skip_symbolic)
-                source = pre
-                break
-            except Exception as e:  # noqa: BLE001 -- pre-processing is an optimization; the raw graph quantizes too
-                log.info("quantization pre-processing (skip_symbolic_shape=%s) failed: %s", skip_symbolic, e)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(max(level, logging.ERROR))  # quantize_dynamic logs advice on the root logger
-        try:
-            quantize_dynamic(source, int8_path, per_channel=True, weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
 
 
 def _check_tokenization(onnx_scorer: OnnxRewardScorer, encoder: PairEncoder, prompts: list[str],

@@ -169,6 +169,19 @@ def test_export_hf_and_onnx_int8_through_the_gate(trained: Trained, tmp_path: Pa
     assert not (tmp_path / "fp32" / INT8_FILE).exists() and "checks on 40 dev pairs" in out
 
 
+def test_export_int8_scheme_by_name(trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import node.commands.rm as rm_commands
+    import node.rm.export as export
+
+    assert rm_commands.INT8_SCHEMES == export.INT8_SCHEMES  # the CLI's copy (it does not import torch to parse)
+    home = ["--home", str(trained.home)]
+    code, out, err = cli(capsys, "export", "--format", "onnx-int8", "--int8", "weights", "--out",
+                         str(tmp_path / "w"), "--no-latency", *home)
+    assert code == 0, err
+    assert "int8 fidelity gate PASSED" in out and "wrote weights int8" in out and "computes in fp32" in out
+    assert json.loads((tmp_path / "w" / SCORING_FILE).read_text())["checks"]["int8"]["scheme"] == "weights"
+
+
 def test_int8_gate_failure_refuses_unless_forced(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     import node.rm.export as export

@@ -23,6 +23,7 @@ from node.rm.export import (
     export_onnx,
     order_agreement,
 )
+from node.rm.quantize import quantize_blocks
 from node.rm.standalone import OnnxRewardScorer
 
 from .conftest_export import (  # noqa: F401 -- fixtures
@@ -111,8 +112,8 @@ def broken_int8(monkeypatch: pytest.MonkeyPatch) -> None:
     """Quantize as usual, then zero every int8 weight: a model that cannot order anything."""
     quantize = export.quantize_int8
 
-    def broken(fp32_path: Path, int8_path: Path) -> None:
-        quantize(fp32_path, int8_path)
+    def broken(fp32_path: Path, int8_path: Path, scheme: str) -> None:
+        quantize(fp32_path, int8_path, scheme)
         _zero_int8_weights(int8_path)
 
     monkeypatch.setattr(export, "quantize_int8", broken)
@@ -130,10 +131,90 @@ def test_gate_refuses_a_broken_int8_model(bert_rm: TrainedRM, tmp_path: Path, br
         report = export_onnx(bert_rm.model_dir, out, int8=True, dev_pairs=bert_rm.dev, force=True,
                              measure_latency=False)
     assert report.forced and report.gate_passed is False and report.agreement == info.value.agreement
+    assert set(info.value.tried) == {"dynamic", "weights"} and "schemes tried: dynamic" in str(info.value)
+    assert report.int8_scheme == max(report.int8_tried, key=report.int8_tried.__getitem__)  # the best one tried
     spec = json.loads((out / "scoring.json").read_text())
     assert spec["checks"]["int8"] | {"agreement": None} == {
         "agreement": None, "forced": True, "passed": False, "min_agreement": 0.995, "n_dev_pairs": 60,
-        "max_abs_diff_vs_fp32": report.int8_max_abs_diff}
+        "max_abs_diff_vs_fp32": report.int8_max_abs_diff, "scheme": report.int8_scheme,
+        "tried": report.int8_tried}
+
+
+def test_auto_falls_back_to_weight_only_int8_when_dynamic_fails(
+        bert_rm: TrainedRM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    quantize = export.quantize_int8
+
+    def dynamic_broken(fp32_path: Path, int8_path: Path, scheme: str) -> None:
+        quantize(fp32_path, int8_path, scheme)
+        if scheme == "dynamic":
+            _zero_int8_weights(int8_path)
+
+    monkeypatch.setattr(export, "quantize_int8", dynamic_broken)
+    report = export_onnx(bert_rm.model_dir, tmp_path / "auto", int8=True, dev_pairs=bert_rm.dev,
+                         measure_latency=False)
+    assert report.int8_scheme == "weights" and report.gate_passed is True and not report.forced
+    assert list(report.int8_tried) == ["dynamic", "weights"] and report.int8_tried["dynamic"] < 0.5
+    assert report.agreement == report.int8_tried["weights"] >= 0.995
+    spec = json.loads((tmp_path / "auto" / "scoring.json").read_text())
+    assert spec["checks"]["int8"]["scheme"] == "weights" and spec["checks"]["int8"]["tried"] == report.int8_tried
+
+    # asked for by name, a failing scheme is not replaced by another
+    with pytest.raises(ExportFidelityError) as info:
+        export_onnx(bert_rm.model_dir, tmp_path / "dynamic", int8=True, dev_pairs=bert_rm.dev,
+                    int8_scheme="dynamic", measure_latency=False)
+    assert info.value.tried == {"dynamic": info.value.agreement} and "schemes tried" not in str(info.value)
+    with pytest.raises(ValueError, match="int8_scheme.*auto, dynamic, weights"):
+        export_onnx(bert_rm.model_dir, tmp_path / "x", int8=True, dev_pairs=bert_rm.dev, int8_scheme="int4")
+
+
+def test_weight_only_int8_stores_int8_and_scores_near_fp32(bert_rm: TrainedRM, tmp_path: Path) -> None:
+    report = export_onnx(bert_rm.model_dir, tmp_path / "onnx", int8=True, dev_pairs=bert_rm.dev,
+                         int8_scheme="weights", measure_latency=False)
+    assert report.int8_scheme == "weights" and report.int8_tried == {"weights": report.agreement}
+    assert report.gate_passed is True
+    model = onnx.load(tmp_path / "onnx" / "model.int8.onnx")
+    fp32_model = onnx.load(tmp_path / "onnx" / "model.onnx")
+    assert {n.op_type for n in model.graph.node} - {n.op_type for n in fp32_model.graph.node} <= {"Cast"}
+    int8_elements = sum(int(np.prod(i.dims)) for i in model.graph.initializer
+                        if i.data_type == onnx.TensorProto.INT8)
+    matrices = sum(int(np.prod(i.dims)) for i in fp32_model.graph.initializer
+                   if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and min(i.dims) >= 32)
+    # every weight matrix (embeddings included) is stored as int8, but the 2-row token-type table and the
+    # one-output head, whose error would reach every token or the reward itself
+    assert int8_elements == matrices and matrices > 0
+    assert {"model.classifier.weight", "model.bert.embeddings.token_type_embeddings.weight"} <= {
+        i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    # 3 of every 4 bytes of each matrix saved, less its scales (one per 32 elements or per embedding row)
+    assert report.sizes["model.int8.onnx"] < report.sizes["model.onnx"] - 2.5 * matrices
+
+    prompts, responses = texts(bert_rm)
+    fp32 = np.array(OnnxRewardScorer(tmp_path / "onnx", variant="fp32").score(prompts, responses))
+    int8 = np.array(OnnxRewardScorer(tmp_path / "onnx").score(prompts, responses))
+    assert not np.array_equal(fp32, int8)
+    assert np.abs(int8 - fp32).max() < 0.02 * np.abs(fp32).max()  # weights rounded, activations not
+
+
+def test_quantize_blocks_matches_a_numpy_reference() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 24)).astype(np.float32)
+    w[5, 3] = 40.0  # an outlier only widens the scale of its own block
+    for axis, block in ((0, 32), (1, 8), (1, 0), (0, 7)):  # 7 divides neither axis: one scale per column
+        q, scale = quantize_blocks(w, axis, block)
+        b = block if block and w.shape[axis] % block == 0 else w.shape[axis]
+        ref = np.empty_like(w)
+        for start in range(0, w.shape[axis], b):
+            part = w[start:start + b] if axis == 0 else w[:, start:start + b]
+            s = np.abs(part).max(axis=axis, keepdims=True) / 127
+            deq = np.round(part / s) * s
+            if axis == 0:
+                ref[start:start + b] = deq
+            else:
+                ref[:, start:start + b] = deq
+        assert q.dtype == np.int8 and np.abs(q).max() == 127
+        np.testing.assert_allclose((q * scale).reshape(w.shape), ref, rtol=1e-6, atol=1e-7)
+    q, scale = quantize_blocks(w, 0, 32)
+    assert scale.shape == (2, 1, 24) and scale[0, 0, 3] == pytest.approx(40 / 127)
+    assert scale[1, 0, 3] < 0.1  # the other half of that column keeps a fine scale
 
 
 def test_int8_without_dev_pairs_needs_force(bert_rm: TrainedRM, tmp_path: Path) -> None:
