@@ -1,5 +1,8 @@
 """Scoring benchmark: torch vs ONNX fp32 vs ONNX int8 for the reward model, and the export's size and fidelity.
 
+onnx_int8 is dynamic int8 (int8 compute); onnx_int8w the weight-only variant (`export --int8 weights`:
+int8 weights, fp32 compute).
+
     python scripts/bench_scoring.py [--model DIR | --train 2000] [--tokens 128] [--threads 1 2] [--batches 1 32]
                                     [--dev 200] [--profile]
 
@@ -97,8 +100,9 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExportFidelityWarning)  # the agreement is printed below
             report = export_onnx(model_dir, out, int8=True, dev_pairs=synthetic_dev(args.dev), force=True,
-                                 measure_latency=False)
+                                 int8_scheme="dynamic", measure_latency=False)
         export_s = time.perf_counter() - t
+        weights = weight_only_copy(out, Path(tmp) / "onnx-weights")
 
         torch_scorer = RewardScorer(model_dir)
         encoder = torch_scorer.encoder
@@ -120,9 +124,10 @@ def main() -> None:
         for threads in args.threads:
             onnx = {name: OnnxRewardScorer(out, threads, variant=variant)
                     for name, variant in (("onnx_fp32", "fp32"), ("onnx_int8", "int8"))}
+            onnx["onnx_int8w"] = OnnxRewardScorer(weights, threads, variant="int8", verify=False)
             ms = latency_ms(torch_scorer.model, encoder, onnx, batches=args.batches, tokens=args.tokens,
                             threads=threads, budget_s=args.budget)
-            for name in ("torch", "onnx_fp32", "onnx_int8"):
+            for name in ("torch", "onnx_fp32", "onnx_int8", "onnx_int8w"):
                 rows[(name, threads)] = ms[name]
                 ratios = "".join(f"{ms['torch'][b] / ms[name][b]:>13.2f}x" for b in args.batches)
                 print(f"{name:<12}{threads:>8}" + "".join(f"{ms[name][b]:>12.2f}" for b in args.batches) + ratios)
@@ -134,6 +139,8 @@ def main() -> None:
         print(f"size: model.safetensors {st_mb:.1f} MB, model.onnx {fp32_mb:.1f} MB, model.int8.onnx {int8_mb:.1f} MB "
               f"({fp32_mb / int8_mb:.1f}x smaller than fp32); target <= {SIZE_TARGET_MB:.0f} MB: "
               f"{'OK' if int8_mb <= SIZE_TARGET_MB else 'MISSED'}")
+        print(f"weight-only int8 (onnx_int8w: --int8 weights, fp32 compute): "
+              f"{(weights / 'model.int8.onnx').stat().st_size / 1e6:.1f} MB")
         if (("onnx_int8", 1) in rows) and 1 in args.batches:
             b1 = rows[("onnx_int8", 1)][1]
             print(f"int8 batch 1, {args.tokens} tokens, 1 thread: {b1:.2f} ms; target <= {LATENCY_TARGET_MS:.0f} ms: "
@@ -146,6 +153,17 @@ def main() -> None:
         print(f"int8 score() of one {n_tokens}-token pair, tokenization included, 1 thread: {e2e:.2f} ms")
         if args.profile:
             profile_int8(out, model_dir, ids[0], Path(tmp), runs=50)
+
+
+def weight_only_copy(onnx_dir: Path, out: Path) -> Path:
+    """A copy of the export folder whose model.int8.onnx is the weight-only int8 variant (not gated here)."""
+    import shutil
+
+    from node.rm.quantize import quantize_int8
+
+    shutil.copytree(onnx_dir, out)
+    quantize_int8(onnx_dir / "model.onnx", out / "model.int8.onnx", "weights")
+    return out
 
 
 QUANTIZED_MATMULS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "DynamicQuantizeLinear")
