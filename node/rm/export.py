@@ -19,8 +19,9 @@ Checks run on the folder before it is moved into place (nothing half-checked is 
 3. int8 fidelity gate: agreement = share of dev pairs whose order sign(r_c - r_r) is the same with
    int8 as with fp32 (pairs with |r_c - r_r| < TIE in fp32 agree whatever int8 says). Dynamic
    quantization takes each activation's int8 range from the whole batch tensor, so an int8 score
-   depends a little on what it is batched with: the int8 side is scored both in batches of 32 and one
-   sequence at a time, and the lower agreement counts. int8_scheme "auto" (the default) gates dynamic
+   depends a little on what it is batched with: dynamic int8 is scored both in batches of 32 and one
+   sequence at a time, and the lower agreement counts (weight-only int8 rounds no activation: batches
+   of 32 only). int8_scheme "auto" (the default) gates dynamic
    int8 first (fast) and, when it fails, weight-only int8 (as small, fp32 speed, near-fp32 scores);
    scoring.json records which one was written and what each scored. Below min_agreement the export
    raises ExportFidelityError, unless force=True, which writes the best one tried with a warning and
@@ -145,7 +146,7 @@ class ExportReport:
     """Sequences scored by both torch and ONNX fp32 (probe texts + both sides of every dev pair)."""
     n_dev_pairs: int
     agreement: float | None
-    """Share of dev pairs ordered alike by int8 and fp32 (the lower of batch 32 and batch 1); None without
+    """Share of dev pairs ordered alike by int8 and fp32 (dynamic: the lower of batch 32 and batch 1); None without
     int8 or without dev pairs."""
     min_agreement: float
     int8_max_abs_diff: float | None
