@@ -184,7 +184,7 @@ def test_weight_only_int8_stores_int8_and_scores_near_fp32(bert_rm: TrainedRM, t
     assert int8_elements == matrices and matrices > 0
     assert {"model.classifier.weight", "model.bert.embeddings.token_type_embeddings.weight"} <= {
         i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    # 3 of every 4 bytes of each matrix saved, less its scales (one per 32 elements or per embedding row)
+    # 3 of every 4 bytes of each matrix saved, less its fp16 scales (one per 16 elements or per embedding row)
     assert report.sizes["model.int8.onnx"] < report.sizes["model.onnx"] - 2.5 * matrices
 
     prompts, responses = texts(bert_rm)
@@ -204,17 +204,19 @@ def test_quantize_blocks_matches_a_numpy_reference() -> None:
         ref = np.empty_like(w)
         for start in range(0, w.shape[axis], b):
             part = w[start:start + b] if axis == 0 else w[:, start:start + b]
-            s = np.abs(part).max(axis=axis, keepdims=True) / 127
+            s = (np.abs(part).max(axis=axis, keepdims=True) / 127).astype(np.float16).astype(np.float32)
             deq = np.round(part / s) * s
             if axis == 0:
                 ref[start:start + b] = deq
             else:
                 ref[:, start:start + b] = deq
-        assert q.dtype == np.int8 and np.abs(q).max() == 127
-        np.testing.assert_allclose((q * scale).reshape(w.shape), ref, rtol=1e-6, atol=1e-7)
+        assert q.dtype == np.int8 and np.abs(q).max() == 127 and scale.dtype == np.float16
+        np.testing.assert_allclose((q * scale.astype(np.float32)).reshape(w.shape), ref, rtol=1e-6, atol=1e-7)
     q, scale = quantize_blocks(w, 0, 32)
-    assert scale.shape == (2, 1, 24) and scale[0, 0, 3] == pytest.approx(40 / 127)
+    assert scale.shape == (2, 1, 24) and scale[0, 0, 3] == pytest.approx(40 / 127, rel=1e-3)
     assert scale[1, 0, 3] < 0.1  # the other half of that column keeps a fine scale
+    q, scale = quantize_blocks(np.full((2, 2), 1e-6, dtype=np.float32), 0, 0)  # 1e-6 / 127 underflows fp16
+    assert (scale > 0).all() and np.isfinite(scale).all() and np.abs(q * scale.astype(np.float32) - 1e-6).max() < 1e-4
 
 
 def test_int8_without_dev_pairs_needs_force(bert_rm: TrainedRM, tmp_path: Path) -> None:
