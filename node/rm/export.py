@@ -346,7 +346,7 @@ def _quantize_gated(
     Returns (int8 scorer, scheme written, agreement, max |r_int8 - r_fp32|, {scheme tried: agreement})."""
     schemes = SCHEMES if scheme == "auto" else (scheme,)
     tried: dict[str, float] = {}
-    measured: dict[str, tuple[float, float]] = {}
+    max_diff: dict[str, float] = {}
     for name in schemes:
         quantize_int8(folder / FP32_FILE, folder / INT8_FILE, name)
         int8 = OnnxRewardScorer(folder, variant="int8", verify=False)
@@ -355,16 +355,16 @@ def _quantize_gated(
         say(f"gating {name} int8 on {len(r_fp32) // 2} dev pairs")
         # dynamic int8 takes its activation ranges from the batch: check batched and alone; weight-only int8
         # rounds no activation, so its scores do not depend on the batch
-        measured[name] = _int8_fidelity(int8, r_fp32, prompts, responses, (32, 1) if name == "dynamic" else (32,))
-        tried[name] = measured[name][0]
+        tried[name], max_diff[name] = _int8_fidelity(int8, r_fp32, prompts, responses,
+                                                     (32, 1) if name == "dynamic" else (32,))
         say(f"{name} int8 orders {tried[name]:.2%} of the dev pairs like fp32")
         if tried[name] >= min_agreement:
-            return int8, name, *measured[name], tried
+            return int8, name, tried[name], max_diff[name], tried
         del int8
     best = max(tried, key=lambda name: tried[name])
     if best != schemes[-1]:
         quantize_int8(folder / FP32_FILE, folder / INT8_FILE, best)
-    return OnnxRewardScorer(folder, variant="int8", verify=False), best, *measured[best], tried
+    return OnnxRewardScorer(folder, variant="int8", verify=False), best, tried[best], max_diff[best], tried
 
 
 def _tried(tried: dict[str, float]) -> str:
