@@ -393,7 +393,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.fmt == "hf":
         return _export_hf(folder, out, entry)
     _quiet_hf()
-    from node.rm.export import ExportFidelityWarning, export_onnx
+    from node.rm.export import ExportFidelityWarning, export_onnx, tried_summary
 
     print(f"exporting model {name} to {out} ({args.fmt}; checks on {len(dev or [])} dev pairs)", flush=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -416,8 +416,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"int8 fidelity gate {state}: {agreement} of {report.n_dev_pairs} dev pairs ordered like fp32 "
               f"(required {report.min_agreement:.2%}); wrote {report.int8_scheme} int8")
         if len(report.int8_tried) > 1:
-            tried = ", ".join(f"{name} {share:.2%}" for name, share in report.int8_tried.items())
-            print(f"  int8 schemes gated in turn: {tried}")
+            print(f"  int8 schemes gated in turn: {tried_summary(report.int8_tried)}")
         if report.int8_scheme == "weights":
             print("  weight-only int8: the file stores int8 weights, onnxruntime computes in fp32 (fp32 latency)")
     for kind, by_batch in report.latency_ms.items():

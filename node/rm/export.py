@@ -114,7 +114,7 @@ class ExportFidelityError(ExportError):
         self.n_pairs = n_pairs
         self.tried = dict(tried or {})
         flipped = round((1.0 - agreement) * n_pairs)
-        schemes = f" (schemes tried: {_tried(self.tried)})" if len(self.tried) > 1 else ""
+        schemes = f" (schemes tried: {tried_summary(self.tried)})" if len(self.tried) > 1 else ""
         super().__init__(
             f"int8 fidelity gate failed: the int8 model orders {agreement:.2%} of {n_pairs} dev pairs like the fp32 "
             f"model ({flipped} flipped){schemes}, below the required {min_agreement:.2%}; nothing was written. Ship "
@@ -258,7 +258,7 @@ def export_onnx(
                 if not gate_passed:
                     forced = True
                     _warn_forced(f"int8 fidelity gate FAILED: {agreement:.2%} of {len(dev)} dev pairs ordered like "
-                                 f"fp32 ({_tried(tried)}), required {min_agreement:.2%}. --force was given: writing "
+                                 f"fp32 ({tried_summary(tried)}), required {min_agreement:.2%}. --force was given: writing "
                                  f"{INT8_FILE} ({scheme}) ANYWAY; scoring.json marks it as failed, and its rankings "
                                  "may differ from the trained model's")
             else:
@@ -367,7 +367,7 @@ def _quantize_gated(
     return OnnxRewardScorer(folder, variant="int8", verify=False), best, tried[best], max_diff[best], tried
 
 
-def _tried(tried: dict[str, float]) -> str:
+def tried_summary(tried: dict[str, float]) -> str:
     """"dynamic 92.71%, weights 99.10%": what each int8 scheme tried scored on the gate."""
     return ", ".join(f"{name} {agreement:.2%}" for name, agreement in tried.items())
 
