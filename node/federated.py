@@ -85,6 +85,19 @@ def pair_encoder(agreement: Agreement, tokenizer: Any) -> PairEncoder:
     return PairEncoder(tokenizer, scoring["max_length"], scoring["min_prompt_tokens"])
 
 
+def shared_margins(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair],
+                   batch_size: int = 32) -> torch.Tensor:
+    """r_chosen - r_rejected (N,) of each pair, in order, under the model that `arrays` make of the agreement's
+    base, truncated as federated training truncates (the benchmarks' view of a round's model)."""
+    from node.rm.evaluate import pair_rewards
+
+    model, tokenizer = build_model(agreement)
+    load_shared(model, arrays)
+    encoder = pair_encoder(agreement, tokenizer)
+    r_c, r_r = pair_rewards(model, tokenize_pairs(pairs, encoder), PairCollator(encoder.pad_token_id), batch_size)
+    return r_c - r_r
+
+
 def shared_arrays(model: nn.Module) -> Arrays:
     """What leaves the node: every trainable parameter (adapters + head under LoRA), as float32."""
     return {n: p.detach().cpu().numpy().astype(np.float32) for n, p in model.named_parameters() if p.requires_grad}

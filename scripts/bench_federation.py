@@ -43,16 +43,8 @@ from federation.apps import make_client_app, run_federation  # noqa: E402
 from federation.codec import Arrays  # noqa: E402
 from federation.local_grid import LocalGrid  # noqa: E402
 from federation.rounds import FederationState  # noqa: E402
-from node.federated import (  # noqa: E402
-    NodeParticipant,
-    base_model_sha256,
-    build_model,
-    initial_arrays,
-    load_shared,
-    pair_encoder,
-)
-from node.rm.data import PairCollator, PreferencePair, tokenize_pairs  # noqa: E402
-from node.rm.evaluate import pair_rewards  # noqa: E402
+from node.federated import NodeParticipant, base_model_sha256, initial_arrays, shared_margins  # noqa: E402
+from node.rm.data import PreferencePair, tokenize_pairs  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
 
 ATTACKS = ("none", "label-flip", "scale100", "sign-flip")
@@ -90,11 +82,7 @@ class Attacker:
 
 
 def accuracy(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) -> float:
-    model, tokenizer = build_model(agreement)
-    load_shared(model, arrays)
-    encoder = pair_encoder(agreement, tokenizer)
-    r_c, r_r = pair_rewards(model, tokenize_pairs(pairs, encoder), PairCollator(encoder.pad_token_id), 32)
-    return float((r_c > r_r).float().mean())
+    return float((shared_margins(agreement, arrays, pairs) > 0).float().mean())
 
 
 def main() -> None:

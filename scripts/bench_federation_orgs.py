@@ -46,13 +46,12 @@ from node.federated import (  # noqa: E402
     build_model,
     initial_arrays,
     load_shared,
-    pair_encoder,
     scoring_config,
+    shared_margins,
 )
 from node.importing import iter_records  # noqa: E402
 from node.rm.artifact import save_reward_model  # noqa: E402
-from node.rm.data import PairCollator, PreferencePair, split_by_prompt, tokenize_pairs  # noqa: E402
-from node.rm.evaluate import pair_rewards  # noqa: E402
+from node.rm.data import PreferencePair, split_by_prompt  # noqa: E402
 from node.rm.pipeline import pairs_from_records  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
 
@@ -73,11 +72,7 @@ def load_org(data: Path, name: str, n_train: int, n_dev: int, seed: int) -> tupl
 
 def dev_margins(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) -> list[float]:
     """r_chosen - r_rejected of each pair, in order, for the model the shared arrays make."""
-    model, tokenizer = build_model(agreement)
-    load_shared(model, arrays)
-    encoder = pair_encoder(agreement, tokenizer)
-    r_c, r_r = pair_rewards(model, tokenize_pairs(pairs, encoder), PairCollator(encoder.pad_token_id), 32)
-    return (r_c - r_r).tolist()
+    return shared_margins(agreement, arrays, pairs).tolist()
 
 
 def accuracy_and_bias(pairs: list[PreferencePair], margins: list[float]) -> tuple[float, float]:
