@@ -25,6 +25,8 @@ from protocol.identity import Identity, PublicKey
 AGREEMENT_TYPE = "rewardnode/federation/agreement"
 SHARES = ("lora", "full")
 """What leaves a node: the LoRA adapters + reward head (default), or every weight."""
+LORA_TARGET_SETS = ("attention", "all-linear")
+"""Layers that get LoRA adapters (node.rm.model.LORA_TARGET_SETS): query/value, or every linear layer."""
 AGREEMENT_MAX_AGE_S = 10**9 - 1
 """An agreement (like a manifest) is a long-lived record: it is checked for signature, not freshness."""
 MIN_MAX_LENGTH = 8
@@ -83,6 +85,9 @@ class Agreement:
     """LoRA rank (share == "lora")."""
     lora_alpha: int = 16
     """LoRA alpha (share == "lora")."""
+    lora_targets: str = "attention"
+    """Layers with adapters (share == "lora"): "attention" (query/value) or "all-linear". Written into
+    the agreement only when not "attention", so agreements made before the setting keep their ids."""
     trim_fraction: float = 0.2
     """Trimmed mean: fraction cut at each end per coordinate."""
     n_byzantine: int = 1
@@ -113,6 +118,9 @@ class Agreement:
             raise FederationError(f"strategy {self.strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
         if self.share not in SHARES:
             raise FederationError(f"share {self.share!r} is unknown; use one of {', '.join(SHARES)}")
+        if self.lora_targets not in LORA_TARGET_SETS:
+            raise InvalidSetting("lora_targets", self.lora_targets, "is unknown",
+                                 f"use one of {', '.join(LORA_TARGET_SETS)}")
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -174,6 +182,8 @@ class Agreement:
         d["members"] = list(self.members)
         if not self.mean_pool_init:  # absent in agreements that predate it: their federation ids stay the same
             del d["mean_pool_init"]
+        if self.lora_targets == "attention":  # likewise
+            del d["lora_targets"]
         return d
 
     @classmethod

@@ -69,6 +69,7 @@ def build_model(agreement: Agreement) -> tuple[nn.Module, Any]:
     torch.manual_seed(agreement.seed)
     model, tokenizer = load_backbone(agreement.base_model, lora=agreement.share == "lora",
                                      lora_r=agreement.lora_r, lora_alpha=agreement.lora_alpha,
+                                     lora_targets=agreement.lora_targets,
                                      mean_pool_init=agreement.mean_pool_init)
     disable_dropout(model)
     return model, tokenizer

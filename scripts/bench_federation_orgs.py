@@ -1,7 +1,7 @@
 """Four organizations, one per source in shared/data: private vs centralized vs federated reward models.
 
     python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 128] [--mean-pool-init]
-        [--share lora|full] [--learning-rate X] [--batch-size N] [--local-epochs N] [--models private centralized ...]
+        [--share lora|full] [--lora-targets attention|all-linear] [--lora-r N] [--learning-rate X] [--batch-size N] [--local-epochs N] [--models private centralized ...]
 
 Each organization holds one source (hh-rlhf, finegrained-rlhf, llmbar, alpacaeval-ai): natural non-IID
 data whose preferences conflict (harmless replies are shorter, the AI judge prefers longer ones). 20% of
@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--share", choices=("lora", "full"), default="lora",
                         help="what the models train and share: LoRA adapters + head, or every weight "
                              "(full: use a learning rate near 5e-5)")
+    parser.add_argument("--lora-targets", choices=("attention", "all-linear"), default="attention",
+                        help="with --share lora: adapters on the query/value projections or on every linear layer")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice the rank)")
     parser.add_argument("--batch-size", type=int, default=8, help="local batch size (pairs)")
     parser.add_argument("--local-epochs", type=int, default=1, help="passes over a member's data per round")
     parser.add_argument("--save", type=Path, metavar="DIR",
@@ -108,8 +111,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help="which models to train and compare (default: all)")
     args = parser.parse_args()
-    if min(args.pairs, args.dev, args.rounds, args.batch_size, args.local_epochs) < 1:
-        parser.error("--pairs, --dev, --rounds, --batch-size and --local-epochs must be at least 1")
+    if min(args.pairs, args.dev, args.rounds, args.batch_size, args.local_epochs, args.lora_r) < 1:
+        parser.error("--pairs, --dev, --rounds, --batch-size, --local-epochs and --lora-r must be at least 1")
     if args.save is not None and args.save.exists() and (not args.save.is_dir() or any(args.save.iterdir())):
         parser.error(f"--save {args.save}: not an empty folder; name a new one (nothing is overwritten)")
     torch.set_num_threads(args.threads)
@@ -130,7 +133,8 @@ def main() -> None:
                          rounds=args.rounds, min_participants=len(members), learning_rate=args.learning_rate,
                          max_length=args.max_length, round_timeout_s=36000, seed=args.seed,
                          mean_pool_init=args.mean_pool_init, share=args.share, batch_size=args.batch_size,
-                         local_epochs=args.local_epochs)
+                         local_epochs=args.local_epochs, lora_targets=args.lora_targets, lora_r=args.lora_r,
+                         lora_alpha=2 * args.lora_r)
 
     def federate(members: dict[str, tuple[Identity, list[PreferencePair]]], strategy: str) -> tuple[Agreement, Arrays]:
         a = agreement([k for k, _ in members.values()], strategy)
@@ -157,7 +161,8 @@ def main() -> None:
                 "scoring": scoring_config(a)})
             print(f"    saved to {out}", flush=True)
 
-    shared = "LoRA + head" if args.share == "lora" else "all weights"
+    shared = (f"LoRA ({args.lora_targets}, rank {args.lora_r}) + head" if args.share == "lora"
+              else "all weights")
     print(f"4 organizations x {args.pairs} training pairs (dev {args.dev} each), {args.rounds} rounds x "
           f"{args.local_epochs} local epoch(s), base {args.base_model}, {shared} trained and shared, lr "
           f"{args.learning_rate:g}, batch {args.batch_size}, max length {args.max_length}, reward starts from "

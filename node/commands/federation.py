@@ -18,7 +18,8 @@ FLAGS: dict[str, str] = {
     "rounds": "--rounds", "min_participants": "--min-participants", "local_epochs": "--local-epochs",
     "learning_rate": "--learning-rate", "batch_size": "--batch-size", "max_length": "--max-length",
     "clip_norm": "--clip-norm", "dp_clip_norm": "--dp-clip-norm", "dp_noise_multiplier": "--dp-noise-multiplier",
-    "round_timeout_s": "--round-timeout",
+    "round_timeout_s": "--round-timeout", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha",
+    "lora_targets": "--lora-targets",
 }
 """`federation create` flag of each agreement setting, for error messages."""
 CA_FILE = "ca.pem"
@@ -43,6 +44,10 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     create.add_argument("--base-model", default="minilm", help='"minilm" or a local model folder')
     create.add_argument("--share", choices=("lora", "full"), default="lora",
                         help="what leaves a node: LoRA adapters + head (default) or all weights")
+    create.add_argument("--lora-targets", choices=("attention", "all-linear"), default="attention",
+                        help="with --share lora: adapt the attention's query/value (default) or every linear layer")
+    create.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    create.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale numerator (default 16)")
     create.add_argument("--learning-rate", type=float, default=1e-3)
     create.add_argument("--batch-size", type=int, default=8)
     create.add_argument("--max-length", type=int, default=128)
@@ -125,7 +130,8 @@ def _create(args: argparse.Namespace) -> int:
             local_epochs=args.local_epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
             max_length=args.max_length, clip_norm=args.clip_norm, dp_clip_norm=args.dp_clip_norm,
             dp_noise_multiplier=args.dp_noise_multiplier, round_timeout_s=args.round_timeout,
-            mean_pool_init=args.mean_pool_init)
+            mean_pool_init=args.mean_pool_init, lora_targets=args.lora_targets, lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha)
         try:  # the settings first: a typo should not wait for the base model to be hashed
             Agreement(name=args.name, coordinator=node.identity.public_key_hex, members=members,
                       base_model=args.base_model, base_model_sha256="0" * 64, share=args.share, **settings)

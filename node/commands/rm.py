@@ -41,6 +41,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--snapshot", metavar="ID", help="train on this stored snapshot (id or unique prefix); "
                             "default: a new snapshot of everything stored now")
         parser.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters + the head")
+        parser.add_argument("--lora-targets", choices=("attention", "all-linear"),
+                            help="with --lora: adapt the attention's query/value (default) or every linear layer")
         parser.add_argument("--mean-pool-init", action="store_true", default=None,
                             help="start the reward from the mean of the tokens, not the pretrained [CLS] vector")
         parser.add_argument("--epochs", type=int, metavar="N")
@@ -205,7 +207,7 @@ def _train_config(node: Node, args: argparse.Namespace) -> Any:
         "base_model": args.base, "lora": args.lora, "epochs": args.epochs, "max_length": args.max_length,
         "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed, "dev_fraction": args.dev_fraction,
         "patience": args.patience, "eval_every": args.eval_every, "device": args.device, "num_threads": args.threads,
-        "mean_pool_init": args.mean_pool_init,
+        "mean_pool_init": args.mean_pool_init, "lora_targets": args.lora_targets,
     }
     try:
         config = TrainConfig.from_dict(dict(node.config.table("rm")))

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+LORA_TARGET_SETS = ("attention", "all-linear")  # node.rm.model.LORA_TARGET_SETS, kept here without importing torch
 
 # Fields that only change how fast or how loudly training runs. Every other field must be the same
 # in a checkpoint and in the run that resumes it.
@@ -32,6 +33,9 @@ class TrainConfig:
     """LoRA scaling numerator: the adapter update is scaled by lora_alpha / lora_r."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA branch input."""
+    lora_targets: str = "attention"
+    """Layers that get adapters: "attention" (query/value projections) or "all-linear" (every linear
+    layer but the reward head: attention, feed-forward and pooler)."""
     mean_pool_init: bool = False
     """Start an encoder's [CLS] reward from the mean of the text's tokens: the last layer's query
     projection is zeroed when the reward head is new, so [CLS] first attends evenly to every token
@@ -127,6 +131,8 @@ class TrainConfig:
                 raise ValueError(f"rm.{name} = {getattr(self, name)} must lie in [0, 1]")
         if not 0.0 <= self.dev_fraction < 1.0:
             raise ValueError(f"rm.dev_fraction = {self.dev_fraction} must lie in [0, 1); 0.1 holds out 10% of prompts")
+        if self.lora_targets not in LORA_TARGET_SETS:
+            raise ValueError(f"rm.lora_targets = {self.lora_targets!r} is unknown; use one of {', '.join(LORA_TARGET_SETS)}")
         if self.device not in DEVICES:
             raise ValueError(f"rm.device = {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
         if not self.base_model:

@@ -28,6 +28,9 @@ LORA_TARGETS: tuple[tuple[str, ...], ...] = (
     ("q_lin", "v_lin"),
     ("c_attn",),
 )
+LORA_TARGET_SETS = ("attention", "all-linear")
+"""Which linear layers get LoRA adapters: the attention's query/value projections (`LORA_TARGETS`), or
+every linear layer but the reward head (peft's "all-linear": attention, feed-forward, pooler)."""
 # Reward heads of Hugging Face sequence classifiers: BERT-likes use `classifier`, decoders `score`.
 HEAD_NAMES = ("classifier", "score")
 
@@ -53,6 +56,7 @@ def load_backbone(
     lora_r: int = 8,
     lora_alpha: int = 16,
     lora_dropout: float = 0.0,
+    lora_targets: str = "attention",
     dtype: torch.dtype = torch.float32,
     mean_pool_init: bool = False,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -60,7 +64,10 @@ def load_backbone(
 
     mean_pool_init: when the folder has no reward head yet (a backbone, not a reward model), start the
     [CLS] reward from the mean of the tokens (`init_mean_pooling`).
+    lora_targets: one of `LORA_TARGET_SETS`.
     """
+    if lora_targets not in LORA_TARGET_SETS:
+        raise ValueError(f"lora_targets {lora_targets!r} is unknown; use one of {', '.join(LORA_TARGET_SETS)}")
     path = resolve_backbone_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -87,7 +94,7 @@ def load_backbone(
         r=lora_r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
-        target_modules=lora_target_modules(model),
+        target_modules="all-linear" if lora_targets == "all-linear" else lora_target_modules(model),
         modules_to_save=[reward_head_name(model)],
     )
     return get_peft_model(model, peft_config), tokenizer

@@ -178,7 +178,8 @@ def train_reward_model(
     torch.manual_seed(config.seed)  # head and LoRA initialization
     model, tokenizer = load_backbone(
         config.base_model, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout, mean_pool_init=config.mean_pool_init,
+        lora_dropout=config.lora_dropout, lora_targets=config.lora_targets,
+        mean_pool_init=config.mean_pool_init,
     )
     if config.disable_dropout:
         disable_dropout(model)

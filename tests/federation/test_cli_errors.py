@@ -68,6 +68,8 @@ def joined(homes: tuple[Path, Path, str], bert_dir: Path) -> tuple[Path, Path]:
     ("--rounds", "0", "--rounds 0: must be >= 1"),
     ("--local-epochs", "0", "--local-epochs 0: must be >= 1"),
     ("--min-participants", "0", "--min-participants 0: must be >= 1"),
+    ("--lora-r", "0", "--lora-r 0: must be >= 1"),
+    ("--lora-alpha", "-16", "--lora-alpha -16: must be >= 1"),
 ])
 def test_create_refuses_an_out_of_range_setting_naming_its_flag(homes, bert_dir, capsys, flag, value, says) -> None:
     coord, _, key = homes
@@ -75,6 +77,13 @@ def test_create_refuses_an_out_of_range_setting_naming_its_flag(homes, bert_dir,
     err = capsys.readouterr().err
     assert says in err and len(err.strip().splitlines()) == 1
     assert not (coord / "federation" / "fed").exists()  # nothing signed, no TLS made
+
+
+def test_create_writes_the_lora_settings_it_is_given(homes, bert_dir) -> None:
+    coord, _, key = homes
+    assert create(coord, key, bert_dir, "--lora-targets", "all-linear", "--lora-r", "16", "--lora-alpha", "32") == 0
+    agreement = verify_agreement((coord / "federation" / "fed" / "agreement.json").read_bytes())
+    assert (agreement.lora_targets, agreement.lora_r, agreement.lora_alpha) == ("all-linear", 16, 32)
 
 
 def test_create_min_participants_above_the_member_count_says_how_many_members(homes, bert_dir, capsys) -> None:

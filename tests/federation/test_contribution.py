@@ -258,3 +258,14 @@ def test_mean_pool_init_setting_keeps_older_agreements_ids() -> None:
     assert Agreement.from_dict(json.loads(json.dumps(legacy.to_dict()))).federation_id == legacy.federation_id
     with pytest.raises(FederationError, match="mean_pool_init"):
         make_agreement(mean_pool_init="yes")
+
+
+def test_lora_targets_setting_keeps_older_agreements_ids() -> None:
+    """Query/value adapters were the only kind before lora_targets: such agreements keep their id."""
+    legacy = make_agreement()
+    assert "lora_targets" not in legacy.to_dict() and legacy.lora_targets == "attention"
+    wide = make_agreement(lora_targets="all-linear")
+    assert wide.to_dict()["lora_targets"] == "all-linear" and wide.federation_id != legacy.federation_id
+    assert Agreement.from_dict(json.loads(json.dumps(wide.to_dict()))) == wide
+    with pytest.raises(FederationError, match="lora_targets = 'everything': is unknown; use one of attention, all-linear"):
+        make_agreement(lora_targets="everything")

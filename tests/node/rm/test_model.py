@@ -14,6 +14,7 @@ from node.rm.model import (
     load_backbone,
     lora_target_modules,
     resolve_backbone_path,
+    reward_head_name,
     rewards,
     unwrap,
 )
@@ -44,6 +45,20 @@ def test_lora_trains_adapters_and_head_only(request, fixture, targets, head) -> 
     assert trainable and all("lora_" in n or f"{head}.modules_to_save" in n for n in trainable)
     assert any(f"{head}.modules_to_save" in n for n in trainable)
     assert {t for n in trainable if "lora_" in n for t in targets if f".{t}." in n} == set(targets)
+
+
+@pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir"])
+def test_all_linear_lora_adapts_every_linear_layer_but_the_head(request, fixture) -> None:
+    path = str(request.getfixturevalue(fixture))
+    base, _ = load_backbone(path)
+    head = reward_head_name(base)
+    linear = {n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n != head}
+    model, _ = load_backbone(path, lora=True, lora_r=4, lora_targets="all-linear")
+    adapted = {n.split("base_model.model.", 1)[1].split(".lora_A.")[0]
+               for n, p in model.named_parameters() if p.requires_grad and ".lora_A." in n}
+    assert adapted == linear
+    with pytest.raises(ValueError, match="lora_targets 'mlp' is unknown; use one of attention, all-linear"):
+        load_backbone(path, lora=True, lora_targets="mlp")
 
 
 def test_hub_names_are_refused(tmp_path: Path) -> None:
@@ -145,3 +160,15 @@ def test_mean_pool_init_under_lora_zeroes_the_frozen_query(bert_dir) -> None:
     base = unwrap(model)
     query = base.bert.encoder.layer[-1].attention.self.query
     assert not query.base_layer.weight.any() and not query.base_layer.weight.requires_grad
+
+
+def test_lora_target_sets_agree_and_bad_ones_are_refused() -> None:
+    """node.rm.config and federation.agreement keep copies of the names (they must not import torch)."""
+    from federation.agreement import LORA_TARGET_SETS as AGREEMENT_SETS
+    from node.rm.config import LORA_TARGET_SETS as CONFIG_SETS
+    from node.rm.config import TrainConfig
+    from node.rm.model import LORA_TARGET_SETS
+
+    assert CONFIG_SETS == AGREEMENT_SETS == LORA_TARGET_SETS
+    with pytest.raises(ValueError, match="rm.lora_targets = 'mlp' is unknown; use one of attention, all-linear"):
+        TrainConfig(lora_targets="mlp")
