@@ -3,11 +3,9 @@
     python scripts/bench_federation.py [--nodes 4] [--rounds 3] [--pairs 48] [--base-model DIR|minilm]
 
 Every run goes through federation/apps.py (ServerApp loop, ClientApp handlers, signed contributions,
-verification, aggregation, signed manifests) on the in-process LocalGrid. Member 0 attacks:
-
-- label-flip: trains on its pairs with chosen and rejected swapped;
-- scale100:   sends 100 x its honest update;
-- sign-flip:  sends -10 x its honest update.
+verification, aggregation, signed manifests) on the in-process LocalGrid. Member 0 attacks (label-flip,
+scale100 or sign-flip: scripts/poisoning.py). bench_federation_orgs.py --attacks runs the same attacks
+on the four organizations' real data.
 
 --deployment N measures instead the round overhead of Flower's deployment engine: a TLS SuperLink
 (SuperNode authentication on) and N admitted SuperNodes on 127.0.0.1 (one node home each, created in a temp folder with the CLI), 3 rounds,
@@ -35,7 +33,6 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from federation.agreement import Agreement  # noqa: E402
@@ -44,41 +41,11 @@ from federation.codec import Arrays  # noqa: E402
 from federation.local_grid import LocalGrid  # noqa: E402
 from federation.rounds import FederationState  # noqa: E402
 from node.federated import NodeParticipant, base_model_sha256, initial_arrays, shared_margins  # noqa: E402
-from node.rm.data import PreferencePair, tokenize_pairs  # noqa: E402
+from node.rm.data import PreferencePair  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
+from scripts.poisoning import ATTACKS, participant  # noqa: E402
 
-ATTACKS = ("none", "label-flip", "scale100", "sign-flip")
 STRATEGIES = ("fedavg", "median", "trimmed-mean", "krum")
-
-
-class Attacker:
-    """Wraps an honest participant and poisons what it sends (the signature is still valid: an insider)."""
-
-    def __init__(self, honest: NodeParticipant, attack: str) -> None:
-        self.honest, self.attack = honest, attack
-        self.identity = honest.identity
-        self.flipped: list[PreferencePair] | None = None
-
-    @property
-    def agreement(self) -> Agreement:
-        return self.honest.agreement
-
-    def train(self, global_arrays: Arrays, round: int) -> tuple[Arrays, int, dict[str, float]]:
-        if self.attack == "label-flip":
-            saved = self.honest.data
-            if self.flipped is None:
-                self.flipped = [PreferencePair(p.prompt, p.rejected, p.chosen) for p in self.honest.pairs]
-            self.honest.data = tokenize_pairs(self.flipped, self.honest.encoder)
-            try:
-                return self.honest.train(global_arrays, round)
-            finally:
-                self.honest.data = saved
-        local, n, metrics = self.honest.train(global_arrays, round)
-        factor = {"scale100": 100.0, "sign-flip": -10.0}.get(self.attack, 1.0)
-        return {k: global_arrays[k] + factor * (local[k] - global_arrays[k]) for k in local}, n, metrics
-
-    def finalize(self, global_arrays: Arrays, chain: list[str]) -> str:
-        return ""
 
 
 def accuracy(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) -> float:
@@ -131,7 +98,7 @@ def main() -> None:
             a = agreement(strategy)
             for p in honest:
                 p.agreement = a
-            participants: list[object] = [Attacker(honest[0], attack) if attack != "none" else honest[0], *honest[1:]]
+            participants = [participant(honest[0], attack), *honest[1:]]
             nodes = {i + 1: (make_client_app(lambda ctx, p=p: p), _context(i + 1)) for i, p in enumerate(participants)}
             grid = LocalGrid(nodes)
             t0 = time.perf_counter()
@@ -144,7 +111,6 @@ def main() -> None:
           f"{statistics.median(overheads) * 1000:.0f} ms, max {max(overheads) * 1000:.0f} ms over {len(overheads)} rounds")
     print(f"update size per member: {sum(v.size for v in init.values())} float32 "
           f"({sum(v.size for v in init.values()) * 4 / 1024:.1f} KiB)")
-    _ = np
 
 
 def deployment_overhead(n: int, rounds: int) -> None:

@@ -1,7 +1,8 @@
 """Four organizations, one per source in shared/data: private vs centralized vs federated reward models.
 
     python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 128] [--mean-pool-init]
-        [--share lora|full] [--lora-targets attention|all-linear] [--lora-r N] [--learning-rate X] [--batch-size N] [--local-epochs N] [--models private centralized ...]
+        [--share lora|full] [--lora-targets attention|all-linear] [--lora-r N] [--learning-rate X]
+        [--attacks none label-flip scale100 sign-flip] [--attacker ORG] [--batch-size N] [--local-epochs N] [--models private centralized ...]
 
 Each organization holds one source (hh-rlhf, finegrained-rlhf, llmbar, alpacaeval-ai): natural non-IID
 data whose preferences conflict (harmless replies are shorter, the AI judge prefers longer ones). 20% of
@@ -10,7 +11,9 @@ initialisation (the agreement's seed) and train the same number of passes over t
 
 - private:     each organization alone, `--rounds` rounds of local training (a federation of one);
 - centralized: one model on the pooled training data of all four (the upper bound federation aims at);
-- federated:   the four organizations in `--rounds` signed rounds, FedAvg and a robust rule (median).
+- federated:   the four organizations in `--rounds` signed rounds, FedAvg and a robust rule (median);
+               with --attacks, once per attack with `--attacker` poisoning its contributions
+               (scripts/poisoning.py: label-flip, scale100, sign-flip; "none" is the clean run).
 
 Every run goes through the real federation code (signed contributions, verification, aggregation,
 manifests) on the in-process grid. Reported per model: pair accuracy on each organization's dev split and
@@ -54,6 +57,7 @@ from node.rm.artifact import save_reward_model  # noqa: E402
 from node.rm.data import PreferencePair, split_by_prompt  # noqa: E402
 from node.rm.pipeline import pairs_from_records  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
+from scripts.poisoning import ATTACKS, participant  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ORGS = {"hh-rlhf": "hh-rlhf/dev-sample.jsonl.gz", "finegrained-rlhf": "finegrained-rlhf/train.jsonl.gz",
@@ -106,6 +110,10 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice the rank)")
     parser.add_argument("--batch-size", type=int, default=8, help="local batch size (pairs)")
     parser.add_argument("--local-epochs", type=int, default=1, help="passes over a member's data per round")
+    parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=["none"],
+                        help="federated runs to make: clean (none) and/or with one poisoning member")
+    parser.add_argument("--attacker", choices=tuple(ORGS), default="hh-rlhf",
+                        help="the organization that poisons its contributions under --attacks")
     parser.add_argument("--save", type=Path, metavar="DIR",
                         help="also save every trained model as a reward-model folder under DIR (for eval/export)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
@@ -136,9 +144,12 @@ def main() -> None:
                          local_epochs=args.local_epochs, lora_targets=args.lora_targets, lora_r=args.lora_r,
                          lora_alpha=2 * args.lora_r)
 
-    def federate(members: dict[str, tuple[Identity, list[PreferencePair]]], strategy: str) -> tuple[Agreement, Arrays]:
+    def federate(members: dict[str, tuple[Identity, list[PreferencePair]]], strategy: str,
+                 attack: str = "none") -> tuple[Agreement, Arrays]:
         a = agreement([k for k, _ in members.values()], strategy)
-        participants = [NodeParticipant(None, a, pairs=pairs, identity=k) for k, pairs in members.values()]
+        participants = [participant(NodeParticipant(None, a, pairs=pairs, identity=k),
+                                    attack if name == args.attacker else "none")
+                        for name, (k, pairs) in members.items()]
         nodes = {i + 1: (make_client_app(lambda ctx, p=p: p), _context(i + 1)) for i, p in enumerate(participants)}
         grid = LocalGrid(nodes)
         try:
@@ -166,7 +177,8 @@ def main() -> None:
     print(f"4 organizations x {args.pairs} training pairs (dev {args.dev} each), {args.rounds} rounds x "
           f"{args.local_epochs} local epoch(s), base {args.base_model}, {shared} trained and shared, lr "
           f"{args.learning_rate:g}, batch {args.batch_size}, max length {args.max_length}, reward starts from "
-          f"{'the mean of the tokens' if args.mean_pool_init else '[CLS]'}", flush=True)
+          f"{'the mean of the tokens' if args.mean_pool_init else '[CLS]'}"
+          + ("" if args.attacks == ["none"] else f"; attacks {', '.join(args.attacks)} by {args.attacker}"), flush=True)
     runs: dict[str, tuple[Agreement, Arrays]] = {}
     for name, (train, _) in orgs.items():
         if "private" not in args.models:
@@ -178,12 +190,14 @@ def main() -> None:
         pooled = [p for train, _ in orgs.values() for p in train]
         run = federate({"all": (central_key, random.Random(args.seed).sample(pooled, len(pooled)))}, "fedavg")
         trained("centralized", run, time.perf_counter() - t0)
-    for strategy in ("fedavg", args.robust):
-        if ("fedavg" if strategy == "fedavg" else "robust") not in args.models:
-            continue
-        t0 = time.perf_counter()
-        run = federate({n: (keys[n], train) for n, (train, _) in orgs.items()}, strategy)
-        trained(f"federated {strategy}", run, time.perf_counter() - t0)
+    for attack in args.attacks:
+        for strategy in ("fedavg", args.robust):
+            if ("fedavg" if strategy == "fedavg" else "robust") not in args.models:
+                continue
+            t0 = time.perf_counter()
+            run = federate({n: (keys[n], train) for n, (train, _) in orgs.items()}, strategy, attack)
+            label = f"federated {strategy}" + ("" if attack == "none" else f" {attack}")
+            trained(label, run, time.perf_counter() - t0)
 
     sets = {**{name: dev for name, (_, dev) in orgs.items()}, "union": union_dev}
     spans, start = {}, 0  # where each dev split lies in union_dev: every model scores the union once
@@ -191,19 +205,27 @@ def main() -> None:
         spans[name], start = slice(start, start + len(dev)), start + len(dev)
     spans["union"] = slice(0, len(union_dev))
     print("\naccuracy on each organization's dev split (and how often the model prefers the longer response)")
-    print(f"{'model':>28} | " + " | ".join(f"{s:>22}" for s in sets))
+    print(f"{'model':>34} | " + " | ".join(f"{s:>22}" for s in sets))
+    union_accuracy: dict[str, float] = {}
     for label, (a, arrays) in runs.items():
         margins = dev_margins(a, arrays, union_dev)
         cells = []
         for name, pairs in sets.items():
             acc, longer = accuracy_and_bias(pairs, margins[spans[name]])
             cells.append(f"{acc:.3f} (longer {longer:.2f})")
-        print(f"{label:>28} | " + " | ".join(f"{c:>22}" for c in cells), flush=True)
+        union_accuracy[label] = acc
+        print(f"{label:>34} | " + " | ".join(f"{c:>22}" for c in cells), flush=True)
     rule = []
     for pairs in sets.values():
         decided = [p for p in pairs if len(p.chosen) != len(p.rejected)]
         rule.append(f"{sum(len(p.chosen) > len(p.rejected) for p in decided) / max(1, len(decided)):.3f}")
-    print(f"{'rule: longer wins':>28} | " + " | ".join(f"{c:>22}" for c in rule))
+    print(f"{'rule: longer wins':>34} | " + " | ".join(f"{c:>22}" for c in rule))
+    for attack in (a for a in args.attacks if a != "none"):
+        for strategy in ("fedavg", args.robust):
+            clean, hit = union_accuracy.get(f"federated {strategy}"), union_accuracy.get(f"federated {strategy} {attack}")
+            if clean is not None and hit is not None:
+                print(f"{attack} by {args.attacker}: {strategy} {hit:.3f} on the union, "
+                      f"{100 * (hit - clean):+.1f} points against its clean run")
 
 
 def _context(node_id: int):  # type: ignore[no-untyped-def]
