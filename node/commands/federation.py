@@ -338,6 +338,9 @@ def _status(args: argparse.Namespace) -> int:
                   if m.kind == MODEL_KIND and m.provenance.get("federation_id") == agreement.federation_id]
         info = {"name": agreement.name, "federation_id": agreement.federation_id,
                 "coordinator": agreement.coordinator, "members": list(agreement.members),
+                "base_model": agreement.base_model, "share": agreement.share,
+                **({"lora_targets": agreement.lora_targets, "lora_r": agreement.lora_r} if agreement.share == "lora"
+                   else {}),
                 "strategy": agreement.strategy, "rounds": agreement.rounds, "rounds_done": len(rounds),
                 "min_participants": agreement.min_participants, "models": [m.id for m in models]}
     if args.json:

@@ -3,6 +3,7 @@ command leaves nothing written and nothing stored changed."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -79,11 +80,16 @@ def test_create_refuses_an_out_of_range_setting_naming_its_flag(homes, bert_dir,
     assert not (coord / "federation" / "fed").exists()  # nothing signed, no TLS made
 
 
-def test_create_writes_the_lora_settings_it_is_given(homes, bert_dir) -> None:
+def test_create_writes_the_lora_settings_it_is_given(homes, bert_dir, capsys) -> None:
     coord, _, key = homes
     assert create(coord, key, bert_dir, "--lora-targets", "all-linear", "--lora-r", "16", "--lora-alpha", "32") == 0
     agreement = verify_agreement((coord / "federation" / "fed" / "agreement.json").read_bytes())
     assert (agreement.lora_targets, agreement.lora_r, agreement.lora_alpha) == ("all-linear", 16, 32)
+    capsys.readouterr()
+    assert cli("--home", str(coord), "federation", "status", "fed", "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["federation_id"] == agreement.federation_id and status["rounds_done"] == 0
+    assert (status["share"], status["lora_targets"], status["lora_r"]) == ("lora", "all-linear", 16)
 
 
 def test_create_min_participants_above_the_member_count_says_how_many_members(homes, bert_dir, capsys) -> None:
