@@ -2,7 +2,7 @@
 
     python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 128] [--mean-pool-init]
         [--share lora|full] [--lora-targets attention|all-linear] [--lora-r N] [--learning-rate X]
-        [--attacks none label-flip scale100 sign-flip] [--attacker ORG] [--batch-size N] [--local-epochs N] [--models private centralized ...]
+        [--attacks none label-flip scale100 sign-flip absent] [--attacker ORG] [--batch-size N] [--local-epochs N] [--models private centralized ...]
 
 Each organization holds one source (hh-rlhf, finegrained-rlhf, llmbar, alpacaeval-ai): natural non-IID
 data whose preferences conflict (harmless replies are shorter, the AI judge prefers longer ones). 20% of
@@ -13,7 +13,8 @@ initialisation (the agreement's seed) and train the same number of passes over t
 - centralized: one model on the pooled training data of all four (the upper bound federation aims at);
 - federated:   the four organizations in `--rounds` signed rounds, FedAvg and a robust rule (median);
                with --attacks, once per attack with `--attacker` poisoning its contributions
-               (scripts/poisoning.py: label-flip, scale100, sign-flip; "none" is the clean run).
+               (scripts/poisoning.py: label-flip, scale100, sign-flip; "none" is the clean run; "absent"
+               federates without the attacker: what a rule that shuts it out can reach at best).
 
 Every run goes through the real federation code (signed contributions, verification, aggregation,
 manifests) on the in-process grid. Reported per model: pair accuracy on each organization's dev split and
@@ -110,8 +111,9 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice the rank)")
     parser.add_argument("--batch-size", type=int, default=8, help="local batch size (pairs)")
     parser.add_argument("--local-epochs", type=int, default=1, help="passes over a member's data per round")
-    parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=["none"],
-                        help="federated runs to make: clean (none) and/or with one poisoning member")
+    parser.add_argument("--attacks", nargs="+", choices=(*ATTACKS, "absent"), default=["none"],
+                        help="federated runs to make: clean (none), with one poisoning member, and/or without it "
+                             "(absent)")
     parser.add_argument("--attacker", choices=tuple(ORGS), default="hh-rlhf",
                         help="the organization that poisons its contributions under --attacks")
     parser.add_argument("--save", type=Path, metavar="DIR",
@@ -195,7 +197,8 @@ def main() -> None:
             if ("fedavg" if strategy == "fedavg" else "robust") not in args.models:
                 continue
             t0 = time.perf_counter()
-            run = federate({n: (keys[n], train) for n, (train, _) in orgs.items()}, strategy, attack)
+            members = {n: (keys[n], train) for n, (train, _) in orgs.items() if attack != "absent" or n != args.attacker}
+            run = federate(members, strategy, "none" if attack == "absent" else attack)
             label = f"federated {strategy}" + ("" if attack == "none" else f" {attack}")
             trained(label, run, time.perf_counter() - t0)
 
