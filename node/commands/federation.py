@@ -13,7 +13,8 @@ COMMANDS: dict[str, str] = {
     "verify": "re-check a federated model's hashes, agreement and signed manifest chain",
 }
 
-STRATEGY_CHOICES = ("fedavg", "median", "trimmed-mean", "krum")
+STRATEGY_CHOICES = ("fedavg", "median", "trimmed-mean", "krum")  # federation.aggregation.STRATEGIES
+LORA_TARGET_CHOICES = ("attention", "all-linear")  # federation.agreement.LORA_TARGET_SETS
 FLAGS: dict[str, str] = {
     "rounds": "--rounds", "min_participants": "--min-participants", "local_epochs": "--local-epochs",
     "learning_rate": "--learning-rate", "batch_size": "--batch-size", "max_length": "--max-length",
@@ -44,7 +45,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     create.add_argument("--base-model", default="minilm", help='"minilm" or a local model folder')
     create.add_argument("--share", choices=("lora", "full"), default="lora",
                         help="what leaves a node: LoRA adapters + head (default) or all weights")
-    create.add_argument("--lora-targets", choices=("attention", "all-linear"), default="attention",
+    create.add_argument("--lora-targets", choices=LORA_TARGET_CHOICES, default="attention",
                         help="with --share lora: adapt the attention's query/value (default) or every linear layer")
     create.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     create.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale numerator (default 16)")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 IMPORT_FORMATS = ("auto", "trl", "hh", "conversational", "multi", "ratings", "feedback")
 EXPORT_FORMATS = ("hf", "onnx", "onnx-int8")
 INT8_SCHEMES = ("auto", "dynamic", "weights")  # node.rm.export.INT8_SCHEMES, without importing torch
+LORA_TARGET_CHOICES = ("attention", "all-linear")  # node.rm.model.LORA_TARGET_SETS, likewise
 
 COMMANDS = {
     "train": "train the node's private reward model on a snapshot of the store and register it",
@@ -41,7 +42,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--snapshot", metavar="ID", help="train on this stored snapshot (id or unique prefix); "
                             "default: a new snapshot of everything stored now")
         parser.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters + the head")
-        parser.add_argument("--lora-targets", choices=("attention", "all-linear"),
+        parser.add_argument("--lora-targets", choices=LORA_TARGET_CHOICES,
                             help="with --lora: adapt the attention's query/value (default) or every linear layer")
         parser.add_argument("--mean-pool-init", action="store_true", default=None,
                             help="start the reward from the mean of the tokens, not the pretrained [CLS] vector")

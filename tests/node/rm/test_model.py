@@ -163,12 +163,17 @@ def test_mean_pool_init_under_lora_zeroes_the_frozen_query(bert_dir) -> None:
 
 
 def test_lora_target_sets_agree_and_bad_ones_are_refused() -> None:
-    """node.rm.config and federation.agreement keep copies of the names (they must not import torch)."""
+    """The config, the agreement and both CLIs keep copies of the names (they must not import torch)."""
+    from federation.aggregation import STRATEGIES
     from federation.agreement import LORA_TARGET_SETS as AGREEMENT_SETS
+    from node.commands import federation as federation_commands
+    from node.commands import rm as rm_commands
     from node.rm.config import LORA_TARGET_SETS as CONFIG_SETS
     from node.rm.config import TrainConfig
     from node.rm.model import LORA_TARGET_SETS
 
     assert CONFIG_SETS == AGREEMENT_SETS == LORA_TARGET_SETS
+    assert rm_commands.LORA_TARGET_CHOICES == federation_commands.LORA_TARGET_CHOICES == LORA_TARGET_SETS
+    assert federation_commands.STRATEGY_CHOICES == STRATEGIES
     with pytest.raises(ValueError, match="rm.lora_targets = 'mlp' is unknown; use one of attention, all-linear"):
         TrainConfig(lora_targets="mlp")

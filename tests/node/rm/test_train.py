@@ -17,7 +17,7 @@ def initial_params(config) -> dict[str, torch.Tensor]:
     """The weights train_reward_model starts from: the backbone loaded under the same seed."""
     torch.manual_seed(config.seed)
     model, _ = load_backbone(config.base_model, lora=config.lora, lora_r=config.lora_r,
-                             mean_pool_init=config.mean_pool_init)
+                             lora_targets=config.lora_targets, mean_pool_init=config.mean_pool_init)
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
@@ -49,8 +49,10 @@ def test_mean_pool_init_moves_the_last_key_from_the_second_step(tiny_config, tmp
     assert unchanged_after(replace(config, batch_size=8), 2, tmp_path / "two") == []
 
 
-def test_lora_moves_only_adapters_and_head(tiny_config, tmp_path) -> None:
-    config = replace(tiny_config, lora=True, lora_r=4, batch_size=8, center_coef=0.01)  # 2 steps: lora_A moves once lora_B != 0
+@pytest.mark.parametrize("targets", ["attention", "all-linear"])
+def test_lora_moves_only_adapters_and_head(tiny_config, tmp_path, targets) -> None:
+    config = replace(tiny_config, lora=True, lora_r=4, batch_size=8, center_coef=0.01,  # 2 steps: lora_A moves
+                     lora_targets=targets)                                             # once lora_B != 0
     before = initial_params(config)
     result = train_reward_model(synthetic_pairs(16), [], config, out_dir=tmp_path, progress=False)
     assert result.global_step == 2
@@ -58,6 +60,8 @@ def test_lora_moves_only_adapters_and_head(tiny_config, tmp_path) -> None:
         moved = not torch.equal(p.detach(), before[name])
         assert moved == p.requires_grad, name
         assert p.requires_grad == ("lora_" in name or "classifier.modules_to_save" in name), name
+    feed_forward = [n for n, p in result.model.named_parameters() if ".intermediate.dense.lora_" in n]
+    assert bool(feed_forward) == (targets == "all-linear")
 
 
 def test_learns_a_synthetic_preference(tiny_config, tmp_path) -> None:
