@@ -216,7 +216,7 @@ def main() -> None:
         for name, pairs in sets.items():
             acc, longer = accuracy_and_bias(pairs, margins[spans[name]])
             cells.append(f"{acc:.3f} (longer {longer:.2f})")
-        union_accuracy[label] = acc
+        union_accuracy[label] = acc  # the last set is the union
         print(f"{label:>34} | " + " | ".join(f"{c:>22}" for c in cells), flush=True)
     rule = []
     for pairs in sets.values():
@@ -227,7 +227,8 @@ def main() -> None:
         for strategy in ("fedavg", args.robust):
             clean, hit = union_accuracy.get(f"federated {strategy}"), union_accuracy.get(f"federated {strategy} {attack}")
             if clean is not None and hit is not None:
-                print(f"{attack} by {args.attacker}: {strategy} {hit:.3f} on the union, "
+                what = f"without {args.attacker}" if attack == "absent" else f"{attack} by {args.attacker}"
+                print(f"{what}: {strategy} {hit:.3f} on the union, "
                       f"{100 * (hit - clean):+.1f} points against its clean run")
 
 
