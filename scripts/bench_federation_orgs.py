@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from federation.agreement import Agreement  # noqa: E402
+from federation.agreement import LORA_TARGET_SETS, SHARES, Agreement  # noqa: E402
 from federation.apps import make_client_app, run_federation  # noqa: E402
 from federation.codec import Arrays  # noqa: E402
 from federation.local_grid import LocalGrid  # noqa: E402
@@ -103,10 +103,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mean-pool-init", action="store_true",
                         help="start the reward from the mean of the tokens (federation create --mean-pool-init)")
-    parser.add_argument("--share", choices=("lora", "full"), default="lora",
+    parser.add_argument("--share", choices=SHARES, default="lora",
                         help="what the models train and share: LoRA adapters + head, or every weight "
                              "(full: use a learning rate near 5e-5)")
-    parser.add_argument("--lora-targets", choices=("attention", "all-linear"), default="attention",
+    parser.add_argument("--lora-targets", choices=LORA_TARGET_SETS, default="attention",
                         help="with --share lora: adapters on the query/value projections or on every linear layer")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice the rank)")
     parser.add_argument("--batch-size", type=int, default=8, help="local batch size (pairs)")

@@ -4,12 +4,12 @@
               quantized to uint8 at run time with ONE scale per tensor; int8 compute (MatMulInteger), about
               2.3x faster than fp32 on one core. The single activation scale is coarse: on MiniLM reward
               models it reorders 5-15% of close pairs, so it often fails the fidelity gate.
-    weights   int8 weights only: every weight matrix is stored as int8 with one fp32 scale per block of
+    weights   int8 weights only: every weight matrix is stored as int8 with one fp16 scale per block of
               WEIGHT_BLOCK consecutive input rows and output column (embedding tables: one scale per row;
               a matrix with a side under MIN_SIDE stays fp32), turned back into fp32 by Cast -> Mul ->
-              Reshape nodes on constants, which onnxruntime folds once when the session loads. The file is as small as dynamic's; compute, memory at run time
-              and latency are fp32's, and no activation is ever rounded, so rewards move ~1% and pair
-              orders almost never. Plain ONNX ops: any runtime loads it, folded or not, with the same scores.
+              Reshape nodes on constants, which onnxruntime folds once when the session loads. The file
+              is as small as dynamic's; compute, memory at run time and latency are fp32's, and no
+              activation is ever rounded, so rewards move ~1% and pair orders almost never. Plain ONNX ops: any runtime loads it, folded or not, with the same scores.
 
 SCHEMES lists them in the order "auto" tries them: the fast one first, the faithful one when the fast
 one fails its gate.
