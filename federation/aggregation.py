@@ -118,6 +118,48 @@ def krum(updates: NDArray[np.floating], n_byzantine: int) -> Vector:
     return multi_krum(updates, n_byzantine, 1)[0]
 
 
+def outlier_stats(updates: NDArray[np.floating]) -> tuple[Vector, Vector]:
+    """Per row: its L2 norm over the median row norm, and its cosine with the coordinate-wise median.
+
+    Both references are medians, so one (or up to half minus one) hostile row cannot move them far: a
+    row scaled x100 has a norm ratio near 100, a negated row a cosine near -1. Zero rows get ratio 0
+    and cosine 0.
+
+    >>> ratio, cosine = outlier_stats(np.array([[1.0, 0.0], [1.0, 0.2], [0.9, -0.1], [-50.0, 0.0]]))
+    >>> ratio.round(2).tolist(), cosine.round(2).tolist()
+    ([0.99, 1.01, 0.9, 49.51], [1.0, 0.98, 0.99, -1.0])
+    """
+    u = _check(updates)
+    norms = np.linalg.norm(u, axis=1)  # (K,)
+    median_norm = float(np.median(norms))
+    ratio: Vector = norms / median_norm if median_norm > 0 else np.zeros_like(norms)
+    center = np.median(u, axis=0)  # (D,)
+    denom = norms * float(np.linalg.norm(center))
+    cosine: Vector = np.divide(u @ center, denom, out=np.zeros_like(norms), where=denom > 0)
+    return ratio, cosine
+
+
+def screen_outliers(updates: NDArray[np.floating], max_norm_ratio: float, min_cosine: float) -> dict[int, str]:
+    """Rows to leave out of the round, each with the reason: an L2 norm above `max_norm_ratio` x the
+    median norm, or a cosine with the coordinate-wise median below `min_cosine` (`outlier_stats`).
+
+    >>> screen_outliers(np.array([[1.0, 0.0], [1.0, 0.2], [0.9, -0.1], [-50.0, 0.0]]), 3.0, 0.0)
+    {3: 'norm 49.5x the median (limit 3x); cosine with the median update -1.00 (limit 0)'}
+    """
+    if not max_norm_ratio > 1:
+        raise ValueError(f"max_norm_ratio must be > 1, got {max_norm_ratio}; 3 leaves out norms over 3x the median")
+    if not -1.0 <= min_cosine < 1.0:
+        raise ValueError(f"min_cosine must lie in [-1, 1), got {min_cosine}; 0 leaves out updates against the median")
+    ratio, cosine = outlier_stats(updates)
+    out: dict[int, str] = {}
+    for i, (r, c) in enumerate(zip(ratio.tolist(), cosine.tolist(), strict=True)):
+        why = ([f"norm {r:.1f}x the median (limit {max_norm_ratio:g}x)"] if r > max_norm_ratio else []) + (
+            [f"cosine with the median update {c:.2f} (limit {min_cosine:g})"] if c < min_cosine else [])
+        if why:
+            out[i] = "; ".join(why)
+    return out
+
+
 def clip_by_norm(update: NDArray[np.floating], max_norm: float) -> Vector:
     """u * min(1, C / ||u||_2): the update with its L2 norm capped at C.
 
@@ -152,18 +194,27 @@ def dp_privatize(update: NDArray[np.floating], clip_norm: float, noise_multiplie
 def aggregate(strategy: str, updates: NDArray[np.floating], weights: NDArray[np.floating], *,
               trim_fraction: float = 0.2, n_byzantine: int = 1, clip_norm: float | None = None) -> Vector:
     """Dispatch to a rule by its agreement name; clip rows first when clip_norm is set."""
+    return aggregate_selected(strategy, updates, weights, trim_fraction=trim_fraction, n_byzantine=n_byzantine,
+                              clip_norm=clip_norm)[0]
+
+
+def aggregate_selected(strategy: str, updates: NDArray[np.floating], weights: NDArray[np.floating], *,
+                       trim_fraction: float = 0.2, n_byzantine: int = 1,
+                       clip_norm: float | None = None) -> tuple[Vector, list[int]]:
+    """`aggregate`, and the rows the rule used: Krum's selection (best score first), every row otherwise."""
     u = _check(updates, weights)
+    every = list(range(u.shape[0]))
     if clip_norm is not None:
         u = clip_rows(u, clip_norm)
     if strategy == "fedavg":
-        return fedavg(u, weights)
+        return fedavg(u, weights), every
     if strategy == "median":
-        return coordinate_median(u)
+        return coordinate_median(u), every
     if strategy == "trimmed-mean":
-        return trimmed_mean(u, trim_fraction)
+        return trimmed_mean(u, trim_fraction), every
     if strategy == "krum":
         f = min(n_byzantine, max(u.shape[0] - 3, 0))  # Krum needs K >= 2f + 3 to mean anything
-        return multi_krum(u, f, max(u.shape[0] - f, 1))[0]
+        return multi_krum(u, f, max(u.shape[0] - f, 1))
     raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 

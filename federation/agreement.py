@@ -33,7 +33,9 @@ MIN_MAX_LENGTH = 8
 """Smallest token budget that leaves room for a prompt, a response and a tokenizer's special tokens."""
 _INTS = ("rounds", "min_participants", "local_epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
          "n_byzantine", "seed")
-_FLOATS = ("learning_rate", "trim_fraction", "clip_norm", "dp_clip_norm", "dp_noise_multiplier", "round_timeout_s")
+_FLOATS = ("learning_rate", "trim_fraction", "clip_norm", "dp_clip_norm", "dp_noise_multiplier", "round_timeout_s",
+           "outlier_norm_ratio", "outlier_min_cosine")
+_SCREEN_DEFAULTS = {"screen_outliers": False, "outlier_norm_ratio": 3.0, "outlier_min_cosine": 0.0}
 
 
 class InvalidSetting(FederationError):
@@ -94,6 +96,15 @@ class Agreement:
     """Krum: number of faulty members tolerated."""
     clip_norm: float = 0.0
     """Server-side clipping of each update's L2 norm before aggregation (0 = off)."""
+    screen_outliers: bool = False
+    """Leave out of each round (recorded in its manifest as rejections, reason "outlier-update") the updates
+    whose norm or direction is an outlier among the round's (federation.aggregation.screen_outliers), then
+    aggregate the rest with `strategy`. Written into the agreement, with the two limits below, only when on
+    or when a limit is changed, so agreements made before the setting keep their ids."""
+    outlier_norm_ratio: float = 3.0
+    """screen_outliers: largest update L2 norm allowed, as a multiple of the round's median norm."""
+    outlier_min_cosine: float = 0.0
+    """screen_outliers: smallest cosine allowed between an update and the coordinate-wise median update."""
     dp_clip_norm: float = 0.0
     """Client-side DP: clip each update to this L2 norm (0 = DP off)."""
     dp_noise_multiplier: float = 0.0
@@ -126,8 +137,9 @@ class Agreement:
     def _check_numbers(self) -> None:
         """Every numeric setting in range (the bounds of `rewardnode train` where they overlap), so a bad
         value is refused when the agreement is made or read, not by every member in round 1."""
-        if not isinstance(self.mean_pool_init, bool):
-            raise InvalidSetting("mean_pool_init", self.mean_pool_init, "must be true or false", "give a boolean")
+        for name in ("mean_pool_init", "screen_outliers"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidSetting(name, getattr(self, name), "must be true or false", "give a boolean")
         for name in _INTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -163,6 +175,12 @@ class Agreement:
         if not 0.0 <= self.trim_fraction < 0.5:
             raise InvalidSetting("trim_fraction", self.trim_fraction, "must lie in [0, 0.5)",
                                  "0.2 trims a fifth on each side")
+        if not self.outlier_norm_ratio > 1:
+            raise InvalidSetting("outlier_norm_ratio", self.outlier_norm_ratio, "must be > 1 (the median update "
+                                 "itself has ratio 1)", "3 leaves out updates over 3x the median norm")
+        if not -1.0 <= self.outlier_min_cosine < 1.0:
+            raise InvalidSetting("outlier_min_cosine", self.outlier_min_cosine, "must lie in [-1, 1)",
+                                 "0 leaves out updates that point against the median update; -1 turns the check off")
         if self.dp_noise_multiplier > 0 and self.dp_clip_norm == 0:
             raise InvalidSetting("dp_noise_multiplier", self.dp_noise_multiplier,
                                  "adds no noise without client-side clipping (std = multiplier x dp_clip_norm)",
@@ -184,6 +202,9 @@ class Agreement:
             del d["mean_pool_init"]
         if self.lora_targets == "attention":  # likewise
             del d["lora_targets"]
+        if all(d[k] == v for k, v in _SCREEN_DEFAULTS.items()):  # likewise
+            for k in _SCREEN_DEFAULTS:
+                del d[k]
         return d
 
     @classmethod

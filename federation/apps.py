@@ -287,7 +287,7 @@ def run_federation(grid: Grid, state: FederationState, *, on_round: Callable[[Ro
     content = RecordDict({REC_GLOBAL: to_record(state.global_arrays),
                           REC_CONFIG: ConfigRecord({KEY_CHAIN: list(state.chain)})})
     messages = [Message(content, dst_node_id=n, message_type=MSG_FINALIZE, group_id="final") for n in nodes]
-    quorum = len(results[-1].accepted) if results else len(nodes)
+    quorum = results[-1].valid if results else len(nodes)
     t0 = time.perf_counter()
     replies, sent = send_and_receive(grid, messages, a.round_timeout_s, quorum=quorum, straggler_s=straggler_s)
     for reply in replies:

@@ -53,6 +53,8 @@ BAD_COUNT = "bad-example-count"
 DUPLICATE_SENDER = "duplicate-sender"
 NO_REPLY = "no-reply"
 MEMBER_ERROR = "member-error"  # the member replied, with an error (its local training failed)
+OUTLIER = "outlier-update"  # valid, but its norm or direction is an outlier among the round's (screen_outliers)
+NOT_SELECTED = "not-selected"  # valid, but the rule (Krum) aggregated other updates
 
 
 @dataclass(frozen=True)

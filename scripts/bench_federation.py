@@ -1,11 +1,13 @@
 """Poisoning benchmark: 1 of N members attacks; robust rules vs FedAvg, on the real federation code.
 
     python scripts/bench_federation.py [--nodes 4] [--rounds 3] [--pairs 48] [--base-model DIR|minilm]
+        [--strategies fedavg,median,...,fedavg+screen]
 
 Every run goes through federation/apps.py (ServerApp loop, ClientApp handlers, signed contributions,
 verification, aggregation, signed manifests) on the in-process LocalGrid. Member 0 attacks (label-flip,
-scale100 or sign-flip: scripts/poisoning.py). bench_federation_orgs.py --attacks runs the same attacks
-on the four organizations' real data.
+scale100 or sign-flip: scripts/poisoning.py). A rule named RULE+screen runs with the agreement's
+screen_outliers on (outlier updates left out, then RULE). bench_federation_orgs.py --attacks runs the
+same attacks on the four organizations' real data.
 
 --deployment N measures instead the round overhead of Flower's deployment engine: a TLS SuperLink
 (SuperNode authentication on) and N admitted SuperNodes on 127.0.0.1 (one node home each, created in a temp folder with the CLI), 3 rounds,
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from federation.aggregation import STRATEGIES  # noqa: E402
 from federation.agreement import Agreement  # noqa: E402
 from federation.apps import make_client_app, run_federation  # noqa: E402
 from federation.codec import Arrays  # noqa: E402
@@ -45,7 +48,8 @@ from node.rm.data import PreferencePair  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
 from scripts.poisoning import ATTACKS, participant  # noqa: E402
 
-STRATEGIES = ("fedavg", "median", "trimmed-mean", "krum")
+SCREENED = "+screen"
+RULES = (*STRATEGIES, "fedavg" + SCREENED)
 
 
 def accuracy(agreement: Agreement, arrays: Arrays, pairs: list[PreferencePair]) -> float:
@@ -58,11 +62,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=48, help="pairs per member")
     parser.add_argument("--base-model", default=None)
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(RULES),
+                        help=f"comma-separated rules; any of {', '.join(STRATEGIES)}, each optionally with {SCREENED}")
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--deployment", type=int, default=0, metavar="N",
                         help="measure the deployment engine's round overhead with N members instead")
     args = parser.parse_args()
+    unknown = [r for r in args.strategies.split(",") if r.removesuffix(SCREENED) not in STRATEGIES]
+    if unknown:
+        parser.error(f"--strategies: unknown rule(s) {', '.join(unknown)}; use {', '.join(STRATEGIES)}, "
+                     f"each optionally with {SCREENED}")
     torch.set_num_threads(1)
     if args.deployment:
         deployment_overhead(args.deployment, args.rounds)
@@ -77,10 +86,11 @@ def main() -> None:
     def pairs_of(seed: int, n: int) -> list[PreferencePair]:
         return [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in secret_pairs(n, seed, f"n{seed}")]
 
-    def agreement(strategy: str) -> Agreement:
+    def agreement(rule: str) -> Agreement:
         return Agreement(name="bench", coordinator=coordinator.public_key_hex,
                          members=tuple(m.public_key_hex for m in members), base_model=base,
-                         base_model_sha256=base_model_sha256(base), strategy=strategy, rounds=args.rounds,
+                         base_model_sha256=base_model_sha256(base), strategy=rule.removesuffix(SCREENED),
+                         screen_outliers=rule.endswith(SCREENED), rounds=args.rounds,
                          min_participants=args.nodes - 1, learning_rate=0.01, max_length=32, n_byzantine=1,
                          trim_fraction=0.25, round_timeout_s=600)
 
@@ -90,7 +100,7 @@ def main() -> None:
     init = initial_arrays(first)
     print(f"{args.nodes} members x {args.pairs} pairs, {args.rounds} rounds, base {Path(base).name}; "
           f"dev accuracy of the initial model {accuracy(first, init, dev):.3f}")
-    print(f"{'attack':>11} | " + " | ".join(f"{s:>12}" for s in args.strategies.split(",")))
+    print(f"{'attack':>11} | " + " | ".join(f"{s:>14}" for s in args.strategies.split(",")))
     overheads: list[float] = []
     for attack in args.attacks.split(","):
         row = []
@@ -106,7 +116,7 @@ def main() -> None:
             grid.shutdown()
             overheads += [r - t for r, t in zip(outcome.round_seconds, outcome.train_seconds, strict=True)]
             row.append(f"{accuracy(a, outcome.final, dev):.3f} ({time.perf_counter() - t0:4.1f}s)")
-        print(f"{attack:>11} | " + " | ".join(f"{c:>12}" for c in row), flush=True)
+        print(f"{attack:>11} | " + " | ".join(f"{c:>14}" for c in row), flush=True)
     print(f"in-process round overhead (round - slowest member's training): median "
           f"{statistics.median(overheads) * 1000:.0f} ms, max {max(overheads) * 1000:.0f} ms over {len(overheads)} rounds")
     print(f"update size per member: {sum(v.size for v in init.values())} float32 "

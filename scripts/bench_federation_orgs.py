@@ -2,7 +2,8 @@
 
     python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 128] [--mean-pool-init]
         [--share lora|full] [--lora-targets attention|all-linear] [--lora-r N] [--learning-rate X]
-        [--attacks none label-flip scale100 sign-flip absent] [--attacker ORG] [--batch-size N] [--local-epochs N] [--models private centralized ...]
+        [--attacks none label-flip scale100 sign-flip absent] [--attacker ORG] [--robust RULE] [--screen-outliers]
+        [--batch-size N] [--local-epochs N] [--models private centralized ...]
 
 Each organization holds one source (hh-rlhf, finegrained-rlhf, llmbar, alpacaeval-ai): natural non-IID
 data whose preferences conflict (harmless replies are shorter, the AI judge prefers longer ones). 20% of
@@ -11,7 +12,8 @@ initialisation (the agreement's seed) and train the same number of passes over t
 
 - private:     each organization alone, `--rounds` rounds of local training (a federation of one);
 - centralized: one model on the pooled training data of all four (the upper bound federation aims at);
-- federated:   the four organizations in `--rounds` signed rounds, FedAvg and a robust rule (median);
+- federated:   the four organizations in `--rounds` signed rounds, FedAvg and a robust rule (`--robust`,
+               median by default; `--screen-outliers` leaves out outlier updates before it);
                with --attacks, once per attack with `--attacker` poisoning its contributions
                (scripts/poisoning.py: label-flip, scale100, sign-flip; "none" is the clean run; "absent"
                federates without the attacker: what a rule that shuts it out can reach at best).
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from federation.aggregation import STRATEGIES  # noqa: E402
 from federation.agreement import LORA_TARGET_SETS, SHARES, Agreement  # noqa: E402
 from federation.apps import make_client_app, run_federation  # noqa: E402
 from federation.codec import Arrays  # noqa: E402
@@ -98,7 +101,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--base-model", default="minilm")
-    parser.add_argument("--robust", default="median", help="the robust rule beside FedAvg")
+    parser.add_argument("--robust", choices=STRATEGIES, default="median", help="the robust rule beside FedAvg")
+    parser.add_argument("--screen-outliers", action="store_true",
+                        help="the robust run leaves out outlier updates first (federation create --screen-outliers)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mean-pool-init", action="store_true",
@@ -136,7 +141,7 @@ def main() -> None:
     keys = {name: Identity.generate() for name in orgs}
     central_key = Identity.generate()
 
-    def agreement(members: list[Identity], strategy: str = "fedavg") -> Agreement:
+    def agreement(members: list[Identity], strategy: str = "fedavg", screen: bool = False) -> Agreement:
         return Agreement(name="orgs", coordinator=coordinator.public_key_hex,
                          members=tuple(m.public_key_hex for m in members), base_model=args.base_model,
                          base_model_sha256=base_model_sha256(args.base_model), strategy=strategy,
@@ -144,11 +149,11 @@ def main() -> None:
                          max_length=args.max_length, round_timeout_s=36000, seed=args.seed,
                          mean_pool_init=args.mean_pool_init, share=args.share, batch_size=args.batch_size,
                          local_epochs=args.local_epochs, lora_targets=args.lora_targets, lora_r=args.lora_r,
-                         lora_alpha=2 * args.lora_r)
+                         lora_alpha=2 * args.lora_r, screen_outliers=screen)
 
     def federate(members: dict[str, tuple[Identity, list[PreferencePair]]], strategy: str,
-                 attack: str = "none") -> tuple[Agreement, Arrays]:
-        a = agreement([k for k, _ in members.values()], strategy)
+                 attack: str = "none", screen: bool = False) -> tuple[Agreement, Arrays]:
+        a = agreement([k for k, _ in members.values()], strategy, screen)
         participants = [participant(NodeParticipant(None, a, pairs=pairs, identity=k),
                                     attack if name == args.attacker else "none")
                         for name, (k, pairs) in members.items()]
@@ -192,14 +197,16 @@ def main() -> None:
         pooled = [p for train, _ in orgs.values() for p in train]
         run = federate({"all": (central_key, random.Random(args.seed).sample(pooled, len(pooled)))}, "fedavg")
         trained("centralized", run, time.perf_counter() - t0)
+    rules = {"fedavg": ("fedavg", False), "robust": (args.robust, args.screen_outliers)}
+    names = {kind: strategy + ("+screen" if screen else "") for kind, (strategy, screen) in rules.items()}
     for attack in args.attacks:
-        for strategy in ("fedavg", args.robust):
-            if ("fedavg" if strategy == "fedavg" else "robust") not in args.models:
+        for kind, (strategy, screen) in rules.items():
+            if kind not in args.models:
                 continue
             t0 = time.perf_counter()
             members = {n: (keys[n], train) for n, (train, _) in orgs.items() if attack != "absent" or n != args.attacker}
-            run = federate(members, strategy, "none" if attack == "absent" else attack)
-            label = f"federated {strategy}" + ("" if attack == "none" else f" {attack}")
+            run = federate(members, strategy, "none" if attack == "absent" else attack, screen)
+            label = f"federated {names[kind]}" + ("" if attack == "none" else f" {attack}")
             trained(label, run, time.perf_counter() - t0)
 
     sets = {**{name: dev for name, (_, dev) in orgs.items()}, "union": union_dev}
@@ -224,7 +231,7 @@ def main() -> None:
         rule.append(f"{sum(len(p.chosen) > len(p.rejected) for p in decided) / max(1, len(decided)):.3f}")
     print(f"{'rule: longer wins':>34} | " + " | ".join(f"{c:>22}" for c in rule))
     for attack in (a for a in args.attacks if a != "none"):
-        for strategy in ("fedavg", args.robust):
+        for strategy in names.values():
             clean, hit = union_accuracy.get(f"federated {strategy}"), union_accuracy.get(f"federated {strategy} {attack}")
             if clean is not None and hit is not None:
                 what = f"without {args.attacker}" if attack == "absent" else f"{attack} by {args.attacker}"

@@ -20,7 +20,8 @@ FLAGS: dict[str, str] = {
     "learning_rate": "--learning-rate", "batch_size": "--batch-size", "max_length": "--max-length",
     "clip_norm": "--clip-norm", "dp_clip_norm": "--dp-clip-norm", "dp_noise_multiplier": "--dp-noise-multiplier",
     "round_timeout_s": "--round-timeout", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha",
-    "lora_targets": "--lora-targets",
+    "lora_targets": "--lora-targets", "outlier_norm_ratio": "--outlier-norm-ratio",
+    "outlier_min_cosine": "--outlier-min-cosine",
 }
 """`federation create` flag of each agreement setting, for error messages."""
 CA_FILE = "ca.pem"
@@ -53,6 +54,14 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     create.add_argument("--batch-size", type=int, default=8)
     create.add_argument("--max-length", type=int, default=128)
     create.add_argument("--clip-norm", type=float, default=0.0, help="server-side update norm bound (0 = off)")
+    create.add_argument("--screen-outliers", action="store_true",
+                        help="leave out of each round the updates whose norm or direction is an outlier among the "
+                             "round's (recorded in its manifest), then aggregate the rest with --strategy")
+    create.add_argument("--outlier-norm-ratio", type=float, default=3.0, metavar="X",
+                        help="(--screen-outliers) leave out updates over X times the round's median norm (default 3)")
+    create.add_argument("--outlier-min-cosine", type=float, default=0.0, metavar="C",
+                        help="(--screen-outliers) leave out updates whose cosine with the coordinate-wise median "
+                             "update is below C (default 0; -1 turns the check off)")
     create.add_argument("--dp-clip-norm", type=float, default=0.0, help="client-side DP clipping (0 = off)")
     create.add_argument("--dp-noise-multiplier", type=float, default=0.0)
     create.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies")
@@ -132,7 +141,8 @@ def _create(args: argparse.Namespace) -> int:
             max_length=args.max_length, clip_norm=args.clip_norm, dp_clip_norm=args.dp_clip_norm,
             dp_noise_multiplier=args.dp_noise_multiplier, round_timeout_s=args.round_timeout,
             mean_pool_init=args.mean_pool_init, lora_targets=args.lora_targets, lora_r=args.lora_r,
-            lora_alpha=args.lora_alpha)
+            lora_alpha=args.lora_alpha, screen_outliers=args.screen_outliers,
+            outlier_norm_ratio=args.outlier_norm_ratio, outlier_min_cosine=args.outlier_min_cosine)
         try:  # the settings first: a typo should not wait for the base model to be hashed
             Agreement(name=args.name, coordinator=node.identity.public_key_hex, members=members,
                       base_model=args.base_model, base_model_sha256="0" * 64, share=args.share, **settings)
@@ -148,8 +158,10 @@ def _create(args: argparse.Namespace) -> int:
             base_model_sha256=base_model_sha256(args.base_model), share=args.share, **settings)
         ca = prepare_tls(node.config.home, args.name)  # before the agreement: a failure leaves no CA-less federation
         save_agreement(target, agreement.sign(node.identity))
+    screen = (f" after leaving out outliers (norm > {agreement.outlier_norm_ratio:g}x the median, cosine < "
+              f"{agreement.outlier_min_cosine:g})" if agreement.screen_outliers else "")
     print(f"created federation {args.name!r} ({agreement.federation_id[:16]}...): {len(members)} member(s), "
-          f"{agreement.strategy}, {agreement.rounds} round(s)")
+          f"{agreement.strategy}{screen}, {agreement.rounds} round(s)")
     print(f"  agreement  {target}  (send it to every member: rewardnode federation join {args.name} "
           "--coordinator HOST:PORT --agreement FILE --ca CA)")
     print(f"  TLS CA     {ca}")
@@ -342,7 +354,10 @@ def _status(args: argparse.Namespace) -> int:
                 "base_model": agreement.base_model, "share": agreement.share,
                 **({"lora_targets": agreement.lora_targets, "lora_r": agreement.lora_r} if agreement.share == "lora"
                    else {}),
-                "strategy": agreement.strategy, "rounds": agreement.rounds, "rounds_done": len(rounds),
+                "strategy": agreement.strategy,
+                **({"outlier_norm_ratio": agreement.outlier_norm_ratio,
+                    "outlier_min_cosine": agreement.outlier_min_cosine} if agreement.screen_outliers else {}),
+                "rounds": agreement.rounds, "rounds_done": len(rounds),
                 "min_participants": agreement.min_participants, "models": [m.id for m in models]}
     if args.json:
         print(json.dumps(info, indent=2))

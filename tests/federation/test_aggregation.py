@@ -72,6 +72,36 @@ def test_robust_rules_resist_one_scaled_attacker() -> None:
     assert np.abs(agg.aggregate("fedavg", bad, w) - 1.0).max() > 10
 
 
+def test_outlier_stats_match_their_definition(updates: np.ndarray) -> None:
+    norms = [float(np.sqrt(sum(x * x for x in row))) for row in updates]
+    center = [sorted(updates[:, j])[3] for j in range(5)]
+    ratio, cosine = agg.outlier_stats(updates)
+    np.testing.assert_allclose(ratio, np.array(norms) / sorted(norms)[3])
+    ref = [float(np.dot(row, center)) / (n * float(np.linalg.norm(center))) for row, n in zip(updates, norms,
+                                                                                               strict=True)]
+    np.testing.assert_allclose(cosine, ref)
+
+
+@pytest.mark.parametrize("factor, caught", [(100.0, "x the median (limit 3x)"), (-10.0, "cosine"), (-1.0, "cosine"),
+                                            (1.0, None), (2.0, None)])
+def test_screen_names_the_scaled_or_negated_row(factor: float, caught: str | None) -> None:
+    rng = np.random.default_rng(3)
+    honest = 1.0 + rng.normal(0.0, 0.1, size=(4, 50))  # four members that roughly agree
+    rows = np.vstack([honest, factor * honest[0]])
+    out = agg.screen_outliers(rows, max_norm_ratio=3.0, min_cosine=0.0)
+    if caught is None:
+        assert out == {}
+    else:
+        assert list(out) == [4] and caught in out[4]
+
+
+def test_screen_refuses_limits_that_mean_nothing() -> None:
+    with pytest.raises(ValueError, match="max_norm_ratio must be > 1"):
+        agg.screen_outliers(np.ones((3, 2)), 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"min_cosine must lie in \[-1, 1\)"):
+        agg.screen_outliers(np.ones((3, 2)), 3.0, 1.0)
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="NaN"):
         agg.fedavg(np.array([[np.nan]]), np.ones(1))

@@ -71,6 +71,8 @@ def joined(homes: tuple[Path, Path, str], bert_dir: Path) -> tuple[Path, Path]:
     ("--min-participants", "0", "--min-participants 0: must be >= 1"),
     ("--lora-r", "0", "--lora-r 0: must be >= 1"),
     ("--lora-alpha", "-16", "--lora-alpha -16: must be >= 1"),
+    ("--outlier-norm-ratio", "1", "--outlier-norm-ratio 1: must be > 1"),
+    ("--outlier-min-cosine", "1.5", "--outlier-min-cosine 1.5: must lie in [-1, 1)"),
 ])
 def test_create_refuses_an_out_of_range_setting_naming_its_flag(homes, bert_dir, capsys, flag, value, says) -> None:
     coord, _, key = homes
@@ -90,6 +92,18 @@ def test_create_writes_the_lora_settings_it_is_given(homes, bert_dir, capsys) ->
     status = json.loads(capsys.readouterr().out)
     assert status["federation_id"] == agreement.federation_id and status["rounds_done"] == 0
     assert (status["share"], status["lora_targets"], status["lora_r"]) == ("lora", "all-linear", 16)
+
+
+def test_create_writes_the_outlier_screen_it_is_given(homes, bert_dir, capsys) -> None:
+    coord, _, key = homes
+    assert create(coord, key, bert_dir, "--strategy", "median", "--screen-outliers", "--outlier-norm-ratio", "5",
+                  "--outlier-min-cosine", "-0.5") == 0
+    assert "median after leaving out outliers (norm > 5x the median, cosine < -0.5)" in capsys.readouterr().out
+    agreement = verify_agreement((coord / "federation" / "fed" / "agreement.json").read_bytes())
+    assert (agreement.screen_outliers, agreement.outlier_norm_ratio, agreement.outlier_min_cosine) == (True, 5.0, -0.5)
+    assert cli("--home", str(coord), "federation", "status", "fed", "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["strategy"], status["outlier_norm_ratio"], status["outlier_min_cosine"]) == ("median", 5.0, -0.5)
 
 
 def test_create_min_participants_above_the_member_count_says_how_many_members(homes, bert_dir, capsys) -> None:

@@ -152,6 +152,60 @@ def test_duplicate_sender_and_below_quorum(agreement: Agreement) -> None:
     assert state.round == 0 and not state.chain  # aborted cleanly: nothing changed
 
 
+def test_outlier_screen_leaves_out_a_negated_update_and_the_manifest_records_it() -> None:
+    """A valid, signed update pointing against the others is left out, named in the manifest, and the
+    rest are averaged; the quorum counts it (it verified), so the round goes on with two."""
+    agreement = make_agreement(screen_outliers=True, min_participants=3)
+    state = _state(agreement)
+    base = update(40)
+    honest = [{n: a + 0.1 * update(41 + i)[n] for n, a in base.items()} for i in range(2)]
+    hostile = {n: -10.0 * a for n, a in base.items()}
+    updates = [*honest, hostile]
+    result = state.finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates, strict=True)])
+    assert [a.sender for a in result.accepted] == [MEMBERS[0].public_key_hex, MEMBERS[1].public_key_hex]
+    (rejection,) = result.rejected
+    assert (rejection.sender, rejection.reason) == (MEMBERS[2].public_key_hex, c.OUTLIER)
+    assert "norm" in rejection.detail and "cosine with the median update -" in rejection.detail
+    np.testing.assert_allclose(result.global_arrays["lora.A"], (honest[0]["lora.A"] + honest[1]["lora.A"]) / 2,
+                               rtol=1e-5)
+    (manifest,) = verify_chain(state.chain, agreement, final_sha256=arrays_sha256(result.global_arrays))
+    assert [r["reason"] for r in manifest.rejections] == [c.OUTLIER] and len(manifest.contributions) == 2
+
+
+def test_outlier_screen_off_aggregates_the_same_updates() -> None:
+    agreement = make_agreement()
+    base = update(40)
+    updates = [base, {n: 1.1 * a for n, a in base.items()}, {n: -10.0 * a for n, a in base.items()}]
+    result = _state(agreement).finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates,
+                                                                                            strict=True)])
+    assert len(result.accepted) == 3 and not result.rejected
+
+
+def test_the_updates_krum_leaves_out_are_on_the_record() -> None:
+    four = [*MEMBERS, OUTSIDER]  # Krum (f = 1) needs K >= 2f + 3 = 4 to leave anything out
+    agreement = make_agreement(strategy="krum", n_byzantine=1, members=tuple(m.public_key_hex for m in four))
+    base = update(60)
+    updates = [base, {n: 1.1 * a for n, a in base.items()}, {n: 0.9 * a for n, a in base.items()},
+               {n: a + 5.0 for n, a in base.items()}]
+    state = _state(agreement)
+    result = state.finish_round([(signed(m, u, agreement), u) for m, u in zip(four, updates, strict=True)])
+    assert [x.sender for x in result.accepted] == [m.public_key_hex for m in MEMBERS]
+    assert [(x.sender, x.reason) for x in result.rejected] == [(OUTSIDER.public_key_hex, c.NOT_SELECTED)]
+    assert result.valid == 4
+    np.testing.assert_allclose(result.global_arrays["lora.A"], base["lora.A"], rtol=1e-5)
+    (manifest,) = verify_chain(state.chain, agreement, final_sha256=arrays_sha256(result.global_arrays))
+    assert "not among the 3 krum kept" in manifest.rejections[0]["detail"]
+
+
+def test_a_screen_that_leaves_nothing_aborts_the_round() -> None:
+    agreement = make_agreement(screen_outliers=True, outlier_min_cosine=0.999)
+    state = _state(agreement)
+    updates = [update(50), update(51), update(52)]  # unrelated directions: none is within 0.999 of the median
+    with pytest.raises(BelowQuorum, match="every one of the 3 updates is an outlier"):
+        state.finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates, strict=True)])
+    assert state.round == 0 and not state.chain
+
+
 def _two_round_chain(agreement: Agreement) -> tuple[list[str], str]:
     state = _state(agreement)
     for r in (1, 2):
@@ -258,6 +312,19 @@ def test_mean_pool_init_setting_keeps_older_agreements_ids() -> None:
     assert Agreement.from_dict(json.loads(json.dumps(legacy.to_dict()))).federation_id == legacy.federation_id
     with pytest.raises(FederationError, match="mean_pool_init"):
         make_agreement(mean_pool_init="yes")
+
+
+def test_outlier_screen_settings_keep_older_agreements_ids() -> None:
+    """Agreements made before the screen existed read as screen off and keep their id; any change shows."""
+    legacy = make_agreement()
+    assert not {"screen_outliers", "outlier_norm_ratio", "outlier_min_cosine"} & set(legacy.to_dict())
+    on = make_agreement(screen_outliers=True)
+    assert on.to_dict()["screen_outliers"] is True and on.to_dict()["outlier_norm_ratio"] == 3.0
+    ids = {a.federation_id for a in (legacy, on, make_agreement(screen_outliers=True, outlier_min_cosine=-1.0))}
+    assert len(ids) == 3
+    assert Agreement.from_dict(on.to_dict()) == on and Agreement.from_dict(legacy.to_dict()) == legacy
+    with pytest.raises(FederationError, match="screen_outliers = 'yes': must be true or false"):
+        make_agreement(screen_outliers="yes")
 
 
 def test_lora_targets_setting_keeps_older_agreements_ids() -> None:
