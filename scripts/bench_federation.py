@@ -22,6 +22,7 @@ aggregation rules, not about reward-model quality.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -73,6 +74,7 @@ def main() -> None:
         parser.error(f"--strategies: unknown rule(s) {', '.join(unknown)}; use {', '.join(STRATEGIES)}, "
                      f"each optionally with {SCREENED}")
     torch.set_num_threads(1)
+    logging.getLogger("federation").setLevel(logging.ERROR)  # rejected/left-out updates are expected here
     if args.deployment:
         deployment_overhead(args.deployment, args.rounds)
         return

@@ -24,19 +24,26 @@ N_MEMBERS = 4
 SCALE = 100.0
 
 
-def _run(root: Path, bert_dir: Path, strategy: str, poisoned: bool, monkeypatch: pytest.MonkeyPatch) -> Arrays:
+def _poison(monkeypatch: pytest.MonkeyPatch, factor: float) -> None:
+    """org3 sends global + factor x (its honest update), signed with its own key."""
     honest_train = NodeParticipant.train
 
     def train(self: NodeParticipant, global_arrays: Arrays, round: int) -> tuple[Arrays, int, dict[str, float]]:
         arrays, n, metrics = honest_train(self, global_arrays, round)
-        if poisoned and self.node is not None and self.node.config.name == "org3":
-            arrays = {k: (global_arrays[k] + SCALE * (v - global_arrays[k])).astype(np.float32)
+        if self.node is not None and self.node.config.name == "org3":
+            arrays = {k: (global_arrays[k] + factor * (v - global_arrays[k])).astype(np.float32)
                       for k, v in arrays.items()}
         return arrays, n, metrics
 
     monkeypatch.setattr(NodeParticipant, "train", train)
+
+
+def _run(root: Path, bert_dir: Path, strategy: str, poisoned: bool, monkeypatch: pytest.MonkeyPatch) -> Arrays:
+    if poisoned:
+        _poison(monkeypatch, SCALE)
     coord, homes = build_federation(root, bert_dir, N_MEMBERS, extra=("--strategy", strategy))
     outcome = run_local(coord, homes, "fed")
+    monkeypatch.undo()
     # The attack is invisible to verification: every update was signed by its sender and accepted.
     assert all(len(r.accepted) == N_MEMBERS and not r.rejected for r in outcome.rounds)
     return outcome.final
@@ -57,3 +64,20 @@ def test_median_resists_a_scaled_update_that_fedavg_takes(tmp_path: Path, bert_d
     assert fedavg_shift > 10 * max(median_shift, honest_spread), (median_shift, fedavg_shift, honest_spread)
     # The attacker moves the median model less than merely choosing another rule would, and 100x less than FedAvg.
     assert median_shift < honest_spread and median_shift < 0.01 * fedavg_shift, (median_shift, honest_spread)
+
+
+def test_the_outlier_screen_leaves_out_a_negated_update_every_round(tmp_path: Path, bert_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`federation create --screen-outliers`: org3's update, signed validly but negated and scaled x10, is
+    left out of every round and named in every manifest; FedAvg runs over the three honest members."""
+    from federation.contribution import OUTLIER
+    from protocol.identity import Identity
+
+    _poison(monkeypatch, -10.0)
+    coord, homes = build_federation(tmp_path, bert_dir, N_MEMBERS, extra=("--screen-outliers",))
+    outcome = run_local(coord, homes, "fed")
+    attacker = Identity.load(homes[3] / "identity.key").public_key_hex  # org3
+    for r in outcome.rounds:
+        assert [(x.sender, x.reason) for x in r.rejected] == [(attacker, OUTLIER)], r.rejected
+        assert len(r.accepted) == N_MEMBERS - 1 and r.valid == N_MEMBERS
+        assert "cosine with the median update -" in r.rejected[0].detail
