@@ -29,6 +29,9 @@ Vector = NDArray[np.float64]
 
 STRATEGIES = ("fedavg", "median", "trimmed-mean", "krum")
 """The aggregation rules a federation agreement can name."""
+MIN_FOR_COSINE = 4
+"""`screen_outliers` compares directions only from this many rows: the others' median must be one that a
+single hostile row cannot own."""
 
 
 def _check(updates: NDArray[np.floating], weights: NDArray[np.floating] | None = None) -> Matrix:
@@ -119,11 +122,14 @@ def krum(updates: NDArray[np.floating], n_byzantine: int) -> Vector:
 
 
 def outlier_stats(updates: NDArray[np.floating]) -> tuple[Vector, Vector]:
-    """Per row: its L2 norm over the median row norm, and its cosine with the coordinate-wise median.
+    """Per row: its L2 norm over the median row norm, and its cosine with the coordinate-wise median of
+    the *other* rows.
 
-    Both references are medians, so one (or up to half minus one) hostile row cannot move them far: a
-    row scaled x100 has a norm ratio near 100, a negated row a cosine near -1. Zero rows get ratio 0
-    and cosine 0.
+    Both references are medians, so a minority of hostile rows cannot move them far, and a row is never
+    compared with a reference it helped make: in high dimension, noisy updates are nearly orthogonal to
+    each other, yet each correlates with the median of all rows through the order statistics it takes
+    part in (a negated update included). A row scaled x100 has a norm ratio near 100; a negated row, a
+    cosine near minus that of the honest rows. Zero rows get ratio 0 and cosine 0; a single row, cosine 0.
 
     >>> ratio, cosine = outlier_stats(np.array([[1.0, 0.0], [1.0, 0.2], [0.9, -0.1], [-50.0, 0.0]]))
     >>> ratio.round(2).tolist(), cosine.round(2).tolist()
@@ -133,28 +139,34 @@ def outlier_stats(updates: NDArray[np.floating]) -> tuple[Vector, Vector]:
     norms = np.linalg.norm(u, axis=1)  # (K,)
     median_norm = float(np.median(norms))
     ratio: Vector = norms / median_norm if median_norm > 0 else np.zeros_like(norms)
-    center = np.median(u, axis=0)  # (D,)
-    denom = norms * float(np.linalg.norm(center))
-    cosine: Vector = np.divide(u @ center, denom, out=np.zeros_like(norms), where=denom > 0)
+    cosine: Vector = np.zeros_like(norms)
+    for i in range(u.shape[0] if u.shape[0] > 1 else 0):
+        others = np.median(np.delete(u, i, axis=0), axis=0)  # (D,)
+        denom = norms[i] * float(np.linalg.norm(others))
+        cosine[i] = float(u[i] @ others) / denom if denom > 0 else 0.0
     return ratio, cosine
 
 
 def screen_outliers(updates: NDArray[np.floating], max_norm_ratio: float, min_cosine: float) -> dict[int, str]:
     """Rows to leave out of the round, each with the reason: an L2 norm above `max_norm_ratio` x the
-    median norm, or a cosine with the coordinate-wise median below `min_cosine` (`outlier_stats`).
+    median norm, or a cosine with the coordinate-wise median of the other rows below `min_cosine`
+    (`outlier_stats`). The cosine test needs at least `MIN_FOR_COSINE` rows: with three, the others'
+    median is the mean of two, which one hostile row can own.
 
-    >>> screen_outliers(np.array([[1.0, 0.0], [1.0, 0.2], [0.9, -0.1], [-50.0, 0.0]]), 3.0, 0.0)
-    {3: 'norm 49.5x the median (limit 3x); cosine with the median update -1.00 (limit 0)'}
+    >>> screen_outliers(np.array([[1.0, 0.0], [1.0, 0.2], [0.9, -0.1], [-50.0, 0.0]]), 3.0, -0.5)
+    {3: 'norm 49.5x the median (limit 3x); cosine with the median of the others -1.00 (limit -0.5)'}
     """
     if not max_norm_ratio > 1:
         raise ValueError(f"max_norm_ratio must be > 1, got {max_norm_ratio}; 3 leaves out norms over 3x the median")
     if not -1.0 <= min_cosine < 1.0:
-        raise ValueError(f"min_cosine must lie in [-1, 1), got {min_cosine}; 0 leaves out updates against the median")
+        raise ValueError(f"min_cosine must lie in [-1, 1), got {min_cosine}; -0.5 leaves out updates against the others")
     ratio, cosine = outlier_stats(updates)
+    check_cosine = len(ratio) >= MIN_FOR_COSINE
     out: dict[int, str] = {}
     for i, (r, c) in enumerate(zip(ratio.tolist(), cosine.tolist(), strict=True)):
         why = ([f"norm {r:.1f}x the median (limit {max_norm_ratio:g}x)"] if r > max_norm_ratio else []) + (
-            [f"cosine with the median update {c:.2f} (limit {min_cosine:g})"] if c < min_cosine else [])
+            [f"cosine with the median of the others {c:.2f} (limit {min_cosine:g})"]
+            if check_cosine and c < min_cosine else [])
         if why:
             out[i] = "; ".join(why)
     return out

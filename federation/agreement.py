@@ -35,7 +35,7 @@ _INTS = ("rounds", "min_participants", "local_epochs", "batch_size", "max_length
          "n_byzantine", "seed")
 _FLOATS = ("learning_rate", "trim_fraction", "clip_norm", "dp_clip_norm", "dp_noise_multiplier", "round_timeout_s",
            "outlier_norm_ratio", "outlier_min_cosine")
-_SCREEN_DEFAULTS = {"screen_outliers": False, "outlier_norm_ratio": 3.0, "outlier_min_cosine": 0.0}
+_SCREEN_DEFAULTS = {"screen_outliers": False, "outlier_norm_ratio": 3.0, "outlier_min_cosine": -0.5}
 
 
 class InvalidSetting(FederationError):
@@ -103,8 +103,9 @@ class Agreement:
     or when a limit is changed, so agreements made before the setting keep their ids."""
     outlier_norm_ratio: float = 3.0
     """screen_outliers: largest update L2 norm allowed, as a multiple of the round's median norm."""
-    outlier_min_cosine: float = 0.0
-    """screen_outliers: smallest cosine allowed between an update and the coordinate-wise median update."""
+    outlier_min_cosine: float = -0.5
+    """screen_outliers: smallest cosine allowed between an update and the coordinate-wise median of the
+    round's other updates (noisy updates of honest members sit near 0, so keep it well below 0)."""
     dp_clip_norm: float = 0.0
     """Client-side DP: clip each update to this L2 norm (0 = DP off)."""
     dp_noise_multiplier: float = 0.0
@@ -180,7 +181,7 @@ class Agreement:
                                  "itself has ratio 1)", "3 leaves out updates over 3x the median norm")
         if not -1.0 <= self.outlier_min_cosine < 1.0:
             raise InvalidSetting("outlier_min_cosine", self.outlier_min_cosine, "must lie in [-1, 1)",
-                                 "0 leaves out updates that point against the median update; -1 turns the check off")
+                                 "-0.5 leaves out updates that point against the others; -1 turns the check off")
         if self.dp_noise_multiplier > 0 and self.dp_clip_norm == 0:
             raise InvalidSetting("dp_noise_multiplier", self.dp_noise_multiplier,
                                  "adds no noise without client-side clipping (std = multiplier x dp_clip_norm)",

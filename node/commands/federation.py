@@ -59,7 +59,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                              "round's (recorded in its manifest), then aggregate the rest with --strategy")
     create.add_argument("--outlier-norm-ratio", type=float, default=3.0, metavar="X",
                         help="(--screen-outliers) leave out updates over X times the round's median norm (default 3)")
-    create.add_argument("--outlier-min-cosine", type=float, default=0.0, metavar="C",
+    create.add_argument("--outlier-min-cosine", type=float, default=-0.5, metavar="C",
                         help="(--screen-outliers) leave out updates whose cosine with the coordinate-wise median "
                              "update is below C (default 0; -1 turns the check off)")
     create.add_argument("--dp-clip-norm", type=float, default=0.0, help="client-side DP clipping (0 = off)")

@@ -152,43 +152,62 @@ def test_duplicate_sender_and_below_quorum(agreement: Agreement) -> None:
     assert state.round == 0 and not state.chain  # aborted cleanly: nothing changed
 
 
+FOUR = [*MEMBERS, OUTSIDER]
+"""Four members: the outlier screen compares directions only from four updates up."""
+
+
+def four_members(**kw: object) -> Agreement:
+    return make_agreement(members=tuple(m.public_key_hex for m in FOUR), **kw)
+
+
 def test_outlier_screen_leaves_out_a_negated_update_and_the_manifest_records_it() -> None:
     """A valid, signed update pointing against the others is left out, named in the manifest, and the
-    rest are averaged; the quorum counts it (it verified), so the round goes on with two."""
-    agreement = make_agreement(screen_outliers=True, min_participants=3)
+    rest are averaged; the quorum counts it (it verified), so the round goes on with three of four."""
+    agreement = four_members(screen_outliers=True, min_participants=4)
     state = _state(agreement)
     base = update(40)
-    honest = [{n: a + 0.1 * update(41 + i)[n] for n, a in base.items()} for i in range(2)]
-    hostile = {n: -10.0 * a for n, a in base.items()}
+    honest = [{n: a + 0.1 * update(41 + i)[n] for n, a in base.items()} for i in range(3)]
+    hostile = {n: -1.0 * a for n, a in base.items()}  # as long as an honest update: only its direction gives it away
     updates = [*honest, hostile]
-    result = state.finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates, strict=True)])
-    assert [a.sender for a in result.accepted] == [MEMBERS[0].public_key_hex, MEMBERS[1].public_key_hex]
+    result = state.finish_round([(signed(m, u, agreement), u) for m, u in zip(FOUR, updates, strict=True)])
+    assert [a.sender for a in result.accepted] == [m.public_key_hex for m in MEMBERS]
     (rejection,) = result.rejected
-    assert (rejection.sender, rejection.reason) == (MEMBERS[2].public_key_hex, c.OUTLIER)
-    assert "norm" in rejection.detail and "cosine with the median update -" in rejection.detail
-    np.testing.assert_allclose(result.global_arrays["lora.A"], (honest[0]["lora.A"] + honest[1]["lora.A"]) / 2,
-                               rtol=1e-5)
+    assert (rejection.sender, rejection.reason) == (OUTSIDER.public_key_hex, c.OUTLIER)
+    assert "norm" not in rejection.detail and "cosine with the median of the others -" in rejection.detail
+    np.testing.assert_allclose(result.global_arrays["lora.A"], sum(h["lora.A"] for h in honest) / 3, rtol=1e-5)
     (manifest,) = verify_chain(state.chain, agreement, final_sha256=arrays_sha256(result.global_arrays))
-    assert [r["reason"] for r in manifest.rejections] == [c.OUTLIER] and len(manifest.contributions) == 2
+    assert [r["reason"] for r in manifest.rejections] == [c.OUTLIER] and len(manifest.contributions) == 3
 
 
-def test_outlier_screen_off_aggregates_the_same_updates() -> None:
-    agreement = make_agreement()
+def test_with_three_updates_the_screen_checks_norms_only() -> None:
+    agreement = make_agreement(screen_outliers=True)
     base = update(40)
-    updates = [base, {n: 1.1 * a for n, a in base.items()}, {n: -10.0 * a for n, a in base.items()}]
+    updates = [base, {n: 1.1 * a for n, a in base.items()}, {n: -1.0 * a for n, a in base.items()}]
     result = _state(agreement).finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates,
                                                                                             strict=True)])
     assert len(result.accepted) == 3 and not result.rejected
+    updates[2] = {n: 10.0 * a for n, a in base.items()}
+    result = _state(agreement).finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates,
+                                                                                            strict=True)])
+    assert [(x.sender, x.reason) for x in result.rejected] == [(MEMBERS[2].public_key_hex, c.OUTLIER)]
+
+
+def test_outlier_screen_off_aggregates_the_same_updates() -> None:
+    agreement = four_members()
+    base = update(40)
+    updates = [base, {n: 1.1 * a for n, a in base.items()}, base, {n: -10.0 * a for n, a in base.items()}]
+    result = _state(agreement).finish_round([(signed(m, u, agreement), u) for m, u in zip(FOUR, updates,
+                                                                                            strict=True)])
+    assert len(result.accepted) == 4 and not result.rejected
 
 
 def test_the_updates_krum_leaves_out_are_on_the_record() -> None:
-    four = [*MEMBERS, OUTSIDER]  # Krum (f = 1) needs K >= 2f + 3 = 4 to leave anything out
-    agreement = make_agreement(strategy="krum", n_byzantine=1, members=tuple(m.public_key_hex for m in four))
+    agreement = four_members(strategy="krum", n_byzantine=1)  # Krum (f = 1) needs K >= 2f + 3 = 4 to drop one
     base = update(60)
     updates = [base, {n: 1.1 * a for n, a in base.items()}, {n: 0.9 * a for n, a in base.items()},
                {n: a + 5.0 for n, a in base.items()}]
     state = _state(agreement)
-    result = state.finish_round([(signed(m, u, agreement), u) for m, u in zip(four, updates, strict=True)])
+    result = state.finish_round([(signed(m, u, agreement), u) for m, u in zip(FOUR, updates, strict=True)])
     assert [x.sender for x in result.accepted] == [m.public_key_hex for m in MEMBERS]
     assert [(x.sender, x.reason) for x in result.rejected] == [(OUTSIDER.public_key_hex, c.NOT_SELECTED)]
     assert result.valid == 4
@@ -198,11 +217,11 @@ def test_the_updates_krum_leaves_out_are_on_the_record() -> None:
 
 
 def test_a_screen_that_leaves_nothing_aborts_the_round() -> None:
-    agreement = make_agreement(screen_outliers=True, outlier_min_cosine=0.999)
+    agreement = four_members(screen_outliers=True, outlier_min_cosine=0.999)
     state = _state(agreement)
-    updates = [update(50), update(51), update(52)]  # unrelated directions: none is within 0.999 of the median
-    with pytest.raises(BelowQuorum, match="every one of the 3 updates is an outlier"):
-        state.finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates, strict=True)])
+    updates = [update(50), update(51), update(52), update(53)]  # unrelated directions: none within 0.999
+    with pytest.raises(BelowQuorum, match="every one of the 4 updates is an outlier"):
+        state.finish_round([(signed(m, u, agreement), u) for m, u in zip(FOUR, updates, strict=True)])
     assert state.round == 0 and not state.chain
 
 

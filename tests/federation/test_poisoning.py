@@ -80,4 +80,4 @@ def test_the_outlier_screen_leaves_out_a_negated_update_every_round(tmp_path: Pa
     for r in outcome.rounds:
         assert [(x.sender, x.reason) for x in r.rejected] == [(attacker, OUTLIER)], r.rejected
         assert len(r.accepted) == N_MEMBERS - 1 and r.valid == N_MEMBERS
-        assert "cosine with the median update -" in r.rejected[0].detail
+        assert "cosine with the median of the others -" in r.rejected[0].detail
