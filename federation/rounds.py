@@ -145,8 +145,8 @@ class FederationState:
         a = self.agreement
         ratio, cosine = outlier_stats(rows)
         for x, q, c in zip(accepted, ratio.tolist(), cosine.tolist(), strict=True):
-            log.info("round %d: %s sent %d example(s), update norm %.2fx the median, cosine %.2f with the median "
-                     "update", r, x.sender[:16], x.num_examples, q, c)
+            log.info("round %d: %s sent %d example(s), update norm %.2fx the median, cosine %.2f with the others' "
+                     "median", r, x.sender[:16], x.num_examples, q, c)
         outliers = screen_outliers(rows, a.outlier_norm_ratio, a.outlier_min_cosine)
         if len(outliers) == len(accepted):
             raise BelowQuorum(

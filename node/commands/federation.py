@@ -60,8 +60,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     create.add_argument("--outlier-norm-ratio", type=float, default=3.0, metavar="X",
                         help="(--screen-outliers) leave out updates over X times the round's median norm (default 3)")
     create.add_argument("--outlier-min-cosine", type=float, default=-0.5, metavar="C",
-                        help="(--screen-outliers) leave out updates whose cosine with the coordinate-wise median "
-                             "update is below C (default 0; -1 turns the check off)")
+                        help="(--screen-outliers, four updates or more) leave out updates whose cosine with the "
+                             "coordinate-wise median of the round's other updates is below C (default -0.5; -1 "
+                             "turns the check off)")
     create.add_argument("--dp-clip-norm", type=float, default=0.0, help="client-side DP clipping (0 = off)")
     create.add_argument("--dp-noise-multiplier", type=float, default=0.0)
     create.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies")
