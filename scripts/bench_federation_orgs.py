@@ -128,6 +128,9 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.pairs, args.dev, args.rounds, args.batch_size, args.local_epochs, args.lora_r) < 1:
         parser.error("--pairs, --dev, --rounds, --batch-size, --local-epochs and --lora-r must be at least 1")
+    if args.robust == "fedavg" and not args.screen_outliers and {"fedavg", "robust"} <= set(args.models):
+        parser.error("--robust fedavg without --screen-outliers is the FedAvg run itself; pick another rule, "
+                     "add --screen-outliers, or drop one of them from --models")
     if args.save is not None and args.save.exists() and (not args.save.is_dir() or any(args.save.iterdir())):
         parser.error(f"--save {args.save}: not an empty folder; name a new one (nothing is overwritten)")
     torch.set_num_threads(args.threads)
