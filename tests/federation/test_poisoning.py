@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation.codec import Arrays
+from federation.codec import Arrays, arrays_sha256
 from node.federated import NodeParticipant, run_local
 from tests.federation.conftest import build_federation
 
@@ -70,7 +70,9 @@ def test_the_outlier_screen_leaves_out_a_negated_update_every_round(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """`federation create --screen-outliers`: org3's update, signed validly but negated and scaled x10, is
     left out of every round and named in every manifest; FedAvg runs over the three honest members."""
+    from federation.agreement import load_agreement
     from federation.contribution import OUTLIER
+    from federation.manifest import verify_chain
     from protocol.identity import Identity
 
     _poison(monkeypatch, -10.0)
@@ -81,3 +83,7 @@ def test_the_outlier_screen_leaves_out_a_negated_update_every_round(tmp_path: Pa
         assert [(x.sender, x.reason) for x in r.rejected] == [(attacker, OUTLIER)], r.rejected
         assert len(r.accepted) == N_MEMBERS - 1 and r.valid == N_MEMBERS
         assert "cosine with the median of the others -" in r.rejected[0].detail
+    manifests = verify_chain(outcome.chain, load_agreement(coord / "federation" / "fed" / "agreement.json"),
+                             final_sha256=arrays_sha256(outcome.final))
+    assert [[(x["sender"], x["reason"]) for x in m.rejections] for m in manifests] == [[(attacker, OUTLIER)]] * len(outcome.rounds)
+    assert all(attacker not in {x["sender"] for x in m.contributions} for m in manifests)
