@@ -159,7 +159,8 @@ def screen_outliers(updates: NDArray[np.floating], max_norm_ratio: float, min_co
     if not max_norm_ratio > 1:
         raise ValueError(f"max_norm_ratio must be > 1, got {max_norm_ratio}; 3 leaves out norms over 3x the median")
     if not -1.0 <= min_cosine < 1.0:
-        raise ValueError(f"min_cosine must lie in [-1, 1), got {min_cosine}; -0.5 leaves out updates against the others")
+        raise ValueError(f"min_cosine must lie in [-1, 1), got {min_cosine}; -0.5 leaves out updates against "
+                         "the others")
     ratio, cosine = outlier_stats(updates)
     check_cosine = len(ratio) >= MIN_FOR_COSINE
     out: dict[int, str] = {}

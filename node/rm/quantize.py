@@ -9,7 +9,8 @@
               a matrix with a side under MIN_SIDE stays fp32), turned back into fp32 by Cast -> Mul ->
               Reshape nodes on constants, which onnxruntime folds once when the session loads. The file
               is as small as dynamic's; compute, memory at run time and latency are fp32's, and no
-              activation is ever rounded, so rewards move ~1% and pair orders almost never. Plain ONNX ops: any runtime loads it, folded or not, with the same scores.
+              activation is ever rounded, so rewards move ~1% and pair orders almost never. Plain ONNX
+              ops: any runtime loads it, folded or not, with the same scores.
 
 SCHEMES lists them in the order "auto" tries them: the fast one first, the faithful one when the fast
 one fails its gate.
