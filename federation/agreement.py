@@ -35,7 +35,7 @@ _INTS = ("rounds", "min_participants", "local_epochs", "batch_size", "max_length
          "n_byzantine", "seed")
 _FLOATS = ("learning_rate", "trim_fraction", "clip_norm", "dp_clip_norm", "dp_noise_multiplier", "round_timeout_s",
            "outlier_norm_ratio", "outlier_min_cosine")
-_SCREEN_DEFAULTS = {"screen_outliers": False, "outlier_norm_ratio": 3.0, "outlier_min_cosine": -0.5}
+_SCREEN_FIELDS = ("screen_outliers", "outlier_norm_ratio", "outlier_min_cosine")
 
 
 class InvalidSetting(FederationError):
@@ -203,8 +203,9 @@ class Agreement:
             del d["mean_pool_init"]
         if self.lora_targets == "attention":  # likewise
             del d["lora_targets"]
-        if all(d[k] == v for k, v in _SCREEN_DEFAULTS.items()):  # likewise
-            for k in _SCREEN_DEFAULTS:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if all(d[k] == defaults[k] for k in _SCREEN_FIELDS):  # likewise
+            for k in _SCREEN_FIELDS:
                 del d[k]
         return d
 
