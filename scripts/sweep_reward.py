@@ -1,7 +1,8 @@
 """Reward-model hyperparameter sweep, chosen on an inner validation split, reported on the held-out dev split.
 
     python scripts/sweep_reward.py [--max-length 256 512] [--lr 2e-5 5e-5 1e-4] [--epochs 1 3]
-                                   [--seeds 0] [--device auto] [--fp32] [--json OUT]
+                                   [--seeds 0] [--train full attention all-linear] [--lora-r 8]
+                                   [--mean-pool-init] [--device auto] [--fp32] [--json OUT]
     python scripts/sweep_reward.py --export-pairs pairs.json.gz     # the pairs, for a machine without shared/data
     python scripts/sweep_reward.py --pairs pairs.json.gz --base /path/to/minilm ...
 
@@ -44,6 +45,7 @@ from node.rm.data import PreferencePair, split_by_prompt  # noqa: E402
 from node.rm.evaluate import EvalReport, evaluate_pairs  # noqa: E402
 
 VAL_FRACTION = 0.2
+TRAINED = ("full", "attention", "all-linear")
 
 
 def export_pairs(path: Path, seed: int) -> None:
@@ -81,6 +83,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--train", nargs="+", choices=TRAINED, default=["full"],
+                        help="what trains: every weight, or LoRA adapters (+ head) on the attention's query/value "
+                             "or on every linear layer (train --lora --lora-targets ...)")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2 x rank, as the defaults)")
+    parser.add_argument("--mean-pool-init", action="store_true", help="start the reward from the mean of the tokens")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA (CPU numbers)")
     parser.add_argument("--json", type=Path, help="also write every result here")
@@ -99,29 +106,33 @@ def main() -> None:
     print(f"# {len(inner)} inner-train / {len(val)} validation / {len(dev)} dev pairs; base {args.base}; "
           f"device {train_module.resolve_device(args.device)}; {'fp32' if args.fp32 else 'autocast'}", flush=True)
     results: list[dict[str, Any]] = []
-    for max_length, lr, epochs, seed in itertools.product(args.max_length, args.lr, args.epochs, args.seeds):
+    for trained, max_length, lr, epochs, seed in itertools.product(args.train, args.max_length, args.lr, args.epochs,
+                                                                   args.seeds):
+        lora = {} if trained == "full" else {"lora": True, "lora_targets": trained, "lora_r": args.lora_r,
+                                             "lora_alpha": 2 * args.lora_r}
         config = TrainConfig(base_model=args.base, max_length=max_length, learning_rate=lr, epochs=epochs,
-                             batch_size=args.batch_size, seed=seed, device=args.device, log_every=10**6)
+                             batch_size=args.batch_size, seed=seed, device=args.device, log_every=10**6,
+                             mean_pool_init=args.mean_pool_init, **lora)  # type: ignore[arg-type]
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             result = train_module.train_reward_model(inner, val, config, out_dir=tmp, progress=False)
         report = evaluate_pairs(result.model, dev, tokenizer=result.tokenizer, max_length=max_length,
                                 batch_size=config.eval_batch_size)
         assert result.dev_report is not None
-        row = {"max_length": max_length, "lr": lr, "epochs": epochs, "seed": seed,
+        row = {"train": trained, "max_length": max_length, "lr": lr, "epochs": epochs, "seed": seed,
                "best_epoch": next((h["epoch"] for h in result.history if h["step"] == result.best_step), None),
                "val_balanced": balanced(result.dev_report), "dev_balanced": balanced(report),
                "dev": {s: m.accuracy for s, m in report.by_source.items()}, "dev_all": report.accuracy,
                "prefers_longer": report.prefers_longer, "seconds": time.perf_counter() - started}
         results.append(row)
-        print(f"len {max_length:4d} lr {lr:.0e} ep {epochs} seed {seed} best@{row['best_epoch']}: "
+        print(f"{trained} len {max_length:4d} lr {lr:.0e} ep {epochs} seed {seed} best@{row['best_epoch']}: "
               f"val {row['val_balanced']:.3f} | dev {row['dev_balanced']:.3f} "
               + " ".join(f"{s} {a:.3f}" for s, a in sorted(row["dev"].items()))
               + f" | prefers longer {report.prefers_longer:.2f} ({row['seconds']:.0f} s)", flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     best = max(results, key=lambda r: r["val_balanced"])
-    print(f"# chosen on validation: len {best['max_length']} lr {best['lr']:g} epochs {best['epochs']} seed "
+    print(f"# chosen on validation: {best['train']} len {best['max_length']} lr {best['lr']:g} epochs {best['epochs']} seed "
           f"{best['seed']}: dev {best['dev']} (balanced {best['dev_balanced']:.3f})")
 
 
