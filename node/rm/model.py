@@ -8,6 +8,7 @@ from local folders (`local_files_only=True`): nothing is ever fetched from a mod
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -97,7 +98,9 @@ def load_backbone(
         target_modules="all-linear" if lora_targets == "all-linear" else lora_target_modules(model),
         modules_to_save=[reward_head_name(model)],
     )
-    return get_peft_model(model, peft_config), tokenizer
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for our users to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        return get_peft_model(model, peft_config), tokenizer
 
 
 def fresh_head(model: nn.Module, missing_keys: list[str]) -> bool:

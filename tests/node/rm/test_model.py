@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,13 @@ def test_all_linear_lora_adapts_every_linear_layer_but_the_head(request, fixture
     assert adapted == linear
     with pytest.raises(ValueError, match="lora_targets 'mlp' is unknown; use one of attention, all-linear"):
         load_backbone(path, lora=True, lora_targets="mlp")
+
+
+def test_lora_wrapping_shows_users_no_library_deprecation_warning(bert_dir) -> None:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        load_backbone(str(bert_dir), lora=True, lora_r=4)
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
 
 
 def test_hub_names_are_refused(tmp_path: Path) -> None:
