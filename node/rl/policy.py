@@ -96,11 +96,13 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.ref: nn.Module | None = None
         if lora:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig
+
+            from node.rm.model import wrap_lora
 
             config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                 target_modules="all-linear", task_type="CAUSAL_LM")
-            self.lm: nn.Module = get_peft_model(model, config)
+            self.lm: nn.Module = wrap_lora(model, config)
         else:
             self.lm = model
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)

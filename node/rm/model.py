@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,7 +89,7 @@ def load_backbone(
     if not lora:
         return model, tokenizer
 
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
 
     peft_config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -98,9 +99,19 @@ def load_backbone(
         target_modules="all-linear" if lora_targets == "all-linear" else lora_target_modules(model),
         modules_to_save=[reward_head_name(model)],
     )
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for our users to do
+    return wrap_lora(model, peft_config), tokenizer
+
+
+def wrap_lora(model: nn.Module, config: Any) -> nn.Module:
+    """peft's `get_peft_model(model, config)` without the FutureWarning peft triggers by reading transformers'
+    deprecated `is_gradient_checkpointing` (nothing for a user to act on). The filter is process-wide for the
+    call: a thread doing `catch_warnings` at the same time can still let the warning through."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
-        return get_peft_model(model, peft_config), tokenizer
+        wrapped: nn.Module = get_peft_model(model, config)
+    return wrapped
 
 
 def fresh_head(model: nn.Module, missing_keys: list[str]) -> bool:

@@ -185,7 +185,10 @@ def train_reward_model(
         disable_dropout(model)
     if config.gradient_checkpointing:
         base = unwrap(model)
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "activation_checkpointing_enable"):  # newer transformers renamed it (the old name warns)
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if config.lora:
             base.enable_input_require_grads()  # frozen embeddings: give checkpointed blocks a grad input
     model.to(device)
