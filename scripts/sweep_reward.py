@@ -132,8 +132,8 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     best = max(results, key=lambda r: r["val_balanced"])
-    print(f"# chosen on validation: {best['train']} len {best['max_length']} lr {best['lr']:g} epochs {best['epochs']} seed "
-          f"{best['seed']}: dev {best['dev']} (balanced {best['dev_balanced']:.3f})")
+    print(f"# chosen on validation: {best['train']} len {best['max_length']} lr {best['lr']:g} epochs "
+          f"{best['epochs']} seed {best['seed']}: dev {best['dev']} (balanced {best['dev_balanced']:.3f})")
 
 
 if __name__ == "__main__":
