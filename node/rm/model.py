@@ -109,7 +109,8 @@ def wrap_lora(model: nn.Module, config: Any) -> nn.Module:
     from peft import get_peft_model
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated",
+                                category=FutureWarning)
         wrapped: nn.Module = get_peft_model(model, config)
     return wrapped
 

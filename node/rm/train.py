@@ -185,7 +185,7 @@ def train_reward_model(
         disable_dropout(model)
     if config.gradient_checkpointing:
         base = unwrap(model)
-        if hasattr(base, "activation_checkpointing_enable"):  # newer transformers renamed it (the old name warns)
+        if hasattr(base, "activation_checkpointing_enable"):  # newer transformers' name (the old one warns)
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
