@@ -44,6 +44,12 @@ def signed(who: Identity, arrays: dict[str, np.ndarray], agreement: Agreement, *
     return c.sign_contribution(who, arrays, **claim).to_json()  # type: ignore[arg-type]
 
 
+def round_replies(members: list[Identity], updates: list[dict[str, np.ndarray]],
+                  agreement: Agreement) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """One round-1 reply per member: (its signed envelope for the update, the update)."""
+    return [(signed(m, u, agreement), u) for m, u in zip(members, updates, strict=True)]
+
+
 @pytest.fixture
 def agreement() -> Agreement:
     return make_agreement()
@@ -169,7 +175,7 @@ def test_outlier_screen_leaves_out_a_negated_update_and_the_manifest_records_it(
     honest = [{n: a + 0.1 * update(41 + i)[n] for n, a in base.items()} for i in range(3)]
     hostile = {n: -1.0 * a for n, a in base.items()}  # as long as an honest update: only its direction gives it away
     updates = [*honest, hostile]
-    result = state.finish_round([(signed(m, u, agreement), u) for m, u in zip(FOUR, updates, strict=True)])
+    result = state.finish_round(round_replies(FOUR, updates, agreement))
     assert [a.sender for a in result.accepted] == [m.public_key_hex for m in MEMBERS]
     (rejection,) = result.rejected
     assert (rejection.sender, rejection.reason) == (OUTSIDER.public_key_hex, c.OUTLIER)
@@ -183,12 +189,10 @@ def test_with_three_updates_the_screen_checks_norms_only() -> None:
     agreement = make_agreement(screen_outliers=True)
     base = update(40)
     updates = [base, {n: 1.1 * a for n, a in base.items()}, {n: -1.0 * a for n, a in base.items()}]
-    result = _state(agreement).finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates,
-                                                                                            strict=True)])
+    result = _state(agreement).finish_round(round_replies(MEMBERS, updates, agreement))
     assert len(result.accepted) == 3 and not result.rejected
     updates[2] = {n: 10.0 * a for n, a in base.items()}
-    result = _state(agreement).finish_round([(signed(m, u, agreement), u) for m, u in zip(MEMBERS, updates,
-                                                                                            strict=True)])
+    result = _state(agreement).finish_round(round_replies(MEMBERS, updates, agreement))
     assert [(x.sender, x.reason) for x in result.rejected] == [(MEMBERS[2].public_key_hex, c.OUTLIER)]
 
 
@@ -196,8 +200,7 @@ def test_outlier_screen_off_aggregates_the_same_updates() -> None:
     agreement = four_members()
     base = update(40)
     updates = [base, {n: 1.1 * a for n, a in base.items()}, base, {n: -10.0 * a for n, a in base.items()}]
-    result = _state(agreement).finish_round([(signed(m, u, agreement), u) for m, u in zip(FOUR, updates,
-                                                                                            strict=True)])
+    result = _state(agreement).finish_round(round_replies(FOUR, updates, agreement))
     assert len(result.accepted) == 4 and not result.rejected
 
 
@@ -207,7 +210,7 @@ def test_the_updates_krum_leaves_out_are_on_the_record() -> None:
     updates = [base, {n: 1.1 * a for n, a in base.items()}, {n: 0.9 * a for n, a in base.items()},
                {n: a + 5.0 for n, a in base.items()}]
     state = _state(agreement)
-    result = state.finish_round([(signed(m, u, agreement), u) for m, u in zip(FOUR, updates, strict=True)])
+    result = state.finish_round(round_replies(FOUR, updates, agreement))
     assert [x.sender for x in result.accepted] == [m.public_key_hex for m in MEMBERS]
     assert [(x.sender, x.reason) for x in result.rejected] == [(OUTSIDER.public_key_hex, c.NOT_SELECTED)]
     assert result.valid == 4
@@ -221,7 +224,7 @@ def test_a_screen_that_leaves_nothing_aborts_the_round() -> None:
     state = _state(agreement)
     updates = [update(50), update(51), update(52), update(53)]  # unrelated directions: none within 0.999
     with pytest.raises(BelowQuorum, match="every one of the 4 updates is an outlier"):
-        state.finish_round([(signed(m, u, agreement), u) for m, u in zip(FOUR, updates, strict=True)])
+        state.finish_round(round_replies(FOUR, updates, agreement))
     assert state.round == 0 and not state.chain
 
 
