@@ -160,7 +160,7 @@ def run_rewardnode(train: list[PreferencePair], dev: list[PreferencePair], args:
                    out_dir: Path) -> dict[str, Any]:
     config = TrainConfig(base_model="minilm", max_length=args.max_length, batch_size=args.batch_size,
                          epochs=args.epochs, seed=args.seed, num_threads=args.threads, device="cpu",
-                         log_every=10**6)
+                         log_every=10**6, cpu_workers=args.cpu_workers)
     result = train_reward_model(train, dev, config, out_dir=out_dir, progress=False)
     assert result.dev_report is not None
     return {"pairs_per_second": result.pairs_per_second, "seconds": result.train_seconds,
@@ -263,6 +263,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-trl", action="store_true", help="time rewardnode alone")
+    parser.add_argument("--cpu-workers", type=int, default=0, help="rewardnode's pieces per batch (rm.cpu_workers; "
+                        "0: one per thread, 1: one multi-threaded pass)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

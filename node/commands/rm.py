@@ -61,6 +61,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             "snapshot and settings from its last epoch checkpoint")
         parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
         parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+        parser.add_argument("--cpu-workers", type=int, metavar="N", help="on CPU, run each batch as N pieces on N "
+                            "threads (default 0: one per CPU thread; 1: one multi-threaded pass)")
         parser.add_argument("--out", metavar="DIR", help="artifact folder (default: MODELS_DIR/rm-TIMESTAMP)")
     elif name == "models":
         parser.add_argument("--json", action="store_true", help="print one JSON array")
@@ -198,7 +200,8 @@ def _mb(n: int) -> str:
 
 _FLAGS = {"base_model": "--base", "epochs": "--epochs", "max_length": "--max-length", "batch_size": "--batch-size",
           "learning_rate": "--lr", "dev_fraction": "--dev-fraction", "patience": "--patience",
-          "eval_every": "--eval-every", "num_threads": "--threads", "device": "--device"}
+          "eval_every": "--eval-every", "num_threads": "--threads", "device": "--device",
+          "cpu_workers": "--cpu-workers"}
 
 
 def _train_config(node: Node, args: argparse.Namespace) -> Any:
@@ -208,7 +211,7 @@ def _train_config(node: Node, args: argparse.Namespace) -> Any:
         "base_model": args.base, "lora": args.lora, "epochs": args.epochs, "max_length": args.max_length,
         "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed, "dev_fraction": args.dev_fraction,
         "patience": args.patience, "eval_every": args.eval_every, "device": args.device, "num_threads": args.threads,
-        "mean_pool_init": args.mean_pool_init, "lora_targets": args.lora_targets,
+        "mean_pool_init": args.mean_pool_init, "lora_targets": args.lora_targets, "cpu_workers": args.cpu_workers,
     }
     try:
         config = TrainConfig.from_dict(dict(node.config.table("rm")))

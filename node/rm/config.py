@@ -14,7 +14,7 @@ LORA_TARGET_SETS = ("attention", "all-linear")  # node.rm.model.LORA_TARGET_SETS
 
 # Fields that only change how fast or how loudly training runs. Every other field must be the same
 # in a checkpoint and in the run that resumes it.
-RUNTIME_FIELDS = frozenset({"num_threads", "device", "log_every", "eval_batch_size"})
+RUNTIME_FIELDS = frozenset({"num_threads", "cpu_workers", "device", "log_every", "eval_batch_size"})
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,11 @@ class TrainConfig:
     data, same thread count on CPU: identical weights."""
     num_threads: int = 0
     """torch intra-op CPU threads (torch.set_num_threads); 0 leaves torch's default."""
+    cpu_workers: int = 0
+    """On CPU, cut each batch into this many pieces, run each on its own thread with one intra-op
+    thread and add their gradients (same loss and gradient up to float rounding; see
+    `node.rm.parallel`). 0: one piece per intra-op thread, at most batch_size; 1: one multi-threaded
+    pass. Dropout forces one piece. On 2 cores MiniLM trained 1.1-1.2x faster as two pieces."""
     device: str = "auto"
     """"auto" (CUDA if available, else CPU), "cpu", "cuda" or "mps". On CUDA the forward pass runs
     under bf16 autocast with fp32 master weights; on CPU everything is fp32."""
@@ -115,7 +120,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"rm.{name} = {getattr(self, name)} must be >= 1; set it to a positive integer")
         non_negative = ("min_prompt_tokens", "weight_decay", "warmup_ratio", "max_grad_norm", "center_coef",
-                        "eval_every", "patience", "pad_to_multiple_of", "num_threads", "lora_dropout")
+                        "eval_every", "patience", "pad_to_multiple_of", "num_threads", "cpu_workers",
+                        "lora_dropout")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"rm.{name} = {getattr(self, name)} is negative; use 0 or more (0 switches it off)")

@@ -1,12 +1,14 @@
 """Train the reward model: AdamW, linear warmup/decay, dev evaluation, early stopping, resumable.
 
 Order of one run: load backbone -> tokenize (truncate, never drop) -> [resume] -> epochs of
-(length-grouped batches -> one forward of 2B rows -> loss -> clip -> step) with dev evaluation ->
+(length-grouped batches -> one forward of 2B rows, cut into pieces over CPU threads -> loss -> clip -> step)
+with dev evaluation ->
 checkpoint each epoch -> restore the best weights -> final dev report.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -33,6 +35,7 @@ from node.rm.data import (
 from node.rm.evaluate import EvalReport, autocast_for, pair_rewards, report_from_rewards
 from node.rm.loss import reward_loss
 from node.rm.model import disable_dropout, load_backbone, rewards, unwrap
+from node.rm.parallel import BatchSplitter, resolve_workers
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
@@ -217,6 +220,16 @@ def train_reward_model(
     # -------- loop
     stop_epoch = config.epochs if epochs_this_run is None else min(config.epochs, state.epoch + epochs_this_run)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    splitter = BatchSplitter(resolve_workers(config.cpu_workers, device, model, config.batch_size))
+
+    def loss_of(piece: list[int], whole: tuple[float, int] | None) -> torch.Tensor:
+        batch = collator([train_data[i] for i in piece])
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        b = len(piece)
+        with autocast_for(device):
+            r = rewards(model, batch).float()  # (2B,)
+        return reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"], config.center_coef, whole)
+
     bar = tqdm(total=total_steps, initial=state.global_step, unit="step", disable=not progress, dynamic_ncols=True)
     postfix: dict[str, str] = {}
     running_loss = torch.zeros((), device=device)
@@ -226,13 +239,10 @@ def train_reward_model(
         sampler.set_epoch(state.epoch)
         t0 = time.perf_counter()
         for batch_idx in sampler:
-            batch = collator([train_data[i] for i in batch_idx])
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             b = len(batch_idx)
-            with autocast_for(device):
-                r = rewards(model, batch).float()  # (2B,)
-            loss = reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"], config.center_coef)
-            loss.backward()
+            # pieces normalize their losses by the whole batch, so that they add up to its loss
+            whole = None if splitter.workers == 1 else (sum(train_data.weight[i] for i in batch_idx), b)
+            loss = splitter.backward(functools.partial(loss_of, whole=whole), batch_idx, trainable)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
@@ -241,7 +251,7 @@ def train_reward_model(
 
             state.global_step += 1
             state.pairs_seen += b
-            running_loss += loss.detach()
+            running_loss += loss
             running_steps += 1
             bar.update(1)
             if state.global_step % config.log_every == 0:  # the only per-step sync with the device

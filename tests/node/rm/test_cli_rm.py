@@ -243,6 +243,8 @@ def test_user_mistakes_give_one_line_and_the_right_code(trained: Trained, tmp_pa
     one_line_error((code, err), 2, "not empty")
     code, _, err = cli(capsys, "train", "--epochs", "0", "--home", str(trained.home))
     one_line_error((code, err), 2, "--epochs = 0 must be >= 1")
+    code, _, err = cli(capsys, "train", "--cpu-workers", "-1", "--home", str(trained.home))
+    one_line_error((code, err), 2, "--cpu-workers = -1 is negative")
     code, _, err = cli(capsys, "train", "--source", "nope", "--home", str(trained.home))
     one_line_error((code, err), 1, "no source named 'nope'")
     code, _, err = cli(capsys, "eval", "--model", str(tmp_path), "--data", str(trained.eval_file),

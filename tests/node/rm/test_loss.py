@@ -50,3 +50,11 @@ def test_centering_term() -> None:
     p = torch.ones(2)
     assert_close(reward_loss(R_C, R_R, p, center_coef=0.01),
                  torch.tensor((NLL_POS + NLL_NEG) / 2 + 0.01 * 5.0))
+
+
+def test_pieces_of_a_batch_add_up_to_its_loss() -> None:
+    r_c, r_r, m, w, p = torch.randn(7), torch.randn(7), torch.rand(7), torch.rand(7) + 0.1, torch.rand(7)
+    whole = (w.sum().item(), 7)
+    pieces = [[0, 3, 6], [1, 4], [2, 5]]
+    summed = sum(reward_loss(r_c[i], r_r[i], p[i], m[i], w[i], 0.01, whole) for i in pieces)
+    assert_close(summed, reward_loss(r_c, r_r, p, m, w, 0.01))
