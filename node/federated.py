@@ -35,6 +35,8 @@ from node.rm.artifact import WEIGHTS_FILE, RewardScorer, file_sha256, save_rewar
 from node.rm.data import LengthGroupedBatchSampler, PairCollator, PairEncoder, PreferencePair, tokenize_pairs
 from node.rm.loss import reward_loss
 from node.rm.model import disable_dropout, load_backbone, resolve_backbone_path, rewards
+from node.rm.parallel import BatchSplitter, resolve_workers
+from node.rm.train import can_fuse
 from protocol.canonical import parse_json
 from protocol.identity import Identity
 
@@ -129,10 +131,15 @@ def local_pairs(node: Node) -> list[PreferencePair]:
 
 
 class NodeParticipant:
-    """A member: trains the shared arrays on its own pairs; registers the final federated model."""
+    """A member: trains the shared arrays on its own pairs; registers the final federated model.
+
+    cpu_workers: pieces per batch on CPU threads (`node.rm.parallel`; 0: one per thread). The default 1
+    keeps one multi-threaded pass, which members sharing a process (the in-process engine) need;
+    a member alone in its process (the deployment engine's worker) passes 0.
+    """
 
     def __init__(self, node: Node | None, agreement: Agreement, *, pairs: list[PreferencePair] | None = None,
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None, cpu_workers: int = 1) -> None:
         if node is None and (pairs is None or identity is None):
             raise ValueError("without a node, pass both pairs and identity (benchmarks and simulations do)")
         self.node = node
@@ -149,28 +156,32 @@ class NodeParticipant:
         self.encoder = pair_encoder(agreement, self.tokenizer)
         self.data = tokenize_pairs(self.pairs, self.encoder)
         self.collator = PairCollator(self.encoder.pad_token_id)
+        self.splitter = BatchSplitter(resolve_workers(cpu_workers, torch.device("cpu"), self.model,
+                                                      agreement.batch_size))
+
+    def _loss(self, piece: list[int], whole: tuple[float, int] | None) -> torch.Tensor:
+        batch = self.collator([self.data[i] for i in piece])
+        b = len(piece)
+        r = rewards(self.model, batch).float()  # (2B,) chosen rows first
+        return reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"], whole=whole)
 
     def train(self, global_arrays: Arrays, round: int) -> tuple[Arrays, int, dict[str, float]]:
         """`local_epochs` of AdamW on this node's pairs, from the global arrays."""
         a = self.agreement
         load_shared(self.model, global_arrays)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=a.learning_rate, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(trainable, lr=a.learning_rate, weight_decay=0.0, fused=can_fuse(trainable))
         sampler = LengthGroupedBatchSampler(self.data.lengths, a.batch_size, seed=a.seed + round)
         self.model.train()
         total, steps = 0.0, 0
         for epoch in range(a.local_epochs):
             sampler.set_epoch(epoch)
             for idx in sampler:
-                batch = self.collator([self.data[i] for i in idx])
-                b = len(idx)
-                r = rewards(self.model, batch).float()  # (2B,) chosen rows first
-                loss = reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"])
-                loss.backward()
+                loss = self.splitter.backward(self._loss, idx, trainable, self.data.weight)
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                total += float(loss.detach())
+                total += float(loss)
                 steps += 1
         self.model.eval()
         return shared_arrays(self.model), len(self.pairs), {"train-loss": total / max(steps, 1)}

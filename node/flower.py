@@ -254,7 +254,8 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
     _exit_on_sigterm()
     with Node.open(home) as node:
         before = {m.id for m in node.store.list_models()}
-        worker = Worker(NodeParticipant(node, agreement), sock)  # model, data and key stay warm in this process
+        # model, data and key stay warm in this process, which trains nothing else: batches may use every core
+        worker = Worker(NodeParticipant(node, agreement, cpu_workers=0), sock)
         node_config = {RUN_CONFIG_HOME: str(home), NODE_CONFIG_SOCKET: str(sock)}
         def start() -> tuple[Any, float]:
             return start_supernode(work, str(join["coordinator"]), ca, node_config, auth_key=auth_key), time.monotonic()

@@ -47,9 +47,8 @@ from federation.rounds import FederationState  # noqa: E402
 from node.federated import NodeParticipant, base_model_sha256, initial_arrays, shared_margins  # noqa: E402
 from node.rm.data import PreferencePair  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
-from scripts.poisoning import ATTACKS, participant  # noqa: E402
+from scripts.poisoning import ATTACKS, SCREENED, participant  # noqa: E402
 
-SCREENED = "+screen"
 RULES = (*STRATEGIES, "fedavg" + SCREENED)
 
 

@@ -61,7 +61,7 @@ from node.rm.artifact import save_reward_model  # noqa: E402
 from node.rm.data import PreferencePair, split_by_prompt  # noqa: E402
 from node.rm.pipeline import pairs_from_records  # noqa: E402
 from protocol.identity import Identity  # noqa: E402
-from scripts.poisoning import ATTACKS, participant  # noqa: E402
+from scripts.poisoning import ATTACKS, SCREENED, participant  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ORGS = {"hh-rlhf": "hh-rlhf/dev-sample.jsonl.gz", "finegrained-rlhf": "finegrained-rlhf/train.jsonl.gz",
@@ -201,7 +201,7 @@ def main() -> None:
         run = federate({"all": (central_key, random.Random(args.seed).sample(pooled, len(pooled)))}, "fedavg")
         trained("centralized", run, time.perf_counter() - t0)
     rules = {"fedavg": ("fedavg", False), "robust": (args.robust, args.screen_outliers)}
-    names = {kind: strategy + ("+screen" if screen else "") for kind, (strategy, screen) in rules.items()}
+    names = {kind: strategy + (SCREENED if screen else "") for kind, (strategy, screen) in rules.items()}
     for attack in args.attacks:
         for kind, (strategy, screen) in rules.items():
             if kind not in args.models:

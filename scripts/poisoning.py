@@ -18,6 +18,7 @@ from node.rm.data import PreferencePair, tokenize_pairs
 
 ATTACKS = ("none", "label-flip", "scale100", "sign-flip")
 FACTORS = {"scale100": 100.0, "sign-flip": -10.0}
+SCREENED = "+screen"  # benchmark rule names: RULE+screen is RULE with the agreement's outlier screen on
 """What the update (local - global) is multiplied by before it is sent."""
 
 

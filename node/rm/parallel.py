@@ -65,11 +65,12 @@ def resolve_workers(requested: int, device: torch.device, model: nn.Module, batc
 class BatchSplitter:
     """Runs a batch's forward and backward as `workers` pieces on as many threads.
 
-    `backward(loss_of, batch_idx, params)` calls `loss_of(piece)` for each piece of batch_idx (every
-    workers-th index, so pieces of a length-sorted batch get the same mix of lengths) and leaves the
-    sum of the pieces' gradients in each parameter's `.grad` (added to what is there, like
-    `loss.backward()`). `loss_of` must normalize by the whole batch, so the pieces' losses add up to
-    the batch's loss. With one worker it is a plain `loss_of(batch_idx).backward()`.
+    `backward(loss_of, batch_idx, params, weights)` calls `loss_of(piece, whole)` for each piece of
+    batch_idx (every workers-th index, so pieces of a length-sorted batch get the same mix of lengths)
+    and leaves the sum of the pieces' gradients in each parameter's `.grad` (added to what is there,
+    like `loss.backward()`). whole = (sum of weights[i] over the batch, batch size) is what
+    `node.rm.loss.reward_loss` normalizes a piece by, so that the pieces' losses add up to the
+    batch's; with one piece whole is None and this is a plain `loss_of(batch_idx, None).backward()`.
     """
 
     def __init__(self, workers: int) -> None:
@@ -81,17 +82,18 @@ class BatchSplitter:
         """batch_idx dealt round-robin into at most `workers` non-empty pieces."""
         return [list(batch_idx[i:: self.workers]) for i in range(min(self.workers, len(batch_idx)))]
 
-    def backward(self, loss_of: Callable[[list[int]], Tensor], batch_idx: Sequence[int],
-                 params: Sequence[nn.Parameter]) -> Tensor:
+    def backward(self, loss_of: Callable[[list[int], tuple[float, int] | None], Tensor], batch_idx: Sequence[int],
+                 params: Sequence[nn.Parameter], weights: Sequence[float]) -> Tensor:
         """Backpropagate the batch's loss piece by piece; returns the batch's loss, detached."""
         pieces = self.pieces(batch_idx)
         if len(pieces) == 1:
-            loss = loss_of(list(batch_idx))
+            loss = loss_of(list(batch_idx), None)
             loss.backward()
             return loss.detach()
+        whole = (float(sum(weights[i] for i in batch_idx)), len(batch_idx))
 
         def grads_of(piece: list[int]) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-            loss = loss_of(piece)
+            loss = loss_of(piece, whole)
             return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
         threads = torch.get_num_threads()
@@ -101,7 +103,7 @@ class BatchSplitter:
         pool = ThreadPoolExecutor(len(pieces) - 1, thread_name_prefix="rm-piece")
         try:
             futures = [pool.submit(grads_of, piece) for piece in pieces[1:]]
-            loss = loss_of(pieces[0])
+            loss = loss_of(pieces[0], whole)
             loss.backward()  # the first piece writes .grad directly: one gradient buffer fewer
             total = loss.detach()
             for future in futures:

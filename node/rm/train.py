@@ -8,7 +8,6 @@ checkpoint each epoch -> restore the best weights -> final dev report.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -121,6 +120,12 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Any:
     return factor
 
 
+def can_fuse(params: Sequence[torch.Tensor]) -> bool:
+    """True when torch's fused AdamW takes these parameters (floating point, on CPU or CUDA). On CPU it
+    steps MiniLM's 22.7M parameters in ~12 ms instead of 60-80 ms (the default multi-tensor path)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; weight decay on matrices only (not biases or norms)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -128,7 +133,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                             fused=can_fuse([p for _, p in params]))
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -240,9 +246,7 @@ def train_reward_model(
         t0 = time.perf_counter()
         for batch_idx in sampler:
             b = len(batch_idx)
-            # pieces normalize their losses by the whole batch, so that they add up to its loss
-            whole = None if splitter.workers == 1 else (sum(train_data.weight[i] for i in batch_idx), b)
-            loss = splitter.backward(functools.partial(loss_of, whole=whole), batch_idx, trainable)
+            loss = splitter.backward(loss_of, batch_idx, trainable, train_data.weight)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()

@@ -204,3 +204,22 @@ def test_resume_refuses_tampered_rounds_and_restart_keeps_them_aside(make_federa
     assert len(kept) == 1 and (kept[0] / "round-0001.manifest.json").is_file()
     assert sorted(p.name for p in rounds.glob("round-*.manifest.json")) == ["round-0001.manifest.json",
                                                                             "round-0002.manifest.json"]
+
+
+def test_a_member_splitting_batches_over_threads_sends_the_same_update(make_federation) -> None:
+    from node.federated import NodeParticipant, agreement_for, initial_arrays
+
+    _, [home] = make_federation(1, pairs=24)
+    agreement = agreement_for(home, "fed")
+    with Node.open(home) as node:
+        one, two = (NodeParticipant(node, agreement, cpu_workers=n) for n in (1, 2))
+    assert (one.splitter.workers, two.splitter.workers) == (1, 2)
+    start = initial_arrays(agreement)
+    (a, n_a, m_a), (b, n_b, m_b) = one.train(start, 1), two.train(start, 1)
+    assert n_a == n_b == 24 and m_a["train-loss"] == pytest.approx(m_b["train-loss"], rel=1e-5)
+    assert a.keys() == b.keys() == start.keys()
+    assert any(not np.array_equal(a[k], start[k]) for k in a)  # training moved something
+    # The Bradley-Terry loss depends on r_c - r_r only: the head's bias has a zero gradient up to rounding,
+    # which Adam scales up to the learning rate either way, so it is left out of the comparison.
+    for k in (k for k in a if not k.endswith("classifier.modules_to_save.default.bias")):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)  # Adam at lr 0.01 magnifies rounding

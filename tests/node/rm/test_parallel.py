@@ -28,15 +28,19 @@ def test_gradients_add_up_and_pieces_run_on_other_threads() -> None:
     x = torch.randn(6, 3)
     threads: set[str] = set()
 
-    def loss_of(piece: list[int]) -> torch.Tensor:
+    wholes: set[tuple[float, int] | None] = set()
+
+    def loss_of(piece: list[int], whole: tuple[float, int] | None) -> torch.Tensor:
         threads.add(threading.current_thread().name)
+        wholes.add(whole)
         return (x[piece] @ weight.T).pow(2).sum() / 6
 
     before = torch.get_num_threads()
-    loss = BatchSplitter(2).backward(loss_of, list(range(6)), [weight, unused])
+    loss = BatchSplitter(2).backward(loss_of, list(range(6)), [weight, unused], [0.5] * 6)
+    assert wholes == {(3.0, 6)}
     split_grad = weight.grad.clone()
     weight.grad = None
-    expected = loss_of(list(range(6)))
+    expected = loss_of(list(range(6)), None)
     expected.backward()
     torch.testing.assert_close(loss, expected.detach())
     torch.testing.assert_close(split_grad, weight.grad)
@@ -46,14 +50,14 @@ def test_gradients_add_up_and_pieces_run_on_other_threads() -> None:
 def test_a_failing_piece_raises_and_restores_the_thread_count() -> None:
     weight = torch.nn.Parameter(torch.ones(2))
 
-    def loss_of(piece: list[int]) -> torch.Tensor:
+    def loss_of(piece: list[int], whole: tuple[float, int] | None) -> torch.Tensor:
         if 1 in piece:
             raise RuntimeError("piece failed")
         return weight.sum()
 
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="piece failed"):
-        BatchSplitter(2).backward(loss_of, [0, 1], [weight])
+        BatchSplitter(2).backward(loss_of, [0, 1], [weight], [1.0, 1.0])
     assert torch.get_num_threads() == before
 
 
