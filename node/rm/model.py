@@ -8,6 +8,7 @@ from local folders (`local_files_only=True`): nothing is ever fetched from a mod
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -102,13 +103,20 @@ def load_backbone(
     return wrap_lora(model, peft_config), tokenizer
 
 
+_WRAP_LOCK = threading.Lock()
+
+
 def wrap_lora(model: nn.Module, config: Any) -> nn.Module:
     """peft's `get_peft_model(model, config)` without the FutureWarning peft triggers by reading transformers'
-    deprecated `is_gradient_checkpointing` (nothing for a user to act on). The filter is process-wide for the
-    call: a thread doing `catch_warnings` at the same time can still let the warning through."""
+    deprecated `is_gradient_checkpointing` (nothing for a user to act on).
+
+    `catch_warnings` swaps the process-wide filter list, and threads leaving it out of order restore a list
+    without the filter while another is still inside (members of the in-process federation engine wrap
+    their models at the same time): one lock makes the callers take turns. Code elsewhere doing its own
+    `catch_warnings` at the same moment could still let the warning through."""
     from peft import get_peft_model
 
-    with warnings.catch_warnings():
+    with _WRAP_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated",
                                 category=FutureWarning)
         wrapped: nn.Module = get_peft_model(model, config)

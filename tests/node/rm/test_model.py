@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from node.rm.model import (
     reward_head_name,
     rewards,
     unwrap,
+    wrap_lora,
 )
 
 
@@ -66,6 +68,28 @@ def test_lora_wrapping_shows_users_no_library_deprecation_warning(bert_dir) -> N
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         load_backbone(str(bert_dir), lora=True, lora_r=4)
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_lora_wrapping_in_threads_at_once_shows_no_deprecation_warning(bert_dir) -> None:
+    # members of the in-process federation engine build their models at the same time: threads leaving
+    # catch_warnings out of order used to restore a filter list without the filter while others were inside
+    from peft import LoraConfig
+
+    models = [load_backbone(str(bert_dir))[0] for _ in range(8)]
+    barrier = threading.Barrier(len(models))
+
+    def wrap(model: torch.nn.Module) -> None:
+        barrier.wait()
+        wrap_lora(model, LoraConfig(r=4, target_modules=["query", "value"]))
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        threads = [threading.Thread(target=wrap, args=(m,)) for m in models]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
 
 
