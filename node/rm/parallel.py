@@ -4,8 +4,8 @@ forward and backward on its own thread with one intra-op thread, and the pieces'
 Why: a small encoder's multi-threaded step spends much of its time outside large matmuls
 (elementwise ops, layer norms, the attention kernel, the threads' synchronization), which scale
 poorly over cores; independent single-threaded pieces keep every core busy. On the 2-core
-development machine, MiniLM training batches (16 pairs, up to 256 tokens) ran 1.10-1.18x faster as
-two pieces than as one 2-thread pass (README, Performance).
+development machine MiniLM trained at 5.75 pairs/s as two pieces against 5.00 as one 2-thread pass
+(scripts/bench_reward.py, 16-pair batches of up to 256 tokens; README, Performance).
 
 The parameters are shared, not replicated: every piece but the first takes `torch.autograd.grad`,
 which writes no `.grad`, so nothing is written concurrently and nothing needs syncing after the

@@ -1,9 +1,8 @@
 """Train the reward model: AdamW, linear warmup/decay, dev evaluation, early stopping, resumable.
 
 Order of one run: load backbone -> tokenize (truncate, never drop) -> [resume] -> epochs of
-(length-grouped batches -> one forward of 2B rows, cut into pieces over CPU threads -> loss -> clip -> step)
-with dev evaluation ->
-checkpoint each epoch -> restore the best weights -> final dev report.
+(length-grouped batches -> forward and backward of 2B rows, on CPU in one piece per thread -> clip -> step)
+with dev evaluation -> checkpoint each epoch -> restore the best weights -> final dev report.
 """
 
 from __future__ import annotations
