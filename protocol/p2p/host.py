@@ -85,6 +85,7 @@ class P2PHost:
         self._error: BaseException | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
+        self._stopping = False
         self._nursery: trio.Nursery | None = None
         self._callbacks: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
         self._dispatcher: threading.Thread | None = None
@@ -130,6 +131,8 @@ class P2PHost:
     def stop(self, timeout: float = 10.0) -> None:
         """Close the host and join its threads (idempotent)."""
         token, stop = self._token, self._stop
+        self._stopping = True
+        _quiet_shutdown_race()
         if token is not None and stop is not None and self._thread is not None and self._thread.is_alive():
             try:
                 trio.from_thread.run_sync(stop.set, trio_token=token)
@@ -226,6 +229,8 @@ class P2PHost:
         except BaseException as exc:  # noqa: BLE001 - reported to start() / logged
             if not self._ready.is_set():
                 self._error = exc
+            elif self._stopping and _is_shutdown_race(exc):
+                log.debug("p2p host %s: a message arrived while it closed (%s)", self.peer_id, SHUTDOWN_RACE)
             else:
                 log.exception("p2p host %s crashed", self.peer_id)
         finally:
@@ -290,6 +295,35 @@ class P2PHost:
                 callback(*args)
             except Exception:  # noqa: BLE001 - a bad callback must not kill delivery
                 log.exception("p2p callback %r failed", callback)
+
+
+SHUTDOWN_RACE = "Nursery is closed to new arrivals"
+"""What py-libp2p's pubsub raises when a message arrives while the host closes: harmless, nothing is lost
+that a running host would have kept."""
+
+
+def _is_shutdown_race(exc: BaseException) -> bool:
+    """True when exc (an exception group or not) holds only SHUTDOWN_RACE errors."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_shutdown_race(e) for e in exc.exceptions)
+    return isinstance(exc, RuntimeError) and SHUTDOWN_RACE in str(exc)
+
+
+class _DropShutdownRace(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not _is_shutdown_race(exc)
+
+
+_SHUTDOWN_FILTER = _DropShutdownRace()
+
+
+def _quiet_shutdown_race() -> None:
+    """Keep py-libp2p's service loggers from printing SHUTDOWN_RACE tracebacks (they log each failed task
+    themselves, one logger per service class, so the filter goes on every libp2p logger that exists)."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("libp2p") and isinstance(logger, logging.Logger) and _SHUTDOWN_FILTER not in logger.filters:
+            logger.addFilter(_SHUTDOWN_FILTER)
 
 
 async def _run_service(service: Any) -> None:
