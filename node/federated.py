@@ -13,6 +13,7 @@ Files under the node home:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -33,10 +34,9 @@ from node.app import Node
 from node.errors import NodeError
 from node.rm.artifact import WEIGHTS_FILE, RewardScorer, file_sha256, save_reward_model
 from node.rm.data import LengthGroupedBatchSampler, PairCollator, PairEncoder, PreferencePair, tokenize_pairs
-from node.rm.loss import reward_loss
-from node.rm.model import disable_dropout, load_backbone, resolve_backbone_path, rewards
+from node.rm.model import disable_dropout, load_backbone, resolve_backbone_path
 from node.rm.parallel import BatchSplitter, resolve_workers
-from node.rm.train import can_fuse
+from node.rm.train import can_fuse, pairs_loss
 from protocol.canonical import parse_json
 from protocol.identity import Identity
 
@@ -159,12 +159,6 @@ class NodeParticipant:
         self.splitter = BatchSplitter(resolve_workers(cpu_workers, torch.device("cpu"), self.model,
                                                       agreement.batch_size))
 
-    def _loss(self, piece: list[int], whole: tuple[float, int] | None) -> torch.Tensor:
-        batch = self.collator([self.data[i] for i in piece])
-        b = len(piece)
-        r = rewards(self.model, batch).float()  # (2B,) chosen rows first
-        return reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"], whole=whole)
-
     def train(self, global_arrays: Arrays, round: int) -> tuple[Arrays, int, dict[str, float]]:
         """`local_epochs` of AdamW on this node's pairs, from the global arrays."""
         a = self.agreement
@@ -172,12 +166,13 @@ class NodeParticipant:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=a.learning_rate, weight_decay=0.0, fused=can_fuse(trainable))
         sampler = LengthGroupedBatchSampler(self.data.lengths, a.batch_size, seed=a.seed + round)
+        loss_of = functools.partial(pairs_loss, self.model, self.data, self.collator)
         self.model.train()
         total, steps = 0.0, 0
         for epoch in range(a.local_epochs):
             sampler.set_epoch(epoch)
             for idx in sampler:
-                loss = self.splitter.backward(self._loss, idx, trainable, self.data.weight)
+                loss = self.splitter.backward(loss_of, idx, trainable, self.data.weight)
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ with dev evaluation -> checkpoint each epoch -> restore the best weights -> fina
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
 CHECKPOINT_VERSION = 1
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,26 @@ def can_fuse(params: Sequence[torch.Tensor]) -> bool:
     """True when torch's fused AdamW takes these parameters (floating point, on CPU or CUDA). On CPU it
     steps MiniLM's 22.7M parameters in ~12 ms instead of 60-80 ms (the default multi-tensor path)."""
     return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def pairs_loss(
+    model: nn.Module,
+    data: TokenizedPairs,
+    collator: PairCollator,
+    piece: list[int],
+    whole: tuple[float, int] | None,
+    *,
+    device: torch.device = CPU,
+    center_coef: float = 0.0,
+) -> torch.Tensor:
+    """The training loss of the pairs data[piece]: chosen and rejected rows scored in one forward pass.
+    whole: the batch's (weight sum, pair count) when piece is one piece of it (see `reward_loss`)."""
+    batch = collator([data[i] for i in piece])
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    b = len(piece)
+    with autocast_for(device):
+        r = rewards(model, batch).float()  # (2B,) chosen rows first
+    return reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"], center_coef, whole)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -226,15 +248,7 @@ def train_reward_model(
     stop_epoch = config.epochs if epochs_this_run is None else min(config.epochs, state.epoch + epochs_this_run)
     trainable = [p for p in model.parameters() if p.requires_grad]
     splitter = BatchSplitter(resolve_workers(config.cpu_workers, device, model, config.batch_size))
-
-    def loss_of(piece: list[int], whole: tuple[float, int] | None) -> torch.Tensor:
-        batch = collator([train_data[i] for i in piece])
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        b = len(piece)
-        with autocast_for(device):
-            r = rewards(model, batch).float()  # (2B,)
-        return reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"], config.center_coef, whole)
-
+    loss_of = functools.partial(pairs_loss, model, train_data, collator, device=device, center_coef=config.center_coef)
     bar = tqdm(total=total_steps, initial=state.global_step, unit="step", disable=not progress, dynamic_ncols=True)
     postfix: dict[str, str] = {}
     running_loss = torch.zeros((), device=device)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from node.rm.model import load_backbone
+from node.rm.model import disable_dropout, load_backbone
 from node.rm.parallel import BatchSplitter, resolve_workers
 from node.rm.train import train_reward_model
 
@@ -80,9 +80,7 @@ def test_workers_off_cpu_with_dropout_and_capped_by_batch(bert_dir) -> None:
     assert resolve_workers(0, cpu, model, 16) == 1
     with pytest.raises(ValueError, match="cpu_workers = 2 needs dropout off"):
         resolve_workers(2, cpu, model, 16)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    disable_dropout(model)
     assert resolve_workers(4, cpu, model, 3) == 3
     assert resolve_workers(4, torch.device("cuda"), model, 16) == 1
     assert resolve_workers(1, cpu, model, 16) == 1

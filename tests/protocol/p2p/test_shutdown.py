@@ -21,7 +21,7 @@ def test_libp2p_loggers_drop_the_race_and_keep_other_errors(caplog: pytest.LogCa
     logger = logging.getLogger("libp2p.tools.anyio_service.TrioManager.TestService")
     _quiet_shutdown_race()
     _quiet_shutdown_race()  # idempotent
-    assert logger.filters.count(logger.filters[0]) == 1
+    assert len(logger.filters) == 1
     with caplog.at_level(logging.ERROR, logger=logger.name):
         for exc in (ExceptionGroup("nursery", [RuntimeError(SHUTDOWN_RACE)]), RuntimeError("connection reset")):
             try:
