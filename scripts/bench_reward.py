@@ -1,9 +1,10 @@
 """Reward-model training benchmark: rewardnode vs TRL's RewardTrainer, same backbone, data and budget.
 
     python scripts/bench_reward.py [--max-train-pairs N] [--max-dev-pairs N] [--epochs 1] [--max-length 256]
-                                   [--batch-size 16] [--threads 2] [--seed 0] [--skip-trl]
+                                   [--batch-size 16] [--threads 2] [--seed 0] [--skip-trl] [--device cpu|cuda]
 
-Backbone all-MiniLM-L6-v2 (the bundled package), fp32 on CPU, for all three runs:
+Backbone all-MiniLM-L6-v2 (the bundled package), fp32 on CPU, for all three runs (`--device cuda`: bf16
+autocast with fp32 weights on both sides, TRL's `bf16=True`, which is what each does on a GPU by default):
 
 1. rewardnode: node.rm.train_reward_model with its defaults (lr 5e-5, warmup 5%, length-grouped
    batches, dropout off, no gradient checkpointing, soft labels from the data's agreement).
@@ -112,7 +113,8 @@ def score_ids(model: torch.nn.Module, ids: list[list[int]], pad_id: int, batch_s
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out = [0.0] * len(ids)
     model.eval()
-    with torch.inference_mode():
+    device = next(model.parameters()).device
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
         for start in range(0, len(order), batch_size):
             idx = order[start: start + batch_size]
             t = max(len(ids[i]) for i in idx)
@@ -121,8 +123,8 @@ def score_ids(model: torch.nn.Module, ids: list[list[int]], pad_id: int, batch_s
             for row, i in enumerate(idx):
                 input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
                 mask[row, : len(ids[i])] = 1
-            r = model(input_ids=input_ids, attention_mask=mask).logits.squeeze(-1)  # (B,)
-            for i, v in zip(idx, r.tolist(), strict=True):
+            r = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, 0]  # (B,)
+            for i, v in zip(idx, r.float().tolist(), strict=True):
                 out[i] = v
     return out
 
@@ -138,10 +140,10 @@ def run_trl(train: list[PreferencePair], dev: list[PreferencePair], args: argpar
     dc, dr, n_cut_dev, _ = trl_ids(dev, encoder)
     dataset = Dataset.from_dict({"chosen_ids": c, "rejected_ids": r})
     config = RewardConfig(
-        output_dir=str(out_dir), eos_token="[SEP]", bf16=False, max_length=args.max_length,
+        output_dir=str(out_dir), eos_token="[SEP]", bf16=args.device == "cuda", max_length=args.max_length,
         per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs, seed=args.seed,
         gradient_checkpointing=checkpointing, report_to="none", save_strategy="no", logging_steps=10**6,
-        use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, log_level="error",
+        use_cpu=args.device == "cpu", dataloader_num_workers=0, disable_tqdm=True, log_level="error",
     )
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     n_kept = len(trainer.train_dataset)
@@ -159,7 +161,7 @@ def run_trl(train: list[PreferencePair], dev: list[PreferencePair], args: argpar
 def run_rewardnode(train: list[PreferencePair], dev: list[PreferencePair], args: argparse.Namespace,
                    out_dir: Path) -> dict[str, Any]:
     config = TrainConfig(base_model="minilm", max_length=args.max_length, batch_size=args.batch_size,
-                         epochs=args.epochs, seed=args.seed, num_threads=args.threads, device="cpu",
+                         epochs=args.epochs, seed=args.seed, num_threads=args.threads, device=args.device,
                          log_every=10**6, cpu_workers=args.cpu_workers)
     result = train_reward_model(train, dev, config, out_dir=out_dir, progress=False)
     assert result.dev_report is not None
@@ -202,9 +204,12 @@ def linear_ceiling(train: list[PreferencePair], args: argparse.Namespace) -> dic
 def warm_up(args: argparse.Namespace) -> None:
     """Two untimed forward/backward passes at full size, so no run pays the process's first-call costs."""
     model, _ = load_backbone("minilm")
-    ids = torch.randint(1000, 2000, (2 * args.batch_size, args.max_length))  # (2B, T)
+    model.to(args.device)
+    ids = torch.randint(1000, 2000, (2 * args.batch_size, args.max_length), device=args.device)  # (2B, T)
     for _ in range(2):
-        model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+        with torch.autocast(args.device, torch.bfloat16, enabled=args.device == "cuda"):
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().sum()
+        loss.backward()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,9 +268,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-trl", action="store_true", help="time rewardnode alone")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: both train under bf16 autocast on the GPU (--threads still sets CPU threads)")
     parser.add_argument("--cpu-workers", type=int, default=0, help="rewardnode's pieces per batch (rm.cpu_workers; "
                         "0: one per thread, 1: one multi-threaded pass)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU here; run on a GPU machine or leave --device cpu")
 
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
@@ -281,8 +290,10 @@ def main() -> None:
         counts[q.source][1] += 1
     print(f"# bench_reward: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} thread(s), backbone {resolve_backbone_path('minilm')}")
+    precision = "fp32 on CPU" if args.device == "cpu" else f"bf16 autocast on {torch.cuda.get_device_name()}"
     print(f"# {len(train)} train / {len(dev)} dev pairs ({', '.join(f'{s} {a}/{b}' for s, (a, b) in counts.items())}); "
-          f"epochs {args.epochs}, max length {args.max_length}, batch {args.batch_size}, fp32, seed {args.seed}")
+          f"epochs {args.epochs}, max length {args.max_length}, batch {args.batch_size}, "
+          f"{precision}, seed {args.seed}")
     if args.max_train_pairs or args.max_dev_pairs:
         print("# REDUCED RUN: capped with --max-train-pairs / --max-dev-pairs; not the full-data numbers")
     runs: dict[str, dict[str, Any]] = {}
@@ -295,6 +306,8 @@ def main() -> None:
                 runs[name] = run_trl(train, dev, args, checkpointing=ckpt, out_dir=Path(tmp) / name.replace(" ", "-"))
                 print(f"# {name} done: {runs[name]['pairs_per_second']:.2f} pairs/s", file=sys.stderr, flush=True)
     print_table(runs, sources)
+    if args.device != "cpu":
+        return
     ceiling = linear_ceiling(train, args)
     print(f"ceiling: {ceiling['tokens_per_pair']:.0f} tokens per trained pair; torch fp32 linear layers of the encoder's "
           f"shapes run at {ceiling['gflops']:.0f} GFLOP/s on {args.threads} thread(s) here, so their matmuls alone "

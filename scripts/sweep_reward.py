@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+import node.rm.evaluate as evaluate_module  # noqa: E402
 import node.rm.train as train_module  # noqa: E402
 from node.rm.config import TrainConfig  # noqa: E402
 from node.rm.data import PreferencePair, split_by_prompt  # noqa: E402
@@ -98,7 +99,10 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     if args.fp32:
-        train_module.autocast_for = lambda device: contextlib.nullcontext()  # type: ignore[assignment]
+        def fp32(device: torch.device) -> Any:
+            return evaluate_module.cuda_attention() if device.type == "cuda" else contextlib.nullcontext()
+
+        train_module.forward_context = evaluate_module.forward_context = fp32  # type: ignore[assignment]
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     train, dev = read_pairs(args.pairs, 0)

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from node.rm.data import PairEncoder, pad_batch
-from node.rm.evaluate import autocast_for
+from node.rm.evaluate import forward_context
 from node.rm.model import rewards, unwrap
 
 WEIGHTS_FILE = "model.safetensors"
@@ -169,7 +169,7 @@ class RewardScorer:
         ids, types, _ = self.encoder.encode(prompts, responses)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = [0.0] * len(ids)
-        with torch.inference_mode(), autocast_for(self.device):
+        with torch.inference_mode(), forward_context(self.device):
             for start in range(0, len(order), batch_size):
                 idx = order[start: start + batch_size]
                 batch = pad_batch([ids[i] for i in idx], [types[i] for i in idx] if types else None,

@@ -31,7 +31,7 @@ from node.rm.data import (
     pairs_fingerprint,
     tokenize_pairs,
 )
-from node.rm.evaluate import EvalReport, autocast_for, pair_rewards, report_from_rewards
+from node.rm.evaluate import EvalReport, forward_context, pair_rewards, report_from_rewards
 from node.rm.loss import reward_loss
 from node.rm.model import disable_dropout, load_backbone, rewards, unwrap
 from node.rm.parallel import BatchSplitter, resolve_workers
@@ -142,7 +142,7 @@ def pairs_loss(
     batch = collator([data[i] for i in piece])
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     b = len(piece)
-    with autocast_for(device):
+    with forward_context(device):
         r = rewards(model, batch).float()  # (2B,) chosen rows first
     return reward_loss(r[:b], r[b:], batch["p"], batch["margin"], batch["weight"], center_coef, whole)
 

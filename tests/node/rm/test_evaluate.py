@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from node.rm.data import PreferencePair
-from node.rm.evaluate import evaluate_pairs, expected_calibration_error, report_from_rewards
+from node.rm.evaluate import evaluate_pairs, expected_calibration_error, forward_context, report_from_rewards
 
 
 def by_length(prompts: list[str], responses: list[str]) -> list[float]:
@@ -66,3 +68,16 @@ def test_empty_and_constant_inputs() -> None:
     assert report_from_rewards([], [], []).accuracy is None
     report = evaluate_pairs(lambda p, r: [0.0] * len(r), PAIRS[:2])
     assert report.accuracy == 0.5 and report.length_correlation["pearson"] is None
+
+
+def test_cuda_forward_passes_keep_attention_off_cudnn() -> None:
+    # cuDNN's attention builds a plan per new batch shape (hundreds of ms each on varying lengths)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # without CUDA, autocast warns and turns itself off
+        with forward_context(torch.device("cuda")):
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+            assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored afterwards
+    with forward_context(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
