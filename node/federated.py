@@ -133,7 +133,7 @@ def local_pairs(node: Node) -> list[PreferencePair]:
 class NodeParticipant:
     """A member: trains the shared arrays on its own pairs; registers the final federated model.
 
-    cpu_workers: pieces per batch on CPU threads (`node.rm.parallel`; 0: one per thread). The default 1
+    cpu_workers: pieces per batch on CPU threads (`node.rm.parallel`; 0: the automatic choice). The default 1
     keeps one multi-threaded pass, which members sharing a process (the in-process engine) need;
     a member alone in its process (the deployment engine's worker) passes 0.
     """
