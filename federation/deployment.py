@@ -18,6 +18,15 @@ changes, each patched into one flwr module's view of a name:
 - launches: its SuperExec (`python -m federation.deployment superexec`) forks ClientApp tasks from a
   warm fork server instead of starting a `flwr-clientapp` process per message, and pins them to
   rewardnode's ClientApp (`_warm_launches`, `_pin_clientapp`).
+
+The coordinator runs `python -m federation.deployment superlink ...`: the stock `flower-superlink`, whose
+ServerApp processes (`... serverapp`) run only the run the coordinator pinned (`pin_run`): Flower's
+control API takes `flwr run` from whoever reaches the SuperLink's port, and a stock SuperLink would
+install and import the app bundle (FAB) of any such run, so anyone who can reach the port could run
+code on the coordinator. Here a ServerApp process refuses a FAB whose sha256 differs from the pinned
+one before anything of it is installed, refuses a run config that differs from the pinned one, and
+claims the pin, so a copy of the coordinator's own run submitted next to it is refused too
+(`_pin_serverapp`).
 """
 
 from __future__ import annotations
@@ -196,8 +205,10 @@ def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
 def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = "127.0.0.1", *,
                     supernode_auth: bool = True) -> Proc:
     """`flower-superlink` on host:port (TLS unless tls is None), no runtime dependency installation; with
-    `supernode_auth` only SuperNodes whose keys were registered (`register_supernode`) may connect."""
-    args = [_bin("flower-superlink"), "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
+    `supernode_auth` only SuperNodes whose keys were registered (`register_supernode`) may connect. Its
+    ServerApps run only a run pinned with `pin_run(workdir, ...)` (see the module docstring)."""
+    args = [sys.executable, "-m", "federation.deployment", "superlink", "--disable-runtime-dependency-installation",
+            "--host", host, "--port", str(port)]
     if supernode_auth:
         args.append("--enable-supernode-auth")
     if tls is None:
@@ -205,9 +216,66 @@ def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = 
     else:
         args += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
                  "--ssl-keyfile", str(tls.server_key)]
-    proc = Proc(args, flower_env(workdir / "flwr"), workdir / "superlink.log")
+    env = flower_env(workdir / "flwr") | {PIN_ENV: str((workdir / PIN_FILE).resolve())}
+    proc = Proc(args, env, workdir / "superlink.log")
     wait_for_port(port)
     return proc
+
+
+PIN_ENV = "REWARDNODE_SERVERAPP_PIN"
+PIN_FILE = "serverapp-pin.json"
+
+
+class RunRefused(RuntimeError):
+    """A ServerApp process was handed a run the coordinator did not pin."""
+
+
+def pin_run(workdir: Path, app_dir: Path, run_config: dict[str, str]) -> str:
+    """Pin the next run of the SuperLink started in workdir to the FAB `flwr run` builds from app_dir and to
+    run_config; returns the FAB's sha256. Call it right before `flwr_run`: one run may claim a pin."""
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_disk
+
+    fab_sha256 = hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+    pin = workdir / PIN_FILE
+    tmp = pin.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fab_sha256": fab_sha256, "run_config": run_config}))
+    os.replace(tmp, pin)
+    return fab_sha256
+
+
+def _read_pin() -> tuple[Path, dict[str, Any]]:
+    path = Path(os.environ.get(PIN_ENV, ""))
+    if not os.environ.get(PIN_ENV) or not path.is_file():
+        raise RunRefused(f"no pinned run ({PIN_ENV} = {os.environ.get(PIN_ENV)!r}): this SuperLink runs only the "
+                         "run its coordinator pinned (`rewardnode federation run`), and that run has started or "
+                         "was never pinned")
+    pin: dict[str, Any] = json.loads(path.read_text())
+    return path, pin
+
+
+def check_pinned_fab(fab_content: bytes) -> None:
+    """Raise RunRefused unless fab_content is the pinned FAB (called before anything of it is installed)."""
+    import hashlib
+
+    _, pin = _read_pin()
+    digest = hashlib.sha256(fab_content).hexdigest()
+    if digest != pin["fab_sha256"]:
+        raise RunRefused(f"refused a run whose app bundle (sha256 {digest[:16]}...) is not the one this "
+                         f"coordinator pinned ({pin['fab_sha256'][:16]}...); someone else submitted it")
+
+
+def claim_pinned_config(override_config: dict[str, Any]) -> None:
+    """Raise RunRefused unless override_config is the pinned run config; then claim the pin (one run only)."""
+    path, pin = _read_pin()
+    if {k: str(v) for k, v in override_config.items()} != pin["run_config"]:
+        raise RunRefused("refused a run whose run config is not the one this coordinator pinned; someone else "
+                         "submitted it")
+    try:
+        os.replace(path, path.with_suffix(f".claimed-{os.getpid()}"))
+    except FileNotFoundError:
+        raise RunRefused("refused a second copy of the pinned run: another ServerApp claimed it first") from None
 
 
 def start_supernode(workdir: Path, superlink: str, ca_cert: Path | None, node_config: dict[str, str],
@@ -296,20 +364,6 @@ def _fast_poll() -> None:
         setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", HEARTBEAT_S)  # noqa: B010
 
 
-class _WarmSubprocess:
-    """Stands in for `subprocess` inside flwr.supernode.start_client_internal: the SuperExec it starts is
-    `python -m federation.deployment superexec` (warm ClientApp launches) instead of `flower-superexec`."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(subprocess, name)
-
-    @staticmethod
-    def Popen(args: list[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[bytes]:  # noqa: N802
-        if args and args[0] == "flower-superexec":
-            args = [sys.executable, "-m", "federation.deployment", "superexec", *args[1:]]
-        return subprocess.Popen(args, *rest, **kwargs)
-
-
 def _warm_launches() -> None:
     """SuperExec starts a fresh `flwr-clientapp` process per message: Python, flwr and the app imported
     again each round (about a second of CPU per member per round). Here ClientApp tasks are forked from a
@@ -360,7 +414,68 @@ def _run_clientapp(address: str, token: str, insecure: bool, root_certificates: 
                   parent_pid=parent_pid, runtime_dependency_install=False)
 
 
+class _LaunchAs:
+    """Stands in for the `subprocess` module inside one flwr module: Popen of `command` runs
+    `python -m federation.deployment mode` with the same arguments instead."""
+
+    def __init__(self, command: str, mode: str) -> None:
+        self.command, self.mode = command, mode
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    def Popen(self, args: list[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[bytes]:  # noqa: N802
+        if args and args[0] == self.command:
+            args = [sys.executable, "-m", "federation.deployment", self.mode, *args[1:]]
+        return subprocess.Popen(args, *rest, **kwargs)
+
+
+def _pin_serverapp() -> None:
+    """Make this process's `run_serverapp` check the pin (see the module docstring) before installing the
+    FAB it pulled, and before running it with the run config it pulled."""
+    import importlib
+
+    runtime = importlib.import_module("flwr.superlink.runtime.run_serverapp")  # the package exports a function
+
+    install, fuse = getattr(runtime, "install_from_fab"), getattr(runtime, "get_fused_config_from_dir")  # noqa: B009
+
+    def checked_install(content: bytes, *args: Any, **kwargs: Any) -> Any:
+        check_pinned_fab(content)
+        return install(content, *args, **kwargs)
+
+    def checked_config(project_dir: Path, override_config: dict[str, Any]) -> Any:
+        claim_pinned_config(override_config)
+        return fuse(project_dir, override_config)
+
+    setattr(runtime, "install_from_fab", checked_install)  # noqa: B010
+    setattr(runtime, "get_fused_config_from_dir", checked_config)  # noqa: B010
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "superlink":  # the coordinator: ServerApps through `serverexec` -> `serverapp`
+        import importlib
+
+        superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")  # not the function of that name
+
+        setattr(superlink, "subprocess", _LaunchAs("flower-superexec", "serverexec"))  # noqa: B010
+        sys.argv = ["flower-superlink", *argv[1:]]
+        superlink.flower_superlink()
+        return 0
+    if argv and argv[0] == "serverexec":
+        from flwr.supercore.cli.flower_superexec import flower_superexec
+        from flwr.supercore.superexec.executor import subprocess_executor
+
+        setattr(subprocess_executor, "subprocess", _LaunchAs("flwr-serverapp", "serverapp"))  # noqa: B010
+        sys.argv = ["flower-superexec", *argv[1:]]
+        flower_superexec()
+        return 0
+    if argv and argv[0] == "serverapp":
+        _pin_serverapp()
+        from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
+
+        sys.argv = ["flwr-serverapp", *argv[1:]]
+        flwr_serverapp()
+        return 0
     if argv and argv[0] == "superexec":
         _warm_launches()
         from flwr.supercore.cli.flower_superexec import flower_superexec
@@ -369,13 +484,14 @@ def main(argv: list[str]) -> int:
         flower_superexec()
         return 0
     if not argv or argv[0] != "supernode":
-        print("usage: python -m federation.deployment supernode|superexec [flower-supernode|superexec args]",
+        print("usage: python -m federation.deployment supernode|superexec|superlink|serverexec|serverapp [ARGS of "
+              "the Flower command it wraps]",
               file=sys.stderr)
         return 2
     _fast_poll()
     import flwr.supernode.start_client_internal as internal
 
-    setattr(internal, "subprocess", _WarmSubprocess())  # noqa: B010
+    setattr(internal, "subprocess", _LaunchAs("flower-superexec", "superexec"))  # noqa: B010
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *argv[1:]]

@@ -1,9 +1,10 @@
 """The deployment engine on a node: the coordinator's SuperLink and the members' SuperNodes (Flower).
 
 Coordinator (`run_coordinator`): starts `flower-superlink` with TLS and SuperNode authentication,
-registers the SuperNode keys of the members it admitted, submits the app with `flwr run` and waits
-for the rounds. Member (`run_member`): runs `flower-supernode` with its own P-384 key and a warm
-worker until the federated model lands in its registry.
+registers the SuperNode keys of the members it admitted, pins the run and submits it with `flwr run`
+(the SuperLink's ServerApp runs that run only: federation.deployment) and waits for the rounds.
+Member (`run_member`): runs `flower-supernode` with its own P-384 key and a warm worker until the
+federated model lands in its registry.
 
 Admission (federation.admission): `rewardnode federation join` makes the member's SuperNode key
 and a record binding it to the node's Ed25519 identity; the coordinator admits that record with
@@ -185,6 +186,7 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
     from federation.deployment import (
         TlsFiles,
         flwr_run,
+        pin_run,
         register_supernode,
         start_superlink,
         write_app,
@@ -217,9 +219,10 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
             node_id = register_supernode(work, public, name=key.member[:16])
             log.info("registered the SuperNode of member %s... as Flower node %d", key.member[:16], node_id)
         app = write_app(work / "app", "node.flower:server_app", "federation.worker:client_app")
-        done = flwr_run(work, app, {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name,
-                                    RUN_CONFIG_STRAGGLER: str(straggler_s), RUN_CONFIG_RESUME: "1" if resume else "0"},
-                        timeout_s)
+        run_config = {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name, RUN_CONFIG_STRAGGLER: str(straggler_s),
+                      RUN_CONFIG_RESUME: "1" if resume else "0"}
+        pin_run(work, app, run_config)  # the SuperLink's ServerApp runs this run and nothing else
+        done = flwr_run(work, app, run_config, timeout_s)
         (work / "flwr-run.log").write_text(done.stdout + done.stderr)
     finally:
         superlink.stop()
