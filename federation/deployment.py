@@ -273,7 +273,7 @@ def claim_pinned_config(override_config: dict[str, Any]) -> None:
         raise RunRefused("refused a run whose run config is not the one this coordinator pinned; someone else "
                          "submitted it")
     try:
-        os.replace(path, path.with_suffix(f".claimed-{os.getpid()}"))
+        os.replace(path, path.with_suffix(".claimed"))  # atomic: of two ServerApps one finds no pin
     except FileNotFoundError:
         raise RunRefused("refused a second copy of the pinned run: another ServerApp claimed it first") from None
 
