@@ -26,7 +26,9 @@ install and import the app bundle (FAB) of any such run, so anyone who can reach
 code on the coordinator. Here a ServerApp process refuses a FAB whose sha256 differs from the pinned
 one before anything of it is installed, refuses a run config that differs from the pinned one, and
 claims the pin, so a copy of the coordinator's own run submitted next to it is refused too
-(`_pin_serverapp`).
+(`_pin_serverapp`). Beyond that, the SuperLink answers clients on other machines on its Fleet API only
+(the members' SuperNodes); its control API (`flwr run`, `flwr stop`, `flwr supernode register`) and its
+runtime API (the ServerApp processes) answer loopback clients only (`MembersReachFleetOnly`).
 """
 
 from __future__ import annotations
@@ -224,6 +226,49 @@ def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = 
 
 PIN_ENV = "REWARDNODE_SERVERAPP_PIN"
 PIN_FILE = "serverapp-pin.json"
+
+
+REMOTE_PATHS = ("/v1/fleet/",)
+"""What a client on another machine may reach on the coordinator's SuperLink: the Fleet API, which the
+members' SuperNodes use (SuperNode authentication admits only registered keys there)."""
+
+
+def is_loopback(client: tuple[str, int] | list[Any] | None) -> bool:
+    """True when an ASGI scope's client address is this machine's loopback (IPv4, IPv6, IPv4-mapped)."""
+    if not client:
+        return False
+    try:
+        address = ipaddress.ip_address(str(client[0]).split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+class MembersReachFleetOnly:
+    """ASGI middleware on the coordinator's SuperLink: a request from another machine may reach
+    REMOTE_PATHS only; anything else (control and runtime APIs) gets 403 unless it comes from loopback.
+    Behind a reverse proxy on the same machine every client looks local: expose the port directly."""
+
+    FORBIDDEN = (b'{"detail": "this SuperLink answers its control and runtime APIs on the coordinator\'s own '
+                 b'machine only (127.0.0.1); members reach its Fleet API"}')
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and not is_loopback(scope.get("client")) \
+                and not str(scope.get("path", "")).startswith(REMOTE_PATHS):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(self.FORBIDDEN)).encode())]})
+            await send({"type": "http.response.body", "body": self.FORBIDDEN})
+            return
+        await self.app(scope, receive, send)
 
 
 class RunRefused(RuntimeError):
@@ -456,6 +501,16 @@ def main(argv: list[str]) -> int:
         import importlib
 
         superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")  # not the function of that name
+        import flwr.superlink.main as superlink_main
+
+        create_app = superlink_main.create_app
+
+        def create_guarded_app(*args: Any, **kwargs: Any) -> Any:
+            app = create_app(*args, **kwargs)
+            app.add_middleware(MembersReachFleetOnly)
+            return app
+
+        setattr(superlink_main, "create_app", create_guarded_app)  # noqa: B010
 
         setattr(superlink, "subprocess", _LaunchAs("flower-superexec", "serverexec"))  # noqa: B010
         sys.argv = ["flower-superlink", *argv[1:]]
