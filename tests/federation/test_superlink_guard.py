@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -180,19 +181,35 @@ def _post(url: str) -> tuple[int, bytes]:
 
 @pytest.mark.slow
 def test_the_real_superlink_answers_its_control_api_on_loopback_only(tmp_path: Path) -> None:
-    from federation.deployment import free_port, start_superlink
+    from federation.deployment import (
+        flower_env,
+        free_port,
+        start_superlink,
+        start_supernode,
+        write_connection,
+    )
 
     address = _own_address()
     if address is None:
         pytest.skip("this machine has no address besides loopback to play the other machine from")
     port = free_port()
     superlink = start_superlink(tmp_path, port, None, host="0.0.0.0", supernode_auth=False)
+    (tmp_path / "member").mkdir()
+    member = start_supernode(tmp_path / "member", f"{address}:{port}", None, {"home": str(tmp_path / "member")})
     try:
         status, body = _post(f"http://{address}:{port}/v1/control/list-runs")
         assert status == 403 and "control and runtime APIs" in json.loads(body)["detail"]
         status, body = _post(f"http://127.0.0.1:{port}/v1/control/list-runs")
         assert status != 403, body  # the same request from the coordinator's machine reaches Flower
-        status, body = _post(f"http://{address}:{port}/v1/fleet/pull-messages")
-        assert status != 403 or b"control and runtime APIs" not in body, body  # members' API: Flower answers
+        write_connection(tmp_path / "flwr", f"127.0.0.1:{port}", None)
+        online: list = []
+        deadline = time.monotonic() + 60
+        while not online and time.monotonic() < deadline:  # a SuperNode dialing the outside address gets in
+            listing = subprocess.run([deployment._bin("flwr"), "supernode", "list", "federation", "--format", "json"],
+                                     env=flower_env(tmp_path / "flwr"), capture_output=True, text=True, cwd=tmp_path)
+            online = [n for n in json.loads(listing.stdout or "{}").get("nodes", []) if n["status"] == "online"]
+            time.sleep(0.5)
+        assert online, "a SuperNode on the outside address never came online: the Fleet API was refused"
     finally:
+        member.stop()
         superlink.stop()
