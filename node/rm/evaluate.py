@@ -171,9 +171,9 @@ def cuda_attention() -> Any:
 
     cuDNN's attention builds an execution plan for every new (batch, length) shape it meets, and the
     node's batches take many lengths (length-grouped training batches, scoring requests). On an H100
-    MiniLM training steps ran 336 ms on first sight of their shapes against 26 ms once the plans were
-    cached (scripts/bench_reward.py --device cuda: 90 pairs/s against TRL's 358 on batches padded mostly
-    to one length). The memory-efficient kernel needs no plan and takes the padding mask.
+    MiniLM training steps ran 336 ms on first sight of their shapes against 26 ms once seen, with
+    attention on cuDNN (scripts/bench_reward.py --device cuda: 90 pairs/s against TRL's 358 on batches
+    padded mostly to one length). The memory-efficient kernel needs no plan and takes the padding mask.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
