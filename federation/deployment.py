@@ -496,23 +496,29 @@ def _pin_serverapp() -> None:
     setattr(runtime, "get_fused_config_from_dir", checked_config)  # noqa: B010
 
 
+def _guard_superlink() -> Any:
+    """Patch this process's `flower-superlink` (returned: its module): its FastAPI app gets
+    `MembersReachFleetOnly`, and its SuperExec is `python -m federation.deployment serverexec`."""
+    import importlib
+
+    import flwr.superlink.main as superlink_main
+
+    superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")  # not the function of that name
+    create_app = superlink_main.create_app
+
+    def create_guarded_app(*args: Any, **kwargs: Any) -> Any:
+        app = create_app(*args, **kwargs)
+        app.add_middleware(MembersReachFleetOnly)
+        return app
+
+    setattr(superlink_main, "create_app", create_guarded_app)  # noqa: B010
+    setattr(superlink, "subprocess", _LaunchAs("flower-superexec", "serverexec"))  # noqa: B010
+    return superlink
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "superlink":  # the coordinator: ServerApps through `serverexec` -> `serverapp`
-        import importlib
-
-        superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")  # not the function of that name
-        import flwr.superlink.main as superlink_main
-
-        create_app = superlink_main.create_app
-
-        def create_guarded_app(*args: Any, **kwargs: Any) -> Any:
-            app = create_app(*args, **kwargs)
-            app.add_middleware(MembersReachFleetOnly)
-            return app
-
-        setattr(superlink_main, "create_app", create_guarded_app)  # noqa: B010
-
-        setattr(superlink, "subprocess", _LaunchAs("flower-superexec", "serverexec"))  # noqa: B010
+        superlink = _guard_superlink()
         sys.argv = ["flower-superlink", *argv[1:]]
         superlink.flower_superlink()
         return 0
