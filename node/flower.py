@@ -193,6 +193,7 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
         write_connection,
     )
 
+    _check_listen(host)
     agreement = agreement_for(home, name)
     fed = federation_dir(home, name)
     tls_dir = fed / TLS_DIR
@@ -231,6 +232,24 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
                         f"{work / 'flwr-run.log'} and {work / 'superlink.log'}")
     outcome: dict[str, Any] = json.loads(outcome_path.read_text())
     return outcome
+
+
+def _check_listen(host: str) -> None:
+    """The coordinator's own `flwr` commands reach its SuperLink on 127.0.0.1, and the SuperLink answers its
+    control API to loopback clients only: bind loopback or every interface, not one outside address."""
+    import ipaddress
+
+    if host == "localhost":
+        return
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise NodeError(f"--listen {host} is not an IP address; use 0.0.0.0 (every interface, for members on "
+                        "other machines) or 127.0.0.1 (this machine only)") from None
+    if not (address.is_loopback or address.is_unspecified):
+        raise NodeError(f"--listen {host}: the coordinator drives its SuperLink over 127.0.0.1, which a SuperLink "
+                        f"bound to {host} alone does not answer; use --listen 0.0.0.0 and let only the members "
+                        "reach the port (firewall or VPN)")
 
 
 def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float = 3600.0) -> str | None:

@@ -243,3 +243,12 @@ def test_replace_file_leaves_the_old_file_whole_when_the_write_fails(tmp_path, m
     with pytest.raises(OSError, match="disk full"):
         replace_file(path, b"new")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["join.json"]
+
+
+@pytest.mark.parametrize("listen", ["10.1.2.3", "example.org"])
+def test_run_refuses_a_listen_address_its_own_commands_cannot_reach(joined, capsys, listen) -> None:
+    coord, _ = joined
+    assert cli("--home", str(coord), "federation", "run", "fed", "--listen", listen, "--port", "1") == 1
+    err = capsys.readouterr().err
+    assert f"--listen {listen}" in err and "0.0.0.0" in err
+    assert not (coord / "federation" / "fed" / "run").exists()  # nothing was started
