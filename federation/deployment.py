@@ -209,8 +209,8 @@ def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = 
     """`flower-superlink` on host:port (TLS unless tls is None), no runtime dependency installation; with
     `supernode_auth` only SuperNodes whose keys were registered (`register_supernode`) may connect. Its
     ServerApps run only a run pinned with `pin_run(workdir, ...)` (see the module docstring)."""
-    args = [sys.executable, "-m", "federation.deployment", "superlink", "--disable-runtime-dependency-installation",
-            "--host", host, "--port", str(port)]
+    args = [sys.executable, "-m", "federation.deployment", "superlink",
+            "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
     if supernode_auth:
         args.append("--enable-supernode-auth")
     if tls is None:
@@ -293,9 +293,9 @@ def pin_run(workdir: Path, app_dir: Path, run_config: dict[str, str]) -> str:
 def _read_pin() -> tuple[Path, dict[str, Any]]:
     path = Path(os.environ.get(PIN_ENV, ""))
     if not os.environ.get(PIN_ENV) or not path.is_file():
-        raise RunRefused(f"no pinned run ({PIN_ENV} = {os.environ.get(PIN_ENV)!r}): this SuperLink runs only the "
-                         "run its coordinator pinned (`rewardnode federation run`), and that run has started or "
-                         "was never pinned")
+        raise RunRefused(f"no pinned run ({PIN_ENV} = {os.environ.get(PIN_ENV)!r}): this SuperLink runs "
+                         "only the run its coordinator pinned (`rewardnode federation run`), and that run "
+                         "has started or was never pinned")
     pin: dict[str, Any] = json.loads(path.read_text())
     return path, pin
 
@@ -315,12 +315,13 @@ def claim_pinned_config(override_config: dict[str, Any]) -> None:
     """Raise RunRefused unless override_config is the pinned run config; then claim the pin (one run only)."""
     path, pin = _read_pin()
     if {k: str(v) for k, v in override_config.items()} != pin["run_config"]:
-        raise RunRefused("refused a run whose run config is not the one this coordinator pinned; someone else "
-                         "submitted it")
+        raise RunRefused("refused a run whose run config is not the one this coordinator pinned; "
+                         "someone else submitted it")
     try:
         os.replace(path, path.with_suffix(".claimed"))  # atomic: of two ServerApps one finds no pin
     except FileNotFoundError:
-        raise RunRefused("refused a second copy of the pinned run: another ServerApp claimed it first") from None
+        raise RunRefused("refused a second copy of the pinned run: another ServerApp claimed it "
+                         "first") from None
 
 
 def start_supernode(workdir: Path, superlink: str, ca_cert: Path | None, node_config: dict[str, str],
@@ -480,9 +481,11 @@ def _pin_serverapp() -> None:
     FAB it pulled, and before running it with the run config it pulled."""
     import importlib
 
-    runtime = importlib.import_module("flwr.superlink.runtime.run_serverapp")  # the package exports a function
+    # import_module: the package flwr.superlink.runtime exports a function of the module's name
+    runtime = importlib.import_module("flwr.superlink.runtime.run_serverapp")
 
-    install, fuse = getattr(runtime, "install_from_fab"), getattr(runtime, "get_fused_config_from_dir")  # noqa: B009
+    install = getattr(runtime, "install_from_fab")  # noqa: B009 (not in the module's __all__)
+    fuse = getattr(runtime, "get_fused_config_from_dir")  # noqa: B009
 
     def checked_install(content: bytes, *args: Any, **kwargs: Any) -> Any:
         check_pinned_fab(content)
@@ -503,7 +506,7 @@ def _guard_superlink() -> Any:
 
     import flwr.superlink.main as superlink_main
 
-    superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")  # not the function of that name
+    superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the module, not the function
     create_app = superlink_main.create_app
 
     def create_guarded_app(*args: Any, **kwargs: Any) -> Any:
@@ -545,8 +548,8 @@ def main(argv: list[str]) -> int:
         flower_superexec()
         return 0
     if not argv or argv[0] != "supernode":
-        print("usage: python -m federation.deployment supernode|superexec|superlink|serverexec|serverapp [ARGS of "
-              "the Flower command it wraps]",
+        print("usage: python -m federation.deployment supernode|superexec|superlink|serverexec|serverapp "
+              "[ARGS of the Flower command it wraps]",
               file=sys.stderr)
         return 2
     _fast_poll()

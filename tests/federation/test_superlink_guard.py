@@ -31,30 +31,6 @@ from federation.deployment import (
     pin_run,
 )
 
-ROGUE_APP = '''\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "rogue"
-version = "1.0.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "someone"
-
-[tool.flwr.app.components]
-serverapp = "rogue:app"
-clientapp = "rogue:app"
-
-[tool.flwr.app.config]
-marker = ""
-'''
-
 ROGUE_CODE = '''\
 from pathlib import Path
 
@@ -65,21 +41,21 @@ app = ServerApp()
 
 @app.main()
 def main(grid, context):
-    Path(context.run_config["marker"]).write_text("code from the network ran on the coordinator")
+    Path(context.run_config["home"]).write_text("code from the network ran on the coordinator")
 '''
 
 
 def _rogue_app(tmp_path: Path) -> Path:
-    app = tmp_path / "rogue"
-    app.mkdir()
-    (app / "pyproject.toml").write_text(ROGUE_APP)
+    """An app that looks like rewardnode's (the same pyproject) but brings its own ServerApp, which writes a
+    file at the run config's `home`."""
+    app = deployment.write_app(tmp_path / "rogue", "rogue:app", "rogue:app")
     (app / "rogue.py").write_text(ROGUE_CODE)
     return app
 
 
 def test_pin_checks_the_bundle_and_the_config_and_is_claimed_once(tmp_path: Path, monkeypatch) -> None:
     app = _rogue_app(tmp_path)
-    fab_sha256 = pin_run(tmp_path, app, {"marker": "x"})
+    fab_sha256 = pin_run(tmp_path, app, {"home": "x"})
     monkeypatch.setenv(deployment.PIN_ENV, str(tmp_path / deployment.PIN_FILE))
     from flwr.cli.build import build_fab_from_disk
 
@@ -90,10 +66,10 @@ def test_pin_checks_the_bundle_and_the_config_and_is_claimed_once(tmp_path: Path
     with pytest.raises(RunRefused, match="app bundle"):
         check_pinned_fab(b"another bundle")
     with pytest.raises(RunRefused, match="run config"):
-        claim_pinned_config({"marker": "y"})
-    claim_pinned_config({"marker": "x"})
+        claim_pinned_config({"home": "y"})
+    claim_pinned_config({"home": "x"})
     with pytest.raises(RunRefused, match="no pinned run"):  # claimed: a second copy finds no pin
-        claim_pinned_config({"marker": "x"})
+        claim_pinned_config({"home": "x"})
     monkeypatch.delenv(deployment.PIN_ENV)
     with pytest.raises(RunRefused, match="no pinned run"):
         check_pinned_fab(build_fab_from_disk(app))
@@ -111,13 +87,13 @@ def test_a_run_someone_else_submits_never_runs_its_code(tmp_path: Path, pinned: 
     work = tmp_path / "link"
     work.mkdir()
     if pinned != "nothing":
-        pin_run(work, app, {"marker": str(marker) if pinned == "this-run" else str(tmp_path / "other.txt")})
+        pin_run(work, app, {"home": str(marker) if pinned == "this-run" else str(tmp_path / "other.txt")})
     port = free_port()
     superlink = start_superlink(work, port, None, supernode_auth=False)
     try:
         write_connection(work / "flwr", f"127.0.0.1:{port}", None)
         done = subprocess.run([deployment._bin("flwr"), "run", str(app), "federation", "--stream", "--run-config",
-                               f'marker="{marker}"'], env=flower_env(work / "flwr"), capture_output=True, text=True,
+                               f'home="{marker}"'], env=flower_env(work / "flwr"), capture_output=True, text=True,
                               timeout=120, cwd=app)
     finally:
         superlink.stop()
