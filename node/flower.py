@@ -220,8 +220,8 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
             node_id = register_supernode(work, public, name=key.member[:16])
             log.info("registered the SuperNode of member %s... as Flower node %d", key.member[:16], node_id)
         app = write_app(work / "app", "node.flower:server_app", "federation.worker:client_app")
-        run_config = {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name, RUN_CONFIG_STRAGGLER: str(straggler_s),
-                      RUN_CONFIG_RESUME: "1" if resume else "0"}
+        run_config = {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name,
+                      RUN_CONFIG_STRAGGLER: str(straggler_s), RUN_CONFIG_RESUME: "1" if resume else "0"}
         pin_run(work, app, run_config)  # the SuperLink's ServerApp runs this run and nothing else
         done = flwr_run(work, app, run_config, timeout_s)
         (work / "flwr-run.log").write_text(done.stdout + done.stderr)
@@ -247,9 +247,9 @@ def _check_listen(host: str) -> None:
         raise NodeError(f"--listen {host} is not an IP address; use 0.0.0.0 (every interface, for members on "
                         "other machines) or 127.0.0.1 (this machine only)") from None
     if not (address.is_loopback or address.is_unspecified):
-        raise NodeError(f"--listen {host}: the coordinator drives its SuperLink over 127.0.0.1, which a SuperLink "
-                        f"bound to {host} alone does not answer; use --listen 0.0.0.0 and let only the members "
-                        "reach the port (firewall or VPN)")
+        raise NodeError(f"--listen {host}: the coordinator drives its SuperLink over 127.0.0.1, which a "
+                        f"SuperLink bound to {host} alone does not answer; use --listen 0.0.0.0 and let only "
+                        "the members reach the port (firewall or VPN)")
 
 
 def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float = 3600.0) -> str | None:

@@ -269,9 +269,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-trl", action="store_true", help="time rewardnode alone")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: both train under bf16 autocast on the GPU (--threads still sets CPU threads)")
+                        help="cuda: both train under bf16 autocast on the GPU (--threads still sets CPU "
+                             "threads)")
     parser.add_argument("--cpu-workers", type=int, default=0, help="rewardnode's pieces per batch (rm.cpu_workers; "
-                        "0: one per thread, 1: one multi-threaded pass)")
+                        "0: automatic, 1: one multi-threaded pass)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA GPU here; run on a GPU machine or leave --device cpu")

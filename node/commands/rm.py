@@ -62,7 +62,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
         parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
         parser.add_argument("--cpu-workers", type=int, metavar="N", help="on CPU, run each batch as N pieces on N "
-                            "threads (default 0: one per CPU thread on 2-8 threads, else one pass; 1: one multi-threaded pass)")
+                            "threads (default 0: one per CPU thread on 2-8 threads, else one pass; "
+                            "1: one multi-threaded pass)")
         parser.add_argument("--out", metavar="DIR", help="artifact folder (default: MODELS_DIR/rm-TIMESTAMP)")
     elif name == "models":
         parser.add_argument("--json", action="store_true", help="print one JSON array")

@@ -92,8 +92,9 @@ def test_a_run_someone_else_submits_never_runs_its_code(tmp_path: Path, pinned: 
     superlink = start_superlink(work, port, None, supernode_auth=False)
     try:
         write_connection(work / "flwr", f"127.0.0.1:{port}", None)
-        done = subprocess.run([deployment._bin("flwr"), "run", str(app), "federation", "--stream", "--run-config",
-                               f'home="{marker}"'], env=flower_env(work / "flwr"), capture_output=True, text=True,
+        command = [deployment._bin("flwr"), "run", str(app), "federation", "--stream", "--run-config",
+                   f'home="{marker}"']
+        done = subprocess.run(command, env=flower_env(work / "flwr"), capture_output=True, text=True,
                               timeout=120, cwd=app)
     finally:
         superlink.stop()
@@ -170,8 +171,9 @@ def test_the_real_superlink_answers_its_control_api_on_loopback_only(tmp_path: P
         pytest.skip("this machine has no address besides loopback to play the other machine from")
     port = free_port()
     superlink = start_superlink(tmp_path, port, None, host="0.0.0.0", supernode_auth=False)
-    (tmp_path / "member").mkdir()
-    member = start_supernode(tmp_path / "member", f"{address}:{port}", None, {"home": str(tmp_path / "member")})
+    (tmp_path / "member").mkdir()  # the member's SuperNode (below) writes its log there
+    home = tmp_path / "member"
+    member = start_supernode(home, f"{address}:{port}", None, {"home": str(home)})
     try:
         status, body = _post(f"http://{address}:{port}/v1/control/list-runs")
         assert status == 403 and "control and runtime APIs" in json.loads(body)["detail"]
@@ -181,9 +183,11 @@ def test_the_real_superlink_answers_its_control_api_on_loopback_only(tmp_path: P
         online: list = []
         deadline = time.monotonic() + 60
         while not online and time.monotonic() < deadline:  # a SuperNode dialing the outside address gets in
-            listing = subprocess.run([deployment._bin("flwr"), "supernode", "list", "federation", "--format", "json"],
-                                     env=flower_env(tmp_path / "flwr"), capture_output=True, text=True, cwd=tmp_path)
-            online = [n for n in json.loads(listing.stdout or "{}").get("nodes", []) if n["status"] == "online"]
+            command = [deployment._bin("flwr"), "supernode", "list", "federation", "--format", "json"]
+            listing = subprocess.run(command, env=flower_env(tmp_path / "flwr"), capture_output=True,
+                                     text=True, cwd=tmp_path)
+            nodes = json.loads(listing.stdout or "{}").get("nodes", [])
+            online = [n for n in nodes if n["status"] == "online"]
             time.sleep(0.5)
         assert online, "a SuperNode on the outside address never came online: the Fleet API was refused"
     finally:

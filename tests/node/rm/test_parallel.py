@@ -86,9 +86,9 @@ def test_workers_off_cpu_with_dropout_and_capped_by_batch(bert_dir) -> None:
     assert resolve_workers(1, cpu, model, 16) == 1
 
 
-@pytest.mark.parametrize(("threads", "batch_size", "pieces"), [(2, 16, 2), (8, 16, 8), (16, 16, 1), (16, 64, 1),
-                                                               (4, 7, 1), (4, 8, 4), (1, 16, 1)])
-def test_automatic_workers_split_only_where_it_was_measured_to_pay(bert_dir, threads, batch_size, pieces) -> None:
+@pytest.mark.parametrize(("threads", "batch_size", "pieces"),
+                         [(2, 16, 2), (8, 16, 8), (16, 16, 1), (16, 64, 1), (4, 7, 1), (4, 8, 4), (1, 16, 1)])
+def test_automatic_workers_split_only_where_measured_to_pay(bert_dir, threads, batch_size, pieces) -> None:
     model, _ = load_backbone(str(bert_dir))
     disable_dropout(model)
     before = torch.get_num_threads()
