@@ -34,6 +34,7 @@ runtime API (the ServerApp processes) answer loopback clients only (`MembersReac
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
@@ -278,8 +279,6 @@ class RunRefused(RuntimeError):
 def pin_run(workdir: Path, app_dir: Path, run_config: dict[str, str]) -> str:
     """Pin the next run of the SuperLink started in workdir to the FAB `flwr run` builds from app_dir and to
     run_config; returns the FAB's sha256. Call it right before `flwr_run`: one run may claim a pin."""
-    import hashlib
-
     from flwr.cli.build import build_fab_from_disk
 
     fab_sha256 = hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
@@ -291,9 +290,10 @@ def pin_run(workdir: Path, app_dir: Path, run_config: dict[str, str]) -> str:
 
 
 def _read_pin() -> tuple[Path, dict[str, Any]]:
-    path = Path(os.environ.get(PIN_ENV, ""))
-    if not os.environ.get(PIN_ENV) or not path.is_file():
-        raise RunRefused(f"no pinned run ({PIN_ENV} = {os.environ.get(PIN_ENV)!r}): this SuperLink runs "
+    where = os.environ.get(PIN_ENV, "")
+    path = Path(where)
+    if not where or not path.is_file():
+        raise RunRefused(f"no pinned run ({PIN_ENV} = {where!r}): this SuperLink runs "
                          "only the run its coordinator pinned (`rewardnode federation run`), and that run "
                          "has started or was never pinned")
     pin: dict[str, Any] = json.loads(path.read_text())
@@ -302,8 +302,6 @@ def _read_pin() -> tuple[Path, dict[str, Any]]:
 
 def check_pinned_fab(fab_content: bytes) -> None:
     """Raise RunRefused unless fab_content is the pinned FAB (called before anything of it is installed)."""
-    import hashlib
-
     _, pin = _read_pin()
     digest = hashlib.sha256(fab_content).hexdigest()
     if digest != pin["fab_sha256"]:

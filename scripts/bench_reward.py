@@ -48,7 +48,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from node.importing import iter_records  # noqa: E402
 from node.rm.config import TrainConfig  # noqa: E402
 from node.rm.data import PairEncoder, PreferencePair, split_by_prompt, truncate_pair  # noqa: E402
-from node.rm.evaluate import EvalReport, report_from_rewards  # noqa: E402
+from node.rm.evaluate import EvalReport, forward_context, report_from_rewards  # noqa: E402
 from node.rm.model import load_backbone, resolve_backbone_path  # noqa: E402
 from node.rm.pipeline import pairs_from_records  # noqa: E402
 from node.rm.train import train_reward_model  # noqa: E402
@@ -114,7 +114,7 @@ def score_ids(model: torch.nn.Module, ids: list[list[int]], pad_id: int, batch_s
     out = [0.0] * len(ids)
     model.eval()
     device = next(model.parameters()).device
-    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode(), forward_context(device):
         for start in range(0, len(order), batch_size):
             idx = order[start: start + batch_size]
             t = max(len(ids[i]) for i in idx)
@@ -207,7 +207,7 @@ def warm_up(args: argparse.Namespace) -> None:
     model.to(args.device)
     ids = torch.randint(1000, 2000, (2 * args.batch_size, args.max_length), device=args.device)  # (2B, T)
     for _ in range(2):
-        with torch.autocast(args.device, torch.bfloat16, enabled=args.device == "cuda"):
+        with forward_context(torch.device(args.device)):
             loss = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().sum()
         loss.backward()
 
