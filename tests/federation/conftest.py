@@ -65,6 +65,19 @@ def cli(*argv: str) -> int:
     return main(list(argv))
 
 
+def online_supernodes(workdir: Path) -> list[int]:
+    """Flower node ids of the SuperNodes online at the SuperLink that workdir's `flwr` connection names
+    (`federation.deployment.write_connection(workdir / "flwr", ...)`)."""
+    import subprocess
+
+    from federation.deployment import _bin, flower_env
+
+    listing = subprocess.run([_bin("flwr"), "supernode", "list", "federation", "--format", "json"],
+                             env=flower_env(workdir / "flwr"), capture_output=True, text=True, cwd=workdir)
+    nodes = json.loads(listing.stdout or "{}").get("nodes", [])
+    return [int(n["node-id"]) for n in nodes if n["status"] == "online"]
+
+
 def build_federation(root: Path, bert_dir: Path, n_members: int = 3, *, pairs: int = 16,
                      extra: tuple[str, ...] = ()) -> tuple[Path, list[Path]]:
     """Under `root`: a coordinator home + member homes (each with its own pairs), agreement created and joined."""

@@ -127,13 +127,12 @@ def test_member_waits_until_the_coordinator_admits_its_supernode(make_federation
     from federation.agreement import load_agreement
     from federation.deployment import (
         TlsFiles,
-        flower_env,
         register_supernode,
         start_superlink,
         wait_for_port,
         write_connection,
     )
-    from tests.federation.conftest import cli
+    from tests.federation.conftest import cli, online_supernodes
 
     port = _free_port()
     coord, [home] = make_federation(1, pairs=4)
@@ -157,15 +156,9 @@ def test_member_waits_until_the_coordinator_admits_its_supernode(make_federation
         (tmp_path / "member.pub").write_bytes(key.public_key_ssh)
         write_connection(tmp_path / "flwr", f"127.0.0.1:{port}", tls.ca_cert)
         node_id = register_supernode(tmp_path, tmp_path / "member.pub")
-        online = []
-        while time.monotonic() < deadline and not online:
-            listing = subprocess.run([str(Path(sys.executable).parent / "flwr"), "supernode", "list", "federation",
-                                      "--format", "json"], env=flower_env(tmp_path / "flwr"), capture_output=True,
-                                     text=True, cwd=tmp_path)
-            online = [n for n in json.loads(listing.stdout)["nodes"]
-                      if int(n["node-id"]) == node_id and n["status"] == "online"]
+        while time.monotonic() < deadline and node_id not in online_supernodes(tmp_path):
             time.sleep(0.5)
-        assert online, "the admitted SuperNode never came online"
+        assert node_id in online_supernodes(tmp_path), "the admitted SuperNode never came online"
     finally:
         if member.poll() is None:
             os.killpg(member.pid, signal.SIGTERM)

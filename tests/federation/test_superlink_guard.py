@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ from federation.deployment import (
     is_loopback,
     pin_run,
 )
+from tests.federation.conftest import online_supernodes
 
 ROGUE_CODE = '''\
 from pathlib import Path
@@ -80,7 +80,7 @@ def test_pin_checks_the_bundle_and_the_config_and_is_claimed_once(tmp_path: Path
 def test_a_run_someone_else_submits_never_runs_its_code(tmp_path: Path, pinned: str) -> None:
     """`flwr run` of a foreign app against the coordinator's SuperLink: refused unless it is the pinned run
     (the pinned case shows that the same submission would otherwise run its code)."""
-    from federation.deployment import flower_env, free_port, start_superlink, write_connection
+    from federation.deployment import flwr_run, free_port, start_superlink, write_connection
 
     app = _rogue_app(tmp_path)
     marker = tmp_path / "marker.txt"
@@ -92,10 +92,7 @@ def test_a_run_someone_else_submits_never_runs_its_code(tmp_path: Path, pinned: 
     superlink = start_superlink(work, port, None, supernode_auth=False)
     try:
         write_connection(work / "flwr", f"127.0.0.1:{port}", None)
-        command = [deployment._bin("flwr"), "run", str(app), "federation", "--stream", "--run-config",
-                   f'home="{marker}"']
-        done = subprocess.run(command, env=flower_env(work / "flwr"), capture_output=True, text=True,
-                              timeout=120, cwd=app)
+        done = flwr_run(work, app, {"home": str(marker)}, timeout_s=120)
     finally:
         superlink.stop()
     log = (work / "superlink.log").read_text()
@@ -158,21 +155,15 @@ def _post(url: str) -> tuple[int, bytes]:
 
 @pytest.mark.slow
 def test_the_real_superlink_answers_its_control_api_on_loopback_only(tmp_path: Path) -> None:
-    from federation.deployment import (
-        flower_env,
-        free_port,
-        start_superlink,
-        start_supernode,
-        write_connection,
-    )
+    from federation.deployment import free_port, start_superlink, start_supernode, write_connection
 
     address = _own_address()
     if address is None:
         pytest.skip("this machine has no address besides loopback to play the other machine from")
     port = free_port()
     superlink = start_superlink(tmp_path, port, None, host="0.0.0.0", supernode_auth=False)
-    (tmp_path / "member").mkdir()  # the member's SuperNode (below) writes its log there
     home = tmp_path / "member"
+    home.mkdir()  # the member's SuperNode (below) writes its log there
     member = start_supernode(home, f"{address}:{port}", None, {"home": str(home)})
     try:
         status, body = _post(f"http://{address}:{port}/v1/control/list-runs")
@@ -180,16 +171,11 @@ def test_the_real_superlink_answers_its_control_api_on_loopback_only(tmp_path: P
         status, body = _post(f"http://127.0.0.1:{port}/v1/control/list-runs")
         assert status != 403, body  # the same request from the coordinator's machine reaches Flower
         write_connection(tmp_path / "flwr", f"127.0.0.1:{port}", None)
-        online: list = []
         deadline = time.monotonic() + 60
-        while not online and time.monotonic() < deadline:  # a SuperNode dialing the outside address gets in
-            command = [deployment._bin("flwr"), "supernode", "list", "federation", "--format", "json"]
-            listing = subprocess.run(command, env=flower_env(tmp_path / "flwr"), capture_output=True,
-                                     text=True, cwd=tmp_path)
-            nodes = json.loads(listing.stdout or "{}").get("nodes", [])
-            online = [n for n in nodes if n["status"] == "online"]
+        while not online_supernodes(tmp_path) and time.monotonic() < deadline:  # dialing the outside address
             time.sleep(0.5)
-        assert online, "a SuperNode on the outside address never came online: the Fleet API was refused"
+        assert online_supernodes(tmp_path), \
+            "a SuperNode on the outside address never came online: the Fleet API was refused"
     finally:
         member.stop()
         superlink.stop()
