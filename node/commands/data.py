@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -53,9 +52,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _progress(desc: str, unit: str):  # type: ignore[no-untyped-def]
-    from tqdm import tqdm
+    from node.progress import bar
 
-    return tqdm(desc=desc, unit=unit, file=sys.stderr, disable=None, mininterval=0.5, dynamic_ncols=True)
+    return bar(desc=desc, unit=unit)
 
 
 def _input_file(text: str) -> Path:

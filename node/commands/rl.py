@@ -207,8 +207,7 @@ def _run_dir(args: argparse.Namespace, node: Node, kind: str) -> Path:
 
 
 def run_rl(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from node.progress import bar as progress_bar
     from node.rl.config import RLConfig
     from node.rl.policy import save_policy
     from node.rl.ppo import train
@@ -241,16 +240,16 @@ def run_rl(args: argparse.Namespace) -> int:
     (out / "config.json").write_text(json.dumps({**config.to_dict(), "policy": args.policy, "reward": args.reward,
                                                  "audit": args.audit, "prompts": len(prompts)}, indent=2) + "\n")
     log = StepLog(out / "log.jsonl")
-    bar = tqdm(total=config.steps, desc=f"rl {config.algo}", unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=config.steps, desc=f"rl {config.algo}", unit="step")
 
     def on_step(record: dict[str, float]) -> None:
         log.write(record)
-        bar.update(1)
         post = {"reward": f"{record['reward']:.3f}", "kl": f"{record['kl']:.2f}",
                 "len": f"{record['response_length']:.0f}"}
         if "audit_reward" in record:
             post["audit"] = f"{record['audit_reward']:.3f}"
-        bar.set_postfix(post)
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
 
     try:
         result = train(policy, tokenizer, reward, prompts, config, audit=audit, on_step=on_step)

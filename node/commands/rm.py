@@ -253,8 +253,7 @@ def run_train(args: argparse.Namespace) -> int:
         _quiet_hf()
         out = Path(args.out) if args.out else None
         trained = train_and_register(node.store, config, data, models_dir=node.config.models_dir,
-                                     node_name=node.config.name, out_dir=out, resume=args.resume,
-                                     progress=sys.stderr.isatty())
+                                     node_name=node.config.name, out_dir=out, resume=args.resume)
     m = trained.entry.metrics
     counts = trained.card["counts"]
     by_source = ", ".join(f"{k} {_fmt(v)}" for k, v in (m.get("dev_by_source") or {}).items())

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from node.progress import bar as progress_bar
 from node.rm.config import TrainConfig
 from node.rm.data import (
     LengthGroupedBatchSampler,
@@ -249,7 +249,8 @@ def train_reward_model(
     trainable = [p for p in model.parameters() if p.requires_grad]
     splitter = BatchSplitter(resolve_workers(config.cpu_workers, device, model, config.batch_size))
     loss_of = functools.partial(pairs_loss, model, train_data, collator, device=device, center_coef=config.center_coef)
-    bar = tqdm(total=total_steps, initial=state.global_step, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=state.global_step, desc="training", unit="step",
+                       disable=not progress)
     postfix: dict[str, str] = {}
     running_loss = torch.zeros((), device=device)
     running_steps = 0
@@ -275,7 +276,7 @@ def train_reward_model(
                 elapsed = state.train_seconds + time.perf_counter() - t0
                 postfix["loss"] = f"{running_loss.item() / running_steps:.4f}"
                 postfix["pairs/s"] = f"{state.pairs_seen / max(elapsed, 1e-9):.1f}"
-                bar.set_postfix(postfix)
+                bar.set_postfix(postfix, refresh=False)  # shown with the next update, at the bar's own pace
             if config.eval_every and state.global_step % config.eval_every == 0 and len(dev_data):
                 state.train_seconds += _elapsed(t0, device)
                 _evaluate(model, pairs_dev, dev_data, collator, config, state, running_loss, running_steps, postfix, bar)

@@ -1,0 +1,47 @@
+"""Progress bars that also report when nobody watches a terminal.
+
+On a terminal `bar` is an ordinary tqdm bar on stderr. Redirected to a file or a service log, a tqdm bar
+either vanishes (disable=None) or writes carriage-return frames that a log shows as one endless line; here
+it writes a plain line every LOG_INTERVAL_S seconds instead (and one at the end), so a long training run
+started with `> train.log 2>&1` or under systemd still says how far it is and how fast it goes. A job
+done within LOG_INTERVAL_S writes nothing: a quick command's output (or its one-line error) stays clean.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from tqdm.auto import tqdm
+
+LOG_INTERVAL_S = 30.0
+"""Seconds between two progress lines when stderr is not a terminal."""
+
+
+class _Lines:
+    """A file for tqdm that turns its carriage-return frames into whole lines."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def bar(*, disable: bool = False, stream: TextIO | None = None, **kwargs: Any) -> Any:
+    """tqdm(**kwargs) on stream (default stderr): a live bar on a terminal, a line every LOG_INTERVAL_S
+    seconds elsewhere. disable=True shows nothing."""
+    stream = stream or sys.stderr
+    if disable:
+        return tqdm(disable=True, **kwargs)
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(file=stream, dynamic_ncols=True, **kwargs)
+    counted = "{n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, " if kwargs.get("total") else \
+        "{n_fmt} [{elapsed}, "
+    return tqdm(file=_Lines(stream), delay=LOG_INTERVAL_S, mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S,
+                bar_format="{desc}: " + counted + "{rate_fmt}{postfix}]", **kwargs)
