@@ -7,13 +7,15 @@ on that home's store. Processes are started in their own session and stopped by 
 SuperNode authentication is on: the SuperLink lets in only SuperNodes whose P-384 keys the
 coordinator registered (`register_supernode`; which keys, is `federation.admission`'s business).
 
-Members run `python -m federation.deployment supernode ...`: the stock `flower-supernode` with three
+Members run `python -m federation.deployment supernode ...`: the stock `flower-supernode` with four
 changes, each patched into one flwr module's view of a name:
 
 - polling: Flower 1.41's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
   alone adds up to 3 s per round; the sleep is capped at `POLL_S` (`_fast_poll`), SuperExec's task
   poll is POLL_S / 2 (FLWR_SUPEREXEC_TASK_POLL_INTERVAL), and the ServerApp pulls replies every 50 ms
   (federation.apps.send_and_receive) instead of HttpGrid's 3 s;
+- object pulls: a message object asked for before it is stored is retried after `PULL_RETRY_S`, not 1 s
+  (`_fast_object_pulls`, also in the ClientApp and ServerApp processes);
 - heartbeat: `HEARTBEAT_S` instead of 30 s, so a crashed member is seen offline (and may rejoin) sooner;
 - launches: its SuperExec (`python -m federation.deployment superexec`) forks ClientApp tasks from a
   warm fork server instead of starting a `flwr-clientapp` process per message, and pins them to
@@ -49,6 +51,10 @@ from typing import Any
 
 POLL_S = 0.2
 """What the SuperNode sleeps between empty pulls (Flower's default is 3 s)."""
+PULL_RETRY_S = 0.02
+"""First retry of a message object that is not there yet (Flower's default is 1 s; see _fast_object_pulls)."""
+PULL_RETRY_CAP_S = 1.0
+"""The retries' doubling stops here (Flower's default is 10 s)."""
 HEARTBEAT_S = 10
 """The heartbeat interval a member's SuperNode announces (Flower's default is 30 s, its minimum 10 s). The
 SuperLink declares a node offline after 2 missed intervals, and only then lets a restarted SuperNode with
@@ -408,6 +414,22 @@ def _fast_poll() -> None:
         setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", HEARTBEAT_S)  # noqa: B010
 
 
+def _fast_object_pulls() -> None:
+    """Flower 1.41 moves a message's contents as objects pulled one by one; an object not stored yet at the
+    other end (a message is visible before its last object has been pushed) is retried after 1 s, doubling
+    up to 10 s. A round waits for that at up to three hops (SuperNode, ClientApp, ServerApp), so a member
+    that asks a few milliseconds early pays a whole second. Here the first retry comes after
+    `PULL_RETRY_S`, doubling up to `PULL_RETRY_CAP_S`."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        defaults = fn.__kwdefaults__
+        if defaults is None or not {"initial_backoff", "backoff_cap"} <= defaults.keys():
+            raise RuntimeError(f"flwr's {fn.__name__} takes no initial_backoff/backoff_cap keyword; "
+                               "this flwr is not the 1.41 rewardnode pins")
+        defaults["initial_backoff"], defaults["backoff_cap"] = PULL_RETRY_S, PULL_RETRY_CAP_S
+
+
 def _warm_launches() -> None:
     """SuperExec starts a fresh `flwr-clientapp` process per message: Python, flwr and the app imported
     again each round (about a second of CPU per member per round). Here ClientApp tasks are forked from a
@@ -453,6 +475,7 @@ def _run_clientapp(address: str, token: str, insecure: bool, root_certificates: 
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
     _pin_clientapp()
+    _fast_object_pulls()
     certificates = None if insecure or root_certificates is None else Path(root_certificates).read_bytes()
     run_clientapp(runtime_api_address=address, token=token, insecure=insecure, certificates=certificates,
                   parent_pid=parent_pid, runtime_dependency_install=False)
@@ -533,6 +556,7 @@ def main(argv: list[str]) -> int:
         return 0
     if argv and argv[0] == "serverapp":
         _pin_serverapp()
+        _fast_object_pulls()
         from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
 
         sys.argv = ["flwr-serverapp", *argv[1:]]
@@ -551,6 +575,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     _fast_poll()
+    _fast_object_pulls()
     import flwr.supernode.start_client_internal as internal
 
     setattr(internal, "subprocess", _LaunchAs("flower-superexec", "superexec"))  # noqa: B010

@@ -231,3 +231,29 @@ def test_a_killed_coordinator_resumes_where_it_stopped(make_federation) -> None:
         with Node.open(home) as node:
             [entry] = [m for m in node.store.list_models() if m.kind == "federated"]
             assert verify_model(node, entry.id)["rounds"] == 3
+
+
+def test_an_object_not_there_yet_is_pulled_again_within_milliseconds(monkeypatch) -> None:
+    """Flower retries a message object that is not stored yet after 1, 2, 4 s...; a member or the
+    ServerApp asking a moment early lost a second a round. Deployment processes retry after
+    PULL_RETRY_S, doubling."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from federation import deployment
+
+    for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        monkeypatch.setattr(fn, "__kwdefaults__", dict(fn.__kwdefaults__))  # restored after the test
+    deployment._fast_object_pulls()
+    calls: list[float] = []
+
+    def pull(object_id: str) -> bytes:
+        calls.append(time.monotonic())
+        if len(calls) <= 3:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return b"content"
+
+    assert inflatable_utils.pull_objects(["obj"], pull) == {"obj": b"content"}
+    waits = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    # Flower's own schedule waits 1 + 2 + 4 s (+-20%) here; this one 0.02 + 0.04 + 0.08 s
+    assert len(waits) == 3 and sum(waits) < 2.0, waits
+    assert waits[0] >= 0.8 * deployment.PULL_RETRY_S
