@@ -19,18 +19,32 @@ LOG_INTERVAL_S = 30.0
 
 
 class _Lines:
-    """A file for tqdm that turns its carriage-return frames into whole lines."""
+    """A file for tqdm that turns its carriage-return frames into whole lines, leaving out a frame that
+    says nothing new (the one tqdm repeats when it closes: same count and postfix, later clock)."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self.last = ""
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").strip()
-        if line:
+        news = _without_clock(line)
+        if line and news != self.last:
             self.stream.write(line + "\n")
+            self.last = news
 
     def flush(self) -> None:
         self.stream.flush()
+
+
+def _without_clock(line: str) -> str:
+    """A frame without the clock and rate that open its brackets.
+
+    >>> _without_clock("training: 4/4 (100%) [00:54<00:00,  1.35s/step, loss=0.69, dev_acc=0.48]")
+    'training: 4/4 (100%) [loss=0.69, dev_acc=0.48]'
+    """
+    head, sep, inner = line.partition(" [")
+    return head + sep + ", ".join(inner.removesuffix("]").split(", ")[2:]) + "]" if sep else line
 
 
 def bar(*, disable: bool = False, stream: TextIO | None = None, **kwargs: Any) -> Any:

@@ -39,10 +39,12 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     create.add_argument("name", metavar="NAME")
     create.add_argument("--member", metavar="KEY", action="append", required=True,
                         help="a member's Ed25519 public key (hex, from `rewardnode identity --json`); repeat")
-    create.add_argument("--strategy", choices=STRATEGY_CHOICES, default="fedavg")
-    create.add_argument("--rounds", type=int, default=3)
+    create.add_argument("--strategy", choices=STRATEGY_CHOICES, default="fedavg",
+                        help="how the coordinator combines the round's updates (default fedavg)")
+    create.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
     create.add_argument("--min-participants", type=int, default=None, help="default: every member")
-    create.add_argument("--local-epochs", type=int, default=1)
+    create.add_argument("--local-epochs", type=int, default=1,
+                        help="epochs over its own pairs each member trains per round (default 1)")
     create.add_argument("--base-model", default="minilm", help='"minilm" or a local model folder')
     create.add_argument("--share", choices=("lora", "full"), default="lora",
                         help="what leaves a node: LoRA adapters + head (default) or all weights")
@@ -50,9 +52,11 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="with --share lora: adapt the attention's query/value (default) or every linear layer")
     create.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     create.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale numerator (default 16)")
-    create.add_argument("--learning-rate", type=float, default=1e-3)
-    create.add_argument("--batch-size", type=int, default=8)
-    create.add_argument("--max-length", type=int, default=128)
+    create.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="members' peak learning rate (default 1e-3, for LoRA; ~5e-5 suits --share full)")
+    create.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step (default 8)")
+    create.add_argument("--max-length", type=int, default=128,
+                        help="tokens per (prompt, response); longer ones are truncated (default 128)")
     create.add_argument("--clip-norm", type=float, default=0.0, help="server-side update norm bound (0 = off)")
     create.add_argument("--screen-outliers", action="store_true",
                         help="leave out of each round the updates whose norm or direction is an outlier among the "
@@ -64,8 +68,10 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                              "coordinate-wise median of the round's other updates is below C (default -0.5; -1 "
                              "turns the check off)")
     create.add_argument("--dp-clip-norm", type=float, default=0.0, help="client-side DP clipping (0 = off)")
-    create.add_argument("--dp-noise-multiplier", type=float, default=0.0)
-    create.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies")
+    create.add_argument("--dp-noise-multiplier", type=float, default=0.0,
+                        help="client-side DP: Gaussian noise std as a multiple of --dp-clip-norm (default 0)")
+    create.add_argument("--round-timeout", type=float, default=600.0,
+                        help="seconds to wait for a round's replies (default 600)")
     create.add_argument("--mean-pool-init", action="store_true",
                         help="start the reward from the mean of the tokens instead of the pretrained [CLS] vector "
                              "(as train --mean-pool-init)")

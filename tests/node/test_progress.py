@@ -1,5 +1,6 @@
 """node.progress: a live bar on a terminal, plain lines in a log."""
 
+import doctest
 import io
 
 from node import progress
@@ -57,3 +58,21 @@ def test_a_terminal_gets_a_live_bar_and_disable_shows_nothing():
     bar.update(2)
     bar.close()
     assert quiet.getvalue() == ""
+
+
+def test_the_closing_frame_is_not_repeated_when_nothing_changed(monkeypatch):
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    log = io.StringIO()
+    bar = progress.bar(total=2, desc="training", unit="step", stream=log)
+    bar.update(2)
+    bar.set_postfix({"dev_acc": "0.5"})  # refreshes at once, as training's evaluation does
+    bar.close()  # tqdm writes the same frame again
+    lines = log.getvalue().splitlines()
+    assert [line.split(" [")[0] for line in lines] == ["training: 0/2 (0%)", "training: 2/2 (100%)",
+                                                        "training: 2/2 (100%)"], lines
+    assert "dev_acc" not in lines[1] and "dev_acc=0.5" in lines[2]
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(progress)
+    assert result.attempted > 0 and result.failed == 0
