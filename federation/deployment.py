@@ -8,7 +8,7 @@ SuperNode authentication is on: the SuperLink lets in only SuperNodes whose P-38
 coordinator registered (`register_supernode`; which keys, is `federation.admission`'s business).
 
 Members run `python -m federation.deployment supernode ...`: the stock `flower-supernode` with four
-changes, each patched into one flwr module's view of a name:
+changes:
 
 - polling: Flower 1.41's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
   alone adds up to 3 s per round; the sleep is capped at `POLL_S` (`_fast_poll`), SuperExec's task

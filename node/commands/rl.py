@@ -271,10 +271,21 @@ def run_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(policy: Any, tokenizer: Any, prompts: list[str], args: argparse.Namespace) -> list[list[str]]:
+    """args.n sampled responses per prompt, with a progress bar."""
+    from node.progress import bar
+    from node.rl.generate import sample_texts
+
+    with bar(total=len(prompts) * args.n, desc="sampling", unit="response") as progress:
+        return sample_texts(policy.lm, tokenizer, prompts, args.n, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            on_batch=progress.update)
+
+
 def run_best_of_n(args: argparse.Namespace) -> int:
     import torch
 
-    from node.rl.generate import best_of_n, sample_texts
+    from node.rl.generate import best_of_n
 
     _check_sampling(args)
     torch.manual_seed(args.seed)
@@ -282,8 +293,7 @@ def run_best_of_n(args: argparse.Namespace) -> int:
         prompts = _read_prompts(args, node)
         reward = _reward(args.reward, node)
     policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed)
-    candidates = sample_texts(policy.lm, tokenizer, prompts, args.n, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    candidates = _sample(policy, tokenizer, prompts, args)
     flat_prompts = [p for p, group in zip(prompts, candidates, strict=True) for _ in group]
     scores = reward(flat_prompts, [c for group in candidates for c in group]).scores
     chosen = best_of_n(candidates, scores)
@@ -300,8 +310,6 @@ def run_best_of_n(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from node.rl.generate import sample_texts
-
     _check_sampling(args)
     if args.overlap < 1:
         raise UsageError(f"--overlap {args.overlap}: ask for at least 1 label per pair")
@@ -310,8 +318,7 @@ def run_generate(args: argparse.Namespace) -> int:
         prompts = _read_prompts(args, node)
     policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed)
     model_name = args.model_name or str(args.policy)
-    candidates = sample_texts(policy.lm, tokenizer, prompts, args.n, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    candidates = _sample(policy, tokenizer, prompts, args)
     groups = [[(t, model_name) for t in group] for group in candidates]
     campaign = args.campaign or "gen-" + time.strftime("%Y%m%d-%H%M%S")
     with Node.open(args.home, db=args.db) as node:
@@ -336,6 +343,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_sft(args: argparse.Namespace) -> int:
+    from node.progress import bar as progress_bar
     from node.rl.policy import save_policy
     from node.rl.sft import SFTConfig, train_sft
     from storage.records import Demonstration
@@ -353,11 +361,17 @@ def run_sft(args: argparse.Namespace) -> int:
                              "demonstrations`")
         out = _run_dir(args, node, "sft")
     policy, tokenizer = _load(args.policy, lora=not args.full, value_head=False, seed=args.seed)
-    try:
-        losses = train_sft(policy, tokenizer, pairs, SFTConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                                               learning_rate=args.lr, seed=args.seed))
-    except ValueError as e:
-        raise NodeError(str(e)) from e
+    config = SFTConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    steps = config.epochs * -(-len(pairs) // config.batch_size)
+    with progress_bar(total=steps, desc="sft", unit="step") as bar:
+        def on_step(record: dict[str, float]) -> None:
+            bar.set_postfix({"loss": f"{record['loss']:.4f}"}, refresh=False)
+            bar.update(1)
+
+        try:
+            losses = train_sft(policy, tokenizer, pairs, config, on_step=on_step)
+        except ValueError as e:
+            raise NodeError(str(e)) from e
     paths = save_policy(policy, tokenizer, out)
     print(f"sft on {len(pairs)} demonstrations: loss {losses[0]:.4f} -> {losses[-1]:.4f}; policy in {paths['merged']}")
     return 0

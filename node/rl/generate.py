@@ -5,7 +5,7 @@ Shared by the RL rollout (ppo.py), `rewardnode generate` and `rewardnode best-of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,14 +108,17 @@ def sample(model: Any, tokenizer: PreTrainedTokenizerBase, prompt_ids: Sequence[
 
 def sample_texts(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], n: int, *,
                  max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                 batch_size: int = 16, chat_template: bool = True) -> list[list[str]]:
-    """`n` sampled responses per prompt, as text."""
+                 batch_size: int = 16, chat_template: bool = True,
+                 on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
+    """`n` sampled responses per prompt, as text; `on_batch(k)` after each batch of k responses."""
     encoded = encode_prompts(tokenizer, prompts, chat_template=chat_template)
     flat = [ids for ids in encoded for _ in range(n)]
     texts: list[str] = []
     for start in range(0, len(flat), batch_size):
         texts += sample(model, tokenizer, flat[start:start + batch_size], max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, top_k=top_k).texts
+        if on_batch is not None:
+            on_batch(len(flat[start:start + batch_size]))
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 

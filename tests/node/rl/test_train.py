@@ -86,3 +86,14 @@ def test_audit_stop_fires_on_a_hacked_reward(policy_dir: Path) -> None:
     assert result.stopped is not None and "audit stop" in result.stopped
     assert len(result.history) < config.steps
     assert result.history[-1].get("audit_alarm") == 1.0
+
+
+def test_sampling_reports_each_batch_and_keeps_the_order(policy_dir: Path) -> None:
+    from node.rl.generate import sample_texts
+
+    model, tokenizer = load_policy(policy_dir)
+    done: list[int] = []
+    texts = sample_texts(model, tokenizer, prompts(5), 3, max_new_tokens=4, batch_size=4, chat_template=False,
+                         on_batch=done.append)
+    assert [len(group) for group in texts] == [3] * 5
+    assert done == [4, 4, 4, 3]  # 15 responses in batches of 4
