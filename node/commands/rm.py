@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 IMPORT_FORMATS = ("auto", "trl", "hh", "conversational", "multi", "ratings", "feedback")
 EXPORT_FORMATS = ("hf", "onnx", "onnx-int8")
+EVAL_BATCH_PAIRS = 32
+"""Pairs per forward pass in `eval` (evaluate_pairs' default)."""
 INT8_SCHEMES = ("auto", "dynamic", "weights")  # node.rm.export.INT8_SCHEMES, without importing torch
 LORA_TARGET_CHOICES = ("attention", "all-linear")  # node.rm.model.LORA_TARGET_SETS, likewise
 
@@ -320,20 +322,23 @@ def run_eval(args: argparse.Namespace) -> int:
     with Node.open(args.home, db=args.db) as node:
         folder, entry = resolve_model(node, args.model)
     _quiet_hf()
+    from node.progress import bar
     from node.rm.artifact import RewardScorer
-    from node.rm.data import tokenize_pairs
-    from node.rm.evaluate import evaluate_pairs
+    from node.rm.data import PairCollator, tokenize_pairs
+    from node.rm.evaluate import pair_rewards, report_from_rewards
 
     scorer = RewardScorer(folder)
     enc = scorer.encoder
     started = time.perf_counter()
-    report = evaluate_pairs(scorer.model, pairs, tokenizer=scorer.tokenizer, max_length=enc.max_length,
-                            min_prompt_tokens=enc.min_prompt_tokens, head_fraction=enc.head_fraction)
+    data = tokenize_pairs(pairs, enc)
+    with bar(total=len(data), desc="scoring", unit="pair") as progress:
+        r_c, r_r = pair_rewards(scorer.model, data, PairCollator(enc.pad_token_id), EVAL_BATCH_PAIRS,
+                                on_batch=progress.update)
+    report = report_from_rewards(pairs, r_c.tolist(), r_r.tolist())
     seconds = time.perf_counter() - started
     out = report.to_json()
     out |= {"model": entry.id if entry else str(folder), "data": args.data,
-            "n_truncated": tokenize_pairs(pairs, enc).n_truncated, "max_length": enc.max_length,
-            "seconds": round(seconds, 3)}
+            "n_truncated": data.n_truncated, "max_length": enc.max_length, "seconds": round(seconds, 3)}
     if skipped is not None:
         out["n_skipped_invalid"] = skipped.count
     if args.json:

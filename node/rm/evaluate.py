@@ -181,11 +181,13 @@ def cuda_attention() -> Any:
 
 
 def pair_rewards(
-    model: nn.Module, data: TokenizedPairs, collator: PairCollator, batch_size: int
+    model: nn.Module, data: TokenizedPairs, collator: PairCollator, batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(r_c, r_r), each (N,) float32 on CPU: the model's rewards for every pair, in order.
 
-    Pairs are scored longest first so each batch pads little; one forward pass per batch of 2B rows.
+    Pairs are scored longest first so each batch pads little; one forward pass per batch of 2B rows;
+    `on_batch(k)` after each batch of k pairs.
     """
     device = next(model.parameters()).device
     order = sorted(range(len(data)), key=lambda i: -max(len(data.chosen[i]), len(data.rejected[i])))
@@ -199,6 +201,8 @@ def pair_rewards(
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             r = rewards(model, batch).float().view(2, -1).T  # (2B,) -> (B, 2)
             out[idx] = r.cpu()
+            if on_batch is not None:
+                on_batch(len(idx))
     model.train(was_training)
     return out[:, 0], out[:, 1]
 

@@ -41,7 +41,9 @@ def test_saved_model_reloads_with_plain_transformers(tiny_config, tmp_path, lora
     # the trained model's rewards on dev, as training computed them
     encoder = PairEncoder(result.tokenizer, config.max_length, config.min_prompt_tokens, config.prompt_head_fraction)
     data = tokenize_pairs(dev, encoder)
-    r_c, r_r = pair_rewards(result.model, data, PairCollator(encoder.pad_token_id), batch_size=3)
+    done: list[int] = []
+    r_c, r_r = pair_rewards(result.model, data, PairCollator(encoder.pad_token_id), batch_size=3, on_batch=done.append)
+    assert sum(done) == len(dev) and max(done) == 3  # each batch reported once
 
     # plain transformers, no PEFT, one sequence at a time
     model = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True).eval()
