@@ -4,7 +4,9 @@ On a terminal `bar` is an ordinary tqdm bar on stderr. Redirected to a file or a
 either vanishes (disable=None) or writes carriage-return frames that a log shows as one endless line; here
 it writes a plain line every LOG_INTERVAL_S seconds instead (and one at the end), so a long training run
 started with `> train.log 2>&1` or under systemd still says how far it is and how fast it goes. A job
-done within LOG_INTERVAL_S writes nothing: a quick command's output (or its one-line error) stays clean.
+done within LOG_INTERVAL_S writes nothing, so a quick command's output (or its one-line error) stays
+clean, unless its caller refreshes the bar itself (training does after each dev evaluation: a line with
+the dev accuracy).
 """
 
 from __future__ import annotations
