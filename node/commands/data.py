@@ -51,12 +51,6 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--top", type=int, default=10, metavar="N", help="ambiguous pairs to show (default 10)")
 
 
-def _progress(desc: str, unit: str):  # type: ignore[no-untyped-def]
-    from node.progress import bar
-
-    return bar(desc=desc, unit=unit)
-
-
 def _input_file(text: str) -> Path:
     """The import's input file, or a UsageError that says what the path is instead."""
     path = Path(text)
@@ -122,9 +116,12 @@ def run_import(args: argparse.Namespace) -> int:
         rejects_file.write(json.dumps({"line": line, "reason": reason, "raw": raw}, ensure_ascii=False) + "\n")
         n_rejected += 1
 
+    from node.progress import bar as progress_bar
+
     started = time.perf_counter()
     stored = False
-    with Node.open(args.home, db=args.db) as node, _progress(f"importing {path.name}", "rec") as bar:
+    with (Node.open(args.home, db=args.db) as node,
+          progress_bar(desc=f"importing {path.name}", unit="rec") as bar):
         records = iter_records(path, source=args.source, fmt=args.fmt, skip_invalid=args.skip_invalid,
                                rejects=reject, max_line_bytes=args.max_line_bytes)
         try:
