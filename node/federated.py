@@ -92,12 +92,11 @@ def shared_margins(agreement: Agreement, arrays: Arrays, pairs: list[PreferenceP
                    batch_size: int = 32) -> torch.Tensor:
     """r_chosen - r_rejected (N,) of each pair, in order, under the model that `arrays` make of the agreement's
     base, truncated as federated training truncates (the benchmarks' view of a round's model)."""
-    from node.rm.evaluate import pair_rewards
+    from node.rm.evaluate import score_pairs
 
     model, tokenizer = build_model(agreement)
     load_shared(model, arrays)
-    encoder = pair_encoder(agreement, tokenizer)
-    r_c, r_r = pair_rewards(model, tokenize_pairs(pairs, encoder), PairCollator(encoder.pad_token_id), batch_size)
+    _, r_c, r_r = score_pairs(model, pairs, pair_encoder(agreement, tokenizer), batch_size)
     return r_c - r_r
 
 

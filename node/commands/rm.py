@@ -324,16 +324,13 @@ def run_eval(args: argparse.Namespace) -> int:
     _quiet_hf()
     from node.progress import bar
     from node.rm.artifact import RewardScorer
-    from node.rm.data import PairCollator, tokenize_pairs
-    from node.rm.evaluate import pair_rewards, report_from_rewards
+    from node.rm.evaluate import report_from_rewards, score_pairs
 
     scorer = RewardScorer(folder)
     enc = scorer.encoder
     started = time.perf_counter()
-    data = tokenize_pairs(pairs, enc)
-    with bar(total=len(data), desc="scoring", unit="pair") as progress:
-        r_c, r_r = pair_rewards(scorer.model, data, PairCollator(enc.pad_token_id), EVAL_BATCH_PAIRS,
-                                on_batch=progress.update)
+    with bar(total=len(pairs), desc="scoring", unit="pair") as progress:
+        data, r_c, r_r = score_pairs(scorer.model, pairs, enc, EVAL_BATCH_PAIRS, on_batch=progress.update)
     report = report_from_rewards(pairs, r_c.tolist(), r_r.tolist())
     seconds = time.perf_counter() - started
     out = report.to_json()

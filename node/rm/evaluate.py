@@ -207,6 +207,16 @@ def pair_rewards(
     return out[:, 0], out[:, 1]
 
 
+def score_pairs(
+    model: nn.Module, pairs: Sequence[PreferencePair], encoder: PairEncoder, batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[TokenizedPairs, torch.Tensor, torch.Tensor]:
+    """(tokenized pairs, r_c, r_r): `pairs` truncated by `encoder` and scored by `model` (pair_rewards)."""
+    data = tokenize_pairs(pairs, encoder)
+    r_c, r_r = pair_rewards(model, data, PairCollator(encoder.pad_token_id), batch_size, on_batch)
+    return data, r_c, r_r
+
+
 def evaluate_pairs(
     scorer: ScoreFn | nn.Module,
     pairs: Sequence[PreferencePair],
@@ -222,7 +232,7 @@ def evaluate_pairs(
         if tokenizer is None:
             raise ValueError("evaluating a model needs its tokenizer; pass tokenizer=")
         encoder = PairEncoder(tokenizer, max_length, min_prompt_tokens, head_fraction)
-        r_c, r_r = pair_rewards(scorer, tokenize_pairs(pairs, encoder), PairCollator(encoder.pad_token_id), batch_size)
+        _, r_c, r_r = score_pairs(scorer, pairs, encoder, batch_size)
         return report_from_rewards(pairs, r_c.tolist(), r_r.tolist())
     prompts = [q.prompt for q in pairs] * 2
     responses = [q.chosen for q in pairs] + [q.rejected for q in pairs]
