@@ -110,10 +110,17 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
                                 "items per request, or raise max_body_bytes in the server config")
     if request.content_length is not None and request.content_length > limit:
         raise too_large  # refuse before reading a byte
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed "
+                                   "or compressed with gzip or deflate")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except web.RequestPayloadError as e:  # a body that does not decode as its Content-Encoding says
+        raise BadRequest(f"the request body could not be read ({e}); send it uncompressed, or as valid "
+                         f"{encoding} data if it carries 'Content-Encoding: {encoding}'") from None
     try:
         data = json.loads(raw.decode(request.charset or "utf-8"))
     except UnicodeDecodeError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import sys
 from collections.abc import Sequence
 
@@ -106,6 +107,31 @@ async def test_an_integer_with_too_many_digits_is_400(client) -> None:
     assert resp.status == 400
     assert_error(await resp.json(), 400, f"integer with more than {sys.get_int_max_str_digits()} digits",
                  "fewer digits")
+
+
+# ---- compressed bodies ----
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_is_not_what_its_content_encoding_says_is_400(client, encoding) -> None:
+    resp = await client.post("/v1/score", data=b'{"items": []}', headers={
+        **SCORER, "Content-Type": "application/json", "Content-Encoding": encoding})
+    assert resp.status == 400
+    assert_error(await resp.json(), 400, "could not be read", f"valid {encoding} data")
+
+
+async def test_a_valid_gzip_body_is_read(client) -> None:
+    body = gzip.compress(b'{"items": [{"prompt": "q", "response": "r"}]}')
+    resp = await client.post("/v1/score", data=body, headers={
+        **SCORER, "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert resp.status == 200, await resp.text()
+    assert len((await resp.json())["scores"]) == 1
+
+
+async def test_an_unsupported_content_encoding_is_415_in_the_error_shape(client) -> None:
+    resp = await client.post("/v1/score", data=b"x", headers={
+        **SCORER, "Content-Type": "application/json", "Content-Encoding": "foo"})
+    assert resp.status == 415
+    assert_error(await resp.json(), 415, "'foo' is not supported", "gzip or deflate")
 
 
 # ---- messages and HEAD ----
