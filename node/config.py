@@ -20,6 +20,8 @@ DEFAULT_DB_FILE = "store.db"
 DEFAULT_KEY_FILE = "identity.key"
 PASSPHRASE_ENV = "REWARDNODE_PASSPHRASE"
 HOME_ENV = "REWARDNODE_HOME"
+SECURE_COOKIES_KEY = "secure_cookies"
+"""The `[server]` key of the labeling app's Secure cookies (NodeConfig.secure_cookies)."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -68,6 +70,10 @@ class NodeConfig:
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
     """Every other [table] of node.toml (server, federation, p2p, rl, ...), as read. Each subsystem
     turns its own table into its frozen config dataclass (e.g. `ServerConfig.from_toml`)."""
+    secure_cookies: bool = False
+    """`[server] secure_cookies`: mark the labeling app's browser cookies Secure, so browsers send them
+    over HTTPS only. Turn it on when the server is reached through a TLS reverse proxy. Read here
+    (and left out of `table("server")`) because it belongs to the labeling app, not to ServerConfig."""
 
     def table(self, name: str) -> Mapping[str, Any]:
         """The `[name]` table of node.toml, empty when absent."""
@@ -91,8 +97,9 @@ def validate_name(name: str) -> str:
     return name
 
 
-def _resolve_db_url(url: str, home: Path) -> str:
-    """Relative SQLite paths in node.toml are relative to the node home."""
+def resolve_db_url(url: str, home: Path) -> str:
+    """The database URL as every command opens it: a relative SQLite path (in node.toml or --db) is
+    relative to the node home, not to the current folder."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
         return sqlite_url(home / url[len(prefix):])
@@ -132,12 +139,17 @@ def load_config(home: Path, *, db_override: str | None = None) -> NodeConfig:
     if not isinstance(encrypted, bool):
         raise NodeError(f"{path}: identity.encrypted must be true or false")
     tables = {key: section(key) for key in raw if key not in ("node", "storage", "identity")}
+    secure_cookies = tables.get("server", {}).pop(SECURE_COOKIES_KEY, False)
+    if not isinstance(secure_cookies, bool):
+        raise NodeError(f"{path}: server.{SECURE_COOKIES_KEY} must be true or false (true when browsers "
+                        "reach the server over HTTPS, e.g. through a TLS reverse proxy)")
     return NodeConfig(
         home=home,
         name=name,
-        storage=StorageConfig(url=_resolve_db_url(url, home)),
+        storage=StorageConfig(url=resolve_db_url(url, home)),
         identity=IdentityConfig(key_file=key_file if key_file.is_absolute() else home / key_file, encrypted=encrypted),
         tables=tables,
+        secure_cookies=secure_cookies,
     )
 
 

@@ -172,21 +172,26 @@ def main() -> int:
         finally:
             server.terminate()
             server.join(10)
-        from storage.records import Comparison
+        from sqlalchemy import select
+
+        from storage import models as m
         from storage.store import Store
 
-        with Store.open(url) as store:
-            # the API stores a caller's key as "<role>:<name>/<key>": compare the client's part
-            keys = Counter(str(r.idempotency_key).split("/", 1)[-1]
-                           for r in store.iter_records(sources=["load"], kinds=("comparisons",))
-                           if isinstance(r, Comparison))
+        keys, labels, sources = (m.table_of(t) for t in (m.ApiIdempotencyKey, m.Comparison, m.Source))
+        with Store.open(url) as store, store.engine.connect() as conn:
+            # the API keeps a caller's key as "<role>:<name>/<key>", with the content key of its record
+            rows = conn.execute(select(keys.c.key, keys.c.content_key))
+            named = {str(k).split("/", 1)[-1]: ck for k, ck in rows}
+            load = select(labels.c.key).join(sources).where(sources.c.name == "load")
+            stored = Counter(conn.execute(load).scalars())
             page_rows = len(store.campaign_labels(CAMPAIGN))
     lat = sorted(tally.latencies)
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
-    missing = [k for k in tally.acked if keys.get(k, 0) == 0]
-    duplicated = [k for k, n in keys.items() if n > 1]
-    unacked_stored = [k for k in keys if k not in tally.acked]
+    missing = [k for k in tally.acked if stored.get(named.get(k, ""), 0) == 0]
+    duplicated = [ck for ck, n in stored.items() if n > 1]  # one record per content key: a broken store only
+    acked_content = {named[k] for k in tally.acked if k in named}
+    unacked_stored = [ck for ck in stored if ck not in acked_content]
     print(f"{args.labelers} labelers x {elapsed:.1f} s: {len(lat):,} requests ({len(lat) / elapsed:,.0f}/s), "
           f"{len(tally.acked):,} API labels acknowledged, {tally.page_labels:,} page labels")
     print(f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lat[-1] * 1000 if lat else float('nan'):.1f} ms")

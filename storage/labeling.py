@@ -11,8 +11,9 @@ Every function takes a Connection inside the caller's transaction (the Store ope
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from itertools import combinations
 from typing import Any, Final
@@ -41,6 +42,7 @@ _responses: Final = m.table_of(m.Response)
 _prompts: Final = m.table_of(m.Prompt)
 _comparisons: Final = m.table_of(m.Comparison)
 _queue: Final = m.table_of(m.AmbiguityItem)
+_api_keys: Final = m.table_of(m.ApiIdempotencyKey)
 MAX_LABEL_ID: Final = 2**63 - 1
 """Ids (pairs, tokens) are 64-bit integers: a bigger one names nothing (and SQLite cannot bind it)."""
 
@@ -121,6 +123,7 @@ class TokenInfo:
     expires_at: datetime | None
     used_at: datetime | None
     revoked_at: datetime | None
+    parent_id: int | None = None  # a session's api token or invite; None for sessions older than schema 0003
 
 
 # ---- campaigns ------------------------------------------------------------------------------
@@ -386,12 +389,12 @@ def campaign_labels(conn: Connection, campaign_name: str) -> list[CampaignLabelR
 def _token(row: Row[Any], campaign: str | None) -> TokenInfo:
     return TokenInfo(id=row.id, kind=row.kind, role=row.role, name=row.name, campaign=campaign,
                      created_at=row.created_at, expires_at=row.expires_at, used_at=row.used_at,
-                     revoked_at=row.revoked_at)
+                     revoked_at=row.revoked_at, parent_id=row.parent_id)
 
 
 def add_token(conn: Connection, *, sha256: str, kind: str, role: str, name: str, campaign: str | None,
-              expires_at: datetime | None, now: datetime) -> TokenInfo:
-    """Store a credential by the sha256 of its secret."""
+              expires_at: datetime | None, now: datetime, parent_id: int | None = None) -> TokenInfo:
+    """Store a credential by the sha256 of its secret; a session names the token it was made from."""
     if kind not in m.TOKEN_KINDS or role not in m.TOKEN_ROLES:
         raise InvalidRecordError(f"token kind {kind!r} / role {role!r} is not known",
                                  f"use kinds {m.TOKEN_KINDS} and roles {m.TOKEN_ROLES}")
@@ -400,7 +403,7 @@ def add_token(conn: Connection, *, sha256: str, kind: str, role: str, name: str,
     campaign_id = None if campaign is None else get_campaign(conn, campaign).id
     token_id = conn.execute(insert(_tokens).values(
         sha256=sha256, kind=kind, role=role, name=name, campaign_id=campaign_id, created_at=now,
-        expires_at=expires_at).returning(_tokens.c.id)).scalar_one()
+        expires_at=expires_at, parent_id=parent_id).returning(_tokens.c.id)).scalar_one()
     return _token(conn.execute(select(_tokens).where(_tokens.c.id == token_id)).one(), campaign)
 
 
@@ -410,9 +413,14 @@ def _campaign_name(conn: Connection, campaign_id: int | None) -> str | None:
     return conn.execute(select(_campaigns.c.name).where(_campaigns.c.id == campaign_id)).scalar_one_or_none()
 
 
-def find_token(conn: Connection, sha256: str, kinds: Sequence[str], now: datetime) -> TokenInfo | None:
-    """The live credential of one of `kinds` with this hash: not revoked, not expired, an invite not used."""
-    row = conn.execute(select(_tokens).where(_tokens.c.sha256 == sha256, _tokens.c.kind.in_(list(kinds)))).one_or_none()
+def find_token(conn: Connection, sha256: str, kinds: Sequence[str], now: datetime, *,
+               lock: bool = False) -> TokenInfo | None:
+    """The live credential of one of `kinds` with this hash: not revoked, not expired, an invite not used.
+
+    `lock` holds its row until the transaction ends (SELECT ... FOR UPDATE on PostgreSQL; SQLite's
+    write transactions hold the whole database), so a concurrent revoke waits for it."""
+    query = select(_tokens).where(_tokens.c.sha256 == sha256, _tokens.c.kind.in_(list(kinds)))
+    row = conn.execute(query.with_for_update() if lock else query).one_or_none()
     if row is None or row.revoked_at is not None or (row.kind == "invite" and row.used_at is not None):
         return None
     if row.expires_at is not None and m.to_utc(row.expires_at) <= m.to_utc(now):
@@ -420,18 +428,27 @@ def find_token(conn: Connection, sha256: str, kinds: Sequence[str], now: datetim
     return _token(row, _campaign_name(conn, row.campaign_id))
 
 
-def use_invite(conn: Connection, invite_sha256: str, session_sha256: str, session_expires: datetime,
+SESSION_ROLES: Final = ("admin", "labeler")
+"""Roles whose api tokens may open a browser session (a scorer token is for machines only)."""
+
+
+def use_invite(conn: Connection, token_sha256: str, session_sha256: str, session_expires: datetime,
                now: datetime) -> TokenInfo | None:
-    """Trade a live invite (once) for a session of the same labeler and campaign; None if it is not live."""
-    invite = find_token(conn, invite_sha256, ("invite",), now)
-    if invite is None:
+    """Trade a live invite (once), or a live api token of an admin or labeler, for a browser session of
+    the same holder, role and campaign; None if there is no such credential.
+
+    The session records the credential it was made from (`parent_id`): revoking that credential
+    revokes the session too (revoke_token). The credential's row stays locked until the session is
+    stored, so a revoke running at the same time either comes first (no session) or sees it."""
+    parent = find_token(conn, token_sha256, ("invite", "api"), now, lock=True)
+    if parent is None or (parent.kind == "api" and parent.role not in SESSION_ROLES):
         return None
-    taken = conn.execute(update(_tokens).where(_tokens.c.id == invite.id, _tokens.c.used_at.is_(None))
-                         .values(used_at=now)).rowcount
-    if taken != 1:  # another request used it first
-        return None
-    return add_token(conn, sha256=session_sha256, kind="session", role=invite.role, name=invite.name,
-                     campaign=invite.campaign, expires_at=session_expires, now=now)
+    if parent.kind == "invite" and conn.execute(
+            update(_tokens).where(_tokens.c.id == parent.id, _tokens.c.used_at.is_(None),
+                                  _tokens.c.revoked_at.is_(None)).values(used_at=now)).rowcount != 1:
+        return None  # another request used it first
+    return add_token(conn, sha256=session_sha256, kind="session", role=parent.role, name=parent.name,
+                     campaign=parent.campaign, expires_at=session_expires, now=now, parent_id=parent.id)
 
 
 def list_tokens(conn: Connection) -> list[TokenInfo]:
@@ -441,10 +458,14 @@ def list_tokens(conn: Connection) -> list[TokenInfo]:
 
 
 def revoke_token(conn: Connection, token_id: int, now: datetime) -> None:
-    """Revoke a credential; NotFoundError for an unknown id."""
+    """Revoke a credential and the browser sessions made from it; NotFoundError for an unknown id.
+
+    Sessions made before migration 0003 name no parent: they end at their expiry."""
     if not 0 <= token_id <= MAX_LABEL_ID or conn.execute(
             update(_tokens).where(_tokens.c.id == token_id).values(revoked_at=now)).rowcount != 1:
         raise NotFoundError(f"no token has id {token_id}", "list the tokens and pick an id")
+    conn.execute(update(_tokens).where(_tokens.c.parent_id == token_id, _tokens.c.kind == "session",
+                                       _tokens.c.revoked_at.is_(None)).values(revoked_at=now))
 
 
 # ---- the ingestion API ------------------------------------------------------------------------
@@ -463,22 +484,53 @@ def scoped_idempotency_key(scope: str, key: str) -> str:
     return f"{quote(scope, safe=':')}/{key}"
 
 
-def _holder_of(conn: Connection, idempotency_key: str) -> tuple[str, str] | None:
-    """(kind, content key) of the stored record that holds this idempotency key, if any."""
-    for kind in m.KINDS:
-        t = m.Base.metadata.tables[kind]
-        key = conn.execute(select(t.c.key).where(t.c.idempotency_key == idempotency_key)).scalar_one_or_none()
-        if key is not None:
-            return kind, str(key)
-    return None
+def record_fingerprint(record: Record) -> str:
+    """sha256 of the canonical JSON of the record's kind and every field but its idempotency key.
+
+    Two submits with one idempotency key are the same record only when their fingerprints are equal:
+    fields the content key leaves out (confidence, comment, models, ...) count here. Numbers are
+    written as floats (`5` and `5.0` are one value), timestamps in ISO 8601.
+    """
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return m.to_utc(value).isoformat()
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    values = [type(record).__name__, *([f.name, plain(getattr(record, f.name))] for f in fields(record)
+                                       if f.name != "idempotency_key")]
+    return hashlib.sha256(hashing.canonical_json(values).encode()).hexdigest()
+
+
+def _key_check(conn: Connection, scoped_key: str, kind: str, content_key: str,
+               fingerprint: str) -> bool | None:
+    """None when no record holds the key; True when it names this very record; else AlreadyExistsError."""
+    row = conn.execute(select(_api_keys).where(_api_keys.c.key == scoped_key)).one_or_none()
+    if row is None:
+        return None
+    if row.fingerprint is not None:
+        same = row.fingerprint == fingerprint
+    else:  # a key stored before migration 0003: by kind and content key, as it was compared then
+        same = (row.kind, row.content_key) == (kind, content_key)
+    if not same:
+        unscoped = scoped_key.partition("/")[2]
+        raise AlreadyExistsError(f"idempotency key {unscoped!r} was already used for another record",
+                                 "send a new idempotency key with each new record; repeat a key only to "
+                                 "retry the very same record")
+    return True
 
 
 def submit_record(conn: Connection, record: Record, *, scope: str, now: datetime) -> bool:
     """Store one record sent to the ingestion API; False when it was stored before.
 
     Its campaign must exist (NotFoundError: imports create campaigns, the API does not). Its
-    idempotency key is scoped to `scope` (the caller) and names one record: sent again with the
-    same record it is a retry (False); with another record, AlreadyExistsError and, as with any
+    idempotency key is scoped to `scope` (the caller) and kept in api_idempotency_keys with the
+    record's content key and fingerprint, never on the record's row (file imports' keys live there):
+    sent again with the very same record it is a retry (False), also when the record's content was
+    stored before the key was first used; with any difference, AlreadyExistsError and, as with any
     error, nothing of it is stored (the caller's transaction rolls back).
     """
     if record.campaign is not None and conn.execute(
@@ -486,25 +538,28 @@ def submit_record(conn: Connection, record: Record, *, scope: str, now: datetime
         raise NotFoundError(f"no campaign named {record.campaign!r}",
                             "create it with `rewardnode campaign create` or leave 'campaign' out")
     key = record.idempotency_key
-    if key is not None:
-        record = replace(record, idempotency_key=scoped_idempotency_key(scope, key))
+    record = replace(record, idempotency_key=None)
     batch = RowBuilder(conn.dialect.name, now).build([record])
     kind = next(k for k in m.KINDS if batch.n_rows(k))
     content_key = str(batch.columns[kind][0][0])
     importer = _Importer(conn, now)
-    importer.insert(batch)  # ON CONFLICT DO NOTHING: a stored content key or idempotency key stores no row
-    if record.idempotency_key is not None:
-        holder = _holder_of(conn, record.idempotency_key)
-        if holder is not None and holder != (kind, content_key):
-            raise AlreadyExistsError(f"idempotency key {key!r} was already used for another record",
-                                     "send a new idempotency key with each new record; repeat a key only to "
-                                     "retry the very same record")
+    if key is None:
+        importer.insert(batch)  # ON CONFLICT DO NOTHING: stored content stores no row
+        return importer.added[kind] == 1
+    scoped, fingerprint = scoped_idempotency_key(scope, key), record_fingerprint(record)
+    if _key_check(conn, scoped, kind, content_key, fingerprint):
+        return False  # a retry
+    importer.insert(batch)
+    if not insert_ignore(conn, _api_keys, [{"key": scoped, "kind": kind, "content_key": content_key,
+                                            "fingerprint": fingerprint, "created_at": now}]):
+        _key_check(conn, scoped, kind, content_key, fingerprint)  # a concurrent submit bound it first
+        return False
     return importer.added[kind] == 1
 
 
 __all__ = [
     "CampaignInfo", "CampaignLabelRow", "LabelResult", "PairText", "PairToLabel", "TokenInfo", "add_token",
     "campaign_labels", "create_campaign", "find_token", "get_campaign", "labeled_count", "list_campaigns",
-    "list_tokens", "next_pair", "pair_texts", "record_label", "revoke_token", "scoped_idempotency_key",
-    "submit_record", "use_invite",
+    "list_tokens", "next_pair", "pair_texts", "record_fingerprint", "record_label", "revoke_token",
+    "scoped_idempotency_key", "submit_record", "use_invite",
 ]

@@ -2,8 +2,9 @@
 
 Ids of prompts and responses are content hashes (storage/hashing.py); every label (comparison,
 ranking, rating, feedback, demonstration) carries a unique content-hash `key` (dedup) and an
-optional unique `idempotency_key` (retried submits). Hash columns use the "C" collation on
-PostgreSQL so ORDER BY sorts them bytewise there as on SQLite (snapshot hashes depend on it).
+optional unique `idempotency_key` (retried imports; the ingestion API keeps its callers' keys in
+`api_idempotency_keys`). Hash columns use the "C" collation on PostgreSQL so ORDER BY sorts them
+bytewise there as on SQLite (snapshot hashes depend on it).
 Timestamps are stored in UTC and read back timezone-aware.
 
 Nothing outside storage/ sees these classes: the store returns the frozen dataclasses of
@@ -350,7 +351,7 @@ class AmbiguityItem(Base):
     )
 
 
-# ---- labeling (migration 0002) --------------------------------------------------------------
+# ---- labeling (migrations 0002, 0003) -------------------------------------------------------
 
 TOKEN_KINDS: Final = ("api", "invite", "session")
 TOKEN_ROLES: Final = ("admin", "scorer", "labeler")
@@ -407,10 +408,32 @@ class AccessToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # migration 0003: the api token or invite a session was made from (revoking it ends the session);
+    # NULL for api tokens and invites, and for sessions made before 0003 (they end at their expiry)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("access_tokens.id", ondelete="CASCADE"),
+                                                  index=True)
     __table_args__ = (
         CheckConstraint(f"kind IN ({_quoted(TOKEN_KINDS)})", name="kind"),
         CheckConstraint(f"role IN ({_quoted(TOKEN_ROLES)})", name="role"),
     )
+
+
+class ApiIdempotencyKey(Base):
+    """An idempotency key of the ingestion API (migration 0003) and the record it names.
+
+    `key` is scoped to its caller ("ROLE:NAME/KEY", storage.labeling.scoped_idempotency_key), so it
+    never meets the unscoped keys of file imports (those stay in the label tables' idempotency_key).
+    `fingerprint` is the sha256 of everything the caller sent but the key: the same key sent again
+    is a retry only with the same fingerprint. It is NULL for the keys 0003 moved here from label
+    rows, which compare by kind and content key as they did before."""
+
+    __tablename__ = "api_idempotency_keys"
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)  # the label table of the record: one of KINDS
+    content_key: Mapped[str] = mapped_column(hash_type())  # the record's `key` in that table
+    fingerprint: Mapped[str | None] = mapped_column(hash_type())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (CheckConstraint(f"kind IN ({_quoted(KINDS)})", name="kind"),)
 
 
 TABLES: Final = tuple(Base.metadata.sorted_tables)

@@ -348,8 +348,9 @@ class Store:
         return self._read("checking a token", lambda c: labeling.find_token(c, sha256, kinds, datetime.now(UTC)))
 
     def use_invite(self, invite_sha256: str, session_sha256: str, session_expires: datetime) -> TokenInfo | None:
-        """Trade a live invite, once, for a session; None if the invite is unknown, used, revoked or expired."""
-        return self._write("using an invite", lambda c: labeling.use_invite(
+        """Trade a live invite (once) or an admin's or labeler's api token for a browser session that ends
+        when that credential is revoked; None if it is unknown, used, revoked or expired."""
+        return self._write("opening a session", lambda c: labeling.use_invite(
             c, invite_sha256, session_sha256, session_expires, datetime.now(UTC)))
 
     def list_tokens(self) -> list[TokenInfo]:

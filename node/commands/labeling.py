@@ -99,7 +99,7 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 
 
 def run_campaign(args: argparse.Namespace) -> int:
-    from node.labeling.service import new_secret, sha256_hex
+    from node.labeling.service import campaign_name_max, campaign_name_problem, new_secret, sha256_hex
 
     if args.action == "invite":  # checked before the store is opened: a bad flag changes nothing
         if not args.labeler.strip():
@@ -110,11 +110,9 @@ def run_campaign(args: argparse.Namespace) -> int:
     with Node.open(args.home, db=args.db) as node:
         store = node.store
         if args.action == "create":
-            from node.importing import source_name_problem
-
-            if (problem := source_name_problem(args.name)) is not None:  # labels are stored as labeling:NAME
-                raise UsageError(f"invalid campaign name: {problem}; give a name of 1-200 characters without "
-                                 "control characters, e.g. helpful-v1")
+            if (problem := campaign_name_problem(args.name)) is not None:  # labels go to labeling:NAME
+                raise UsageError(f"invalid campaign name: {problem}; give a name of 1-{campaign_name_max()} "
+                                 "characters without control characters or '/', e.g. helpful-v1")
             if not args.source and not args.pairs:
                 raise UsageError("a campaign needs pairs: pass --source NAME (repeatable) and/or --pairs FILE")
             if args.overlap < 1:
@@ -167,14 +165,17 @@ def run_token(args: argparse.Namespace) -> int:
             print(f"  {secret}")
             print("use it as 'Authorization: Bearer <token>', or paste it at /login in a browser")
         elif args.action == "list":
-            tokens = store.list_tokens()
+            tokens, now = store.list_tokens(), datetime.now(UTC)
             rows = [{"id": t.id, "kind": t.kind, "role": t.role, "name": t.name, "campaign": t.campaign,
                      "created_at": t.created_at.isoformat(), "revoked": t.revoked_at is not None,
-                     "used": t.used_at is not None} for t in tokens]
+                     "used": t.used_at is not None,
+                     "expires_at": None if t.expires_at is None else t.expires_at.isoformat(),
+                     "expired": t.expires_at is not None and t.expires_at <= now} for t in tokens]
             if args.json:
                 print(json.dumps(rows, indent=2))
             for r in rows if not args.json else []:
-                state = "revoked" if r["revoked"] else "used" if r["used"] else "live"
+                state = ("revoked" if r["revoked"] else "used" if r["used"] else "expired" if r["expired"]
+                         else "live")
                 print(f"{r['id']:>5} {r['kind']:<8} {r['role']:<8} {r['name']:<20} {r['campaign'] or '-':<16} {state}")
         else:
             store.revoke_token(args.id)

@@ -313,9 +313,18 @@ def run_generate(args: argparse.Namespace) -> int:
     _check_sampling(args)
     if args.overlap < 1:
         raise UsageError(f"--overlap {args.overlap}: ask for at least 1 label per pair")
+    if args.campaign is not None:
+        from node.labeling.service import campaign_name_problem
+
+        if (problem := campaign_name_problem(args.campaign)) is not None:
+            raise UsageError(f"--campaign {args.campaign[:60]!r} is not a valid campaign name: {problem}")
     torch.manual_seed(args.seed)
     with Node.open(args.home, db=args.db) as node:
         prompts = _read_prompts(args, node)
+        if args.campaign is not None and any(c.name == args.campaign and c.pairs
+                                             for c in node.store.list_campaigns()):
+            raise UsageError(f"campaign {args.campaign!r} already exists; pick another --campaign name "
+                             "(nothing was sampled)")
     policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed)
     model_name = args.model_name or str(args.policy)
     candidates = _sample(policy, tokenizer, prompts, args)

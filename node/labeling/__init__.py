@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from node.http import Endpoint, Feature
-from node.labeling.api import api_endpoints
+from node.http.app import OPENAPI_KEY
+from node.labeling.api import api_endpoints, document_idempotency_header
 from node.labeling.auth import (
     SessionAuthenticator,
     StoreBearerAuthenticator,
@@ -55,12 +56,17 @@ def labeling_feature(store: Store, *, settings: LabelingSettings | None = None,
         yield
         service.close()
 
+    async def document(app: web.Application) -> None:  # create_app builds /openapi.json after every setup
+        if (doc := app.get(OPENAPI_KEY)) is not None:
+            document_idempotency_header(doc)
+
     def setup(app: web.Application) -> None:
         app[SERVICE_KEY] = service
         if home is not None:
             app[HOME_KEY] = home
         install_authenticators(app, authenticators)
         app.cleanup_ctx.append(lifecycle)
+        app.on_startup.append(document)
 
     endpoints = (
         _page("GET", "/login", login_form, "Sign-in page (invite links land here)", "loginPage"),
@@ -91,5 +97,7 @@ def _latest_model_loader(node: Node) -> Callable[[], PairScorer] | None:
 
 def labeling_features(node: Node) -> list[Feature]:
     """FEATURE_FACTORIES entry: the labeling feature over the node's store; the newest registered reward
-    model (if any) picks uncertain pairs."""
-    return [labeling_feature(node.store, scorer_loader=_latest_model_loader(node), home=node.config.home)]
+    model (if any) picks uncertain pairs; node.toml's `[server] secure_cookies` marks its cookies Secure."""
+    settings = LabelingSettings(secure_cookies=node.config.secure_cookies)
+    return [labeling_feature(node.store, settings=settings, scorer_loader=_latest_model_loader(node),
+                             home=node.config.home)]

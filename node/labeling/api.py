@@ -7,10 +7,13 @@
 
 Every POST answers {"ok": true, "kind", "stored"}: "stored" is false when the record was already
 there (a retry with the same idempotency key, from the body or the `Idempotency-Key` header, or the
-same content). An idempotency key belongs to the caller who sent it (other callers' keys never
-collide with it) and names one record: the same key with a different record is refused with 409.
-A "campaign" must already exist (`rewardnode campaign create`). A labeler's records are stored
-under their own name; an admin may name any annotator. A refused record stores nothing.
+same content). An idempotency key belongs to the caller who sent it (other callers' keys, and the
+keys of file imports, never collide with it) and names one record, every field of it: the same key
+with a record that differs in anything (a confidence or comment too) is refused with 409.
+A "campaign" must already exist (`rewardnode campaign create`); a labeler whose browser session came
+from an invite may send records of that campaign only (403). A labeler's records are stored under
+their own name; an admin may name any annotator. Sources starting with "labeling:" are reserved for
+the labeling pages (422). A refused record stores nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from node.http import (
 )
 from node.http.routes import CONFIG_KEY, check_fields, check_unicode, read_json_object
 from node.importing import SOURCE_NAME_RULE, source_name_problem
+from node.labeling.auth import campaign_allowed
 from node.labeling.service import SERVICE_KEY
 from storage.errors import AlreadyExistsError, InvalidRecordError, NotFoundError, StorageError
 from storage.records import OUTCOMES, Comparison, Feedback, Ranking, Rating, Record
@@ -95,13 +99,17 @@ class _Body:
         self.data, self.max_chars = data, max_chars
 
     def text(self, key: str, *, required: bool = True, limit: int | None = None, where: str | None = None,
-             value: Any = None) -> str | None:
+             value: Any = None, blank: bool = False) -> str | None:
+        """A string field; `blank` allows one of only whitespace (names, keys, comments: not texts)."""
         value = self.data.get(key) if where is None else value
         where = where or key
         if value is None and not required:
             return None
         if not isinstance(value, str) or not value:
             raise ValidationError(where, "must be a non-empty string" + ("" if required else " or omitted"))
+        if not blank and value.isspace():
+            raise ValidationError(where, "must be a non-empty string; got only whitespace (empty prompts and "
+                                         "responses cannot be compared)")
         limit = limit or self.max_chars
         if len(value) > limit:
             raise ValidationError(where, f"is {len(value)} characters, more than the limit of {limit}; shorten it")
@@ -111,7 +119,7 @@ class _Body:
         return value
 
     def name(self, key: str) -> str | None:
-        return self.text(key, required=False, limit=MAX_NAME_CHARS)
+        return self.text(key, required=False, limit=MAX_NAME_CHARS, blank=True)
 
     def number(self, key: str, *, required: bool = False, value: Any = None, where: str | None = None) -> float | None:
         value = self.data.get(key) if where is None else value
@@ -134,7 +142,7 @@ class _Body:
             return None
         if not isinstance(value, str):
             raise ValidationError("comment", "must be a string (or omitted)")
-        return self.text("comment")
+        return self.text("comment", blank=True)
 
 
 def _who(request: web.Request, body: _Body) -> str | None:
@@ -149,10 +157,11 @@ def _who(request: web.Request, body: _Body) -> str | None:
 
 
 def _key(request: web.Request, body: _Body) -> str | None:
-    from_body = body.text("idempotency_key", required=False, limit=MAX_KEY_CHARS)
+    from_body = body.text("idempotency_key", required=False, limit=MAX_KEY_CHARS, blank=True)
     header = request.headers.get(IDEMPOTENCY_HEADER)
     if header is not None:
-        header = body.text("", where=f"header {IDEMPOTENCY_HEADER}", value=header, limit=MAX_KEY_CHARS)
+        header = body.text("", where=f"header {IDEMPOTENCY_HEADER}", value=header, limit=MAX_KEY_CHARS,
+                           blank=True)
         if from_body is not None and from_body != header:
             raise ValidationError("idempotency_key", f"differs from the {IDEMPOTENCY_HEADER} header; send one")
     return from_body or header
@@ -174,6 +183,7 @@ async def _save(request: web.Request, record: Record, kind: str) -> web.Response
     """Store one record (once: a retry with its idempotency key stores nothing) and acknowledge it."""
     service = request.config_dict[SERVICE_KEY]
     principal = request[PRINCIPAL_KEY]
+    campaign_allowed(request, principal, record.campaign)
     try:
         stored = await service.call(service.store.submit, record, scope=f"{principal.role.value}:{principal.name}")
     except InvalidRecordError as e:
@@ -192,9 +202,14 @@ async def _save(request: web.Request, record: Record, kind: str) -> web.Response
 
 def _source(request: web.Request, body: _Body) -> str:
     named = body.name("source")
+    settings = request.config_dict[SERVICE_KEY].settings
     if named is not None and (problem := source_name_problem(named)) is not None:
         raise ValidationError("source", f"is not a valid source name: {problem}; use {SOURCE_NAME_RULE}")
-    return named or request.config_dict[SERVICE_KEY].settings.default_api_source
+    if named is not None and named.startswith(settings.source_prefix):
+        raise ValidationError("source", f"{named[:60]!r} starts with {settings.source_prefix!r}, which is "
+                                        "reserved for labels made on the labeling pages; name another source "
+                                        f"(or leave it out: {settings.default_api_source!r})")
+    return named or settings.default_api_source
 
 
 async def post_comparison(request: web.Request) -> web.Response:
@@ -283,6 +298,26 @@ async def get_stats(request: web.Request) -> web.Response:
     return json_response({"sources": sources, "totals": totals, "campaigns": [
         {"name": c.name, "overlap": c.overlap, "pairs": c.pairs, "labels": c.labels, "complete": c.complete,
          "labelers": c.labelers} for c in campaigns]})
+
+
+IDEMPOTENCY_PARAMETER: dict[str, Any] = {
+    "name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+    "description": "The record's idempotency key, as the body's idempotency_key (send one or both, equal): "
+                   "retrying the very same record with it stores nothing more (stored: false); the same key "
+                   "with any other record is refused with 409. Keys belong to their caller.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+}
+
+
+def document_idempotency_header(doc: dict[str, Any]) -> None:
+    """Add the Idempotency-Key header to the ingestion POSTs of the app's OpenAPI document (which
+    node.http builds with path parameters only)."""
+    for ep in api_endpoints():
+        operation = doc.get("paths", {}).get(ep.path, {}).get("post") if ep.method == "POST" else None
+        if operation is not None:
+            params = operation.setdefault("parameters", [])
+            if all(p.get("name") != IDEMPOTENCY_HEADER for p in params):
+                params.append(dict(IDEMPOTENCY_PARAMETER))
 
 
 def api_endpoints() -> tuple[Endpoint, ...]:

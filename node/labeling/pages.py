@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from node.http import Forbidden, NotFound, Principal, Role, ValidationError
+from node.http import NotFound, Principal, Role, ValidationError
 from node.http.routes import CONFIG_KEY
-from node.labeling.auth import SESSION_KEY, check_csrf, page_principal
+from node.labeling.auth import SESSION_KEY, campaign_allowed, check_csrf, page_principal, read_form
 from node.labeling.html import h, page
 from node.labeling.service import SERVICE_KEY, csrf_token
 from storage.errors import InvalidRecordError, NotFoundError
@@ -41,13 +41,6 @@ document.addEventListener('keydown',function(e){
 form.addEventListener('submit',function(){sent=true;});
 })();
 """
-
-
-def _campaign_allowed(request: web.Request, principal: Principal, campaign: str) -> None:
-    session = request.get(SESSION_KEY)
-    scoped = session.token.campaign if session is not None else None
-    if principal.role is not Role.ADMIN and scoped is not None and scoped != campaign:
-        raise Forbidden(f"your invite is for campaign {scoped!r}, not {campaign!r}; ask the admin for an invite")
 
 
 def _nav(principal: Principal, csrf: str) -> str:
@@ -114,7 +107,7 @@ async def label_page(request: web.Request) -> web.Response:
     """GET /label/{campaign}: the next pair for this labeler."""
     principal = await page_principal(request, Role.LABELER)
     name = request.match_info["campaign"]
-    _campaign_allowed(request, principal, name)
+    campaign_allowed(request, principal, name)
     service = request.config_dict[SERVICE_KEY]
     store = service.store
     try:
@@ -148,8 +141,8 @@ async def label_submit(request: web.Request) -> web.StreamResponse:
     """POST /label/{campaign}: store the answer, then show the next pair (303)."""
     principal = await page_principal(request, Role.LABELER)
     name = request.match_info["campaign"]
-    _campaign_allowed(request, principal, name)
-    form = await request.post()
+    campaign_allowed(request, principal, name)
+    form = await read_form(request)
     check_csrf(request, form)
     service = request.config_dict[SERVICE_KEY]
     limit = request.config_dict[CONFIG_KEY].max_text_chars

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
+from node.importing import SOURCE_NAME_MAX, source_name_problem
 from storage.store import Store
 
 log = logging.getLogger("rewardnode.labeling")
@@ -67,7 +68,32 @@ class LabelingSettings:
     default_api_source: str = "api"
     """Source of ingestion-API records that name none."""
     secure_cookies: bool = False
-    """Mark cookies Secure (serve over HTTPS, e.g. behind a TLS proxy)."""
+    """Mark cookies Secure (serve over HTTPS, e.g. behind a TLS proxy); node.toml `[server] secure_cookies`
+    turns it on for `rewardnode serve`."""
+
+
+def campaign_name_max(prefix: str = LabelingSettings.source_prefix) -> int:
+    """The longest campaign name: its labels' source `prefix + name` is at most SOURCE_NAME_MAX characters."""
+    return SOURCE_NAME_MAX - len(prefix)
+
+
+def campaign_name_problem(name: str, prefix: str = LabelingSettings.source_prefix) -> str | None:
+    """What is wrong with `name` as a campaign name (None when nothing): its labels are stored under the
+    source `prefix + name`, and its page is /label/NAME, so "." and ".." (a browser makes /label/..
+    into /) and a "/" cannot be in it.
+
+    >>> campaign_name_problem("..")
+    "'..' is a path step, not a name: a browser turns the page /label/.. into /"
+    """
+    if name in (".", ".."):
+        return f"{name!r} is a path step, not a name: a browser turns the page /label/{name} into " + (
+            "/label/" if name == "." else "/")
+    if "/" in name:
+        return f"{name[:60]!r} holds a '/', which cannot be in the campaign's page address /label/NAME"
+    if len(name) > campaign_name_max(prefix):
+        return (f"it is {len(name)} characters long, more than {campaign_name_max(prefix)} (its labels are "
+                f"stored under the source {prefix!r} + the name, at most {SOURCE_NAME_MAX} characters)")
+    return source_name_problem(name)
 
 
 class LabelingService:

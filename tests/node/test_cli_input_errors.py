@@ -100,6 +100,7 @@ def test_rl_limit_and_sft_counts_are_checked(home: Path, capsys: pytest.CaptureF
     assert "--batch-size 0" in fails(capsys, home, "sft", "--batch-size", "0")
     assert "--lr 0.0" in fails(capsys, home, "sft", "--lr", "0")
     assert "--overlap 0" in fails(capsys, home, "generate", "--overlap", "0")
+    assert "path step" in fails(capsys, home, "generate", "--campaign", "..")
 
 
 # ---- score, eval, train, serve ------------------------------------------------------------------------

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from sqlalchemy import select
 
 from node.http import ApiToken, Role, ServerConfig, create_app
 from node.labeling import labeling_feature
 from node.labeling.service import sha256_hex
+from storage.models import ApiIdempotencyKey, table_of
 from storage.records import Comparison, Record
 from storage.store import Store
 from tests.node.http.conftest import assert_error  # noqa: F401 -- the one error shape, re-exported for the tests here
@@ -37,6 +39,13 @@ def pool(n_prompts: int) -> list[Record]:
                               annotator="seed"))
         out.append(Comparison("pool", f"Question {i}?", f"short {i}", f"medium answer {i}", "B", annotator="seed"))
     return out
+
+
+def api_keys(store: Store) -> dict[str, tuple[str, str | None]]:
+    """The ingestion API's idempotency keys: scoped key -> (kind, fingerprint)."""
+    table = table_of(ApiIdempotencyKey)
+    with store.engine.connect() as conn:
+        return {r.key: (r.kind, r.fingerprint) for r in conn.execute(select(table))}
 
 
 @pytest.fixture

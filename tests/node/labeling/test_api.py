@@ -16,6 +16,7 @@ from tests.node.labeling.conftest import (
     LABELER,
     SCORER,
     ClientFactory,
+    api_keys,
     assert_error,
 )
 
@@ -40,7 +41,8 @@ async def test_comparison_is_stored_once_per_idempotency_key(client: TestClient,
     assert sorted(a["stored"] for a in answers) == [False, False, False, False, True]
     records = [r for r in store.iter_records(sources=["app", "api"]) if isinstance(r, Comparison)]
     assert sorted((r.outcome, r.annotator, r.idempotency_key) for r in records) == [
-        ("A", "alice", "labeler:alice/k1"), ("tie", "alice", "labeler:alice/k2")]  # keys are the caller's
+        ("A", "alice", None), ("tie", "alice", None)]  # the API's keys are kept apart from the records
+    assert sorted(api_keys(store)) == ["labeler:alice/k1", "labeler:alice/k2"]  # and belong to the caller
 
 
 async def test_ranking_and_feedback_and_rating(client: TestClient, store: Store) -> None:
@@ -99,6 +101,10 @@ async def test_labelers_get_403_outside_labeling(client: TestClient) -> None:
     ("/v1/comparisons", {**COMPARISON, "response_b": "4"}, "must differ"),
     ("/v1/comparisons", {**COMPARISON, "confidence": 2}, "confidence"),
     ("/v1/comparisons", {**COMPARISON, "prompt": ""}, "prompt must be a non-empty string"),
+    ("/v1/comparisons", {**COMPARISON, "prompt": " \n\t"}, "prompt must be a non-empty string; got only"),
+    ("/v1/comparisons", {**COMPARISON, "response_b": "  "}, "response_b must be a non-empty string; got"),
+    ("/v1/rankings", {"prompt": "p", "responses": ["a", "\u3000"]}, "responses[1] must be a non-empty"),
+    ("/v1/feedback", {"prompt": "p", "response": "\n", "thumbs": "up"}, "response must be a non-empty"),
     ("/v1/comparisons", {**COMPARISON, "extra": 1}, "unknown field 'extra'"),
     ("/v1/comparisons", {"prompt": "x"}, "response_a is required"),
     ("/v1/comparisons", {**COMPARISON, "annotator": "mallory"}, "labels as its own holder"),
@@ -142,6 +148,11 @@ async def test_openapi_documents_the_ingestion_api(client: TestClient) -> None:
         assert op["x-required-role"] == "labeler"
         assert {"401", "403", "413", "422"} <= set(op["responses"])
         assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].startswith("#/components")
+        [header] = [p for p in op["parameters"] if p["in"] == "header"]
+        assert (header["name"], header["required"]) == ("Idempotency-Key", False)
+        assert header["schema"] == {"type": "string", "minLength": 1, "maxLength": 200}
+        assert "409" in op["responses"] and "409" in header["description"]
     assert doc["paths"]["/v1/stats"]["get"]["x-required-role"] == "admin"
+    assert "parameters" not in doc["paths"]["/v1/stats"]["get"]
     assert {"ComparisonIn", "RankingIn", "FeedbackIn", "Stored", "LabelStats"} <= set(doc["components"]["schemas"])
     assert not any(p.startswith(("/label", "/login", "/dashboard")) for p in doc["paths"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from node.labeling.service import sha256_hex
@@ -48,3 +49,36 @@ def test_campaign_and_token_commands(tmp_path: Path) -> None:
     assert rn(home, "campaign", "create", "c2").returncode == 2
     bad = rn(home, "campaign", "create", "c3\nx", "--source", "s")  # its labels would be source labeling:c3\nx
     assert bad.returncode == 2 and "invalid campaign name" in bad.stderr
+
+
+def test_campaign_names_must_fit_the_source_and_the_page_address(tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "chosen": "good", "rejected": "bad"}) + "\n")
+    assert rn(home, "init", "--name", "org").returncode == 0
+    assert rn(home, "import", str(data), "--source", "s").returncode == 0
+    for name, fragment in (("x" * 192, "192 characters long, more than 191"), (".", "path step"),
+                           ("..", "a browser turns the page /label/.. into /"), ("a/b", "holds a '/'")):
+        bad = rn(home, "campaign", "create", name, "--source", "s")
+        assert bad.returncode == 2, bad.stderr
+        assert "invalid campaign name" in bad.stderr and fragment in bad.stderr, bad.stderr
+        assert "1-191 characters" in bad.stderr
+    longest = "y" * 191  # its labels' source labeling:yyy... is 200 characters, the most a source may have
+    assert rn(home, "campaign", "create", longest, "--source", "s").returncode == 0
+    listed = json.loads(rn(home, "campaign", "list", "--json").stdout)
+    assert [c["name"] for c in listed] == [longest]
+
+
+def test_token_list_shows_expired_tokens(tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    assert rn(home, "init", "--name", "org").returncode == 0
+    past, future = datetime.now(UTC) - timedelta(days=1), datetime.now(UTC) + timedelta(days=1)
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        store.add_token("a" * 64, kind="session", role="labeler", name="old", expires_at=past)
+        store.add_token("b" * 64, kind="session", role="labeler", name="new", expires_at=future)
+        store.add_token("c" * 64, kind="api", role="admin", name="ops")
+    rows = json.loads(rn(home, "token", "list", "--json").stdout)
+    assert [(t["name"], t["expired"]) for t in rows] == [("old", True), ("new", False), ("ops", False)]
+    assert [t["expires_at"] for t in rows] == [past.isoformat(), future.isoformat(), None]
+    text = rn(home, "token", "list").stdout.splitlines()
+    assert [line.split()[-1] for line in text] == ["expired", "live", "live"]

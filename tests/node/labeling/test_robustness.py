@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from storage.errors import AlreadyExistsError, NotFoundError
 from storage.records import Comparison, Feedback, Rating
 from storage.store import Store
-from tests.node.labeling.conftest import ADMIN, CAMPAIGN, LABELER, assert_error
+from tests.node.labeling.conftest import ADMIN, CAMPAIGN, LABELER, api_keys, assert_error
 from tests.node.labeling.test_api import COMPARISON, post
 from tests.node.labeling.test_pages import field
 from tests.storage.conftest import db_url, postgres_server  # noqa: F401 -- fixtures: SQLite and PostgreSQL
@@ -83,6 +83,40 @@ async def test_keys_are_scoped_to_the_caller(client: TestClient, store: Store) -
     assert stored == [("2+2?", "alice"), ("admin's prompt", "bob")]
 
 
+async def test_a_key_first_sent_with_stored_content_is_bound_to_it(client: TestClient, store: Store) -> None:
+    store.import_records([Comparison("api", "2+2?", "4", "5", "A", annotator="alice")])  # with no key
+    first = {**COMPARISON, "idempotency_key": "k1"}
+    assert await post(client, "/v1/comparisons", first, LABELER) == (200, {"ok": True, "kind": "comparisons",
+                                                                            "stored": False})  # content known
+    assert (await post(client, "/v1/comparisons", first, LABELER))[1]["stored"] is False  # its retry
+    before = store.table_counts()
+    status, answer = await post(client, "/v1/comparisons", {**first, "prompt": "a brand-new prompt"}, LABELER)
+    assert_error(answer, 409, "idempotency key 'k1' was already used for a different record")
+    assert store.table_counts() == before
+
+
+@pytest.mark.parametrize("change", [{"confidence": 0.9}, {"comment": "on second thought"}, {"model_a": "m2"}])
+async def test_the_same_key_with_another_confidence_or_comment_is_a_409(client: TestClient, store: Store,
+                                                                        change: dict[str, Any]) -> None:
+    first = {**COMPARISON, "confidence": 0.5, "comment": "sure", "idempotency_key": "k1"}
+    assert (await post(client, "/v1/comparisons", first, LABELER))[1]["stored"] is True
+    before = store.table_counts()
+    status, answer = await post(client, "/v1/comparisons", {**first, **change}, LABELER)
+    assert_error(answer, 409, "'k1'")
+    assert store.table_counts() == before
+    [stored] = store.iter_records(sources=["api"])
+    assert isinstance(stored, Comparison) and (stored.confidence, stored.comment) == (0.5, "sure")
+    assert (await post(client, "/v1/comparisons", first, LABELER))[1]["stored"] is False  # the very same
+
+
+async def test_file_import_keys_never_block_a_callers_key(client: TestClient, store: Store) -> None:
+    store.import_records([Feedback("file", "p", "r", True, idempotency_key="labeler:alice/k9")])
+    status, answer = await post(client, "/v1/comparisons", {**COMPARISON, "idempotency_key": "k9"}, LABELER)
+    assert (status, answer["stored"]) == (200, True)
+    assert sorted(str(r.idempotency_key) for r in store.iter_records()
+                  if r.source in ("file", "api")) == ["None", "labeler:alice/k9"]
+
+
 async def test_the_same_content_under_a_new_key_is_stored_once(client: TestClient, store: Store) -> None:
     assert (await post(client, "/v1/feedback", {**RATING, "idempotency_key": "a"}, LABELER))[1]["stored"] is True
     assert (await post(client, "/v1/feedback", {**RATING, "idempotency_key": "b"}, LABELER))[1] == {
@@ -147,6 +181,6 @@ def test_submit_is_all_or_nothing_on_every_database(db_url: str) -> None:  # noq
         assert s.table_counts() == before and s.list_campaigns() == []
         other = Comparison("api", "new prompt", "x", "y", "B", idempotency_key="k")
         assert s.submit(other, scope="admin:ops") is True  # another caller's k
-        assert sorted(str(r.idempotency_key) for r in s.iter_records()) == ["admin:ops/k", "labeler:alice/k"]
+        assert sorted(api_keys(s)) == ["admin:ops/k", "labeler:alice/k"]
     finally:
         s.close()

@@ -70,6 +70,11 @@ def test_other_commands_in_process(home: Path, policy_dir: Path, rm_dir: Path, t
             assert "campaign 'round-1'" in out
             assert node.store.get_campaign("round-1").name == "round-1"
             assert len(node.store.campaign_pair_texts("round-1")) == n_distinct
+    if n_distinct:  # a campaign name in use is refused before anything is sampled
+        assert main([*base, "generate", "--policy", str(policy_dir), "--source", "demos", "--n", "2",
+                     "--max-new-tokens", "5", "--campaign", "round-1"]) == 2
+        assert "campaign 'round-1' already exists; pick another --campaign name (nothing was sampled)" \
+            in capsys.readouterr().err
 
     assert main([*base, "sft", "--policy", str(policy_dir), "--epochs", "2", "--lr", "1e-2",
                  "--out", str(tmp_path / "sft")]) == 0
