@@ -124,8 +124,8 @@ def _work(open_records: OpenRecords, report_rejects: bool, builder: RowBuilder, 
 
 
 def _portable(exc: BaseException) -> tuple[str, Any]:
-    if isinstance(exc, ImportFormatError):
-        return "format", (exc.path, exc.line, exc.problem, exc.fix)
+    if isinstance(exc, ImportFormatError):  # its class too: a JSON file's error says "FILE: record N"
+        return "format", (type(exc), exc.path, exc.line, exc.problem, exc.fix)
     try:
         data = pickle.dumps(exc)
         pickle.loads(data)
@@ -136,7 +136,8 @@ def _portable(exc: BaseException) -> tuple[str, Any]:
 
 def _rebuild(kind: str, payload: Any) -> BaseException:
     if kind == "format":
-        return ImportFormatError(*payload)
+        cls, *located = payload
+        return cls(*located) if issubclass(cls, ImportFormatError) else ImportFormatError(*located)
     if kind == "pickled":
         exc = pickle.loads(payload)
         if isinstance(exc, BaseException):

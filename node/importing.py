@@ -7,18 +7,23 @@ node/formats/; this module finds the records in the file. Given to `Store.import
 file is read, parsed and hashed in a worker process while the store inserts (node/import_worker.py).
 
 Containers, detected from the content (gzip by its magic bytes, not by the name):
-- JSONL: the first non-blank line starts with "{" and is a complete JSON object. Lines are read with
+- JSONL: the first non-blank line starts with "{" and is a complete JSON object (unless the object is
+  a container, below, and nothing follows it). Lines are read with
   a bounded readline: a line over `max_line_bytes` is refused without reading the rest of it into
   memory. Blank lines are skipped. Line numbers are 1-based physical lines.
-- JSON: a top-level array, or an object with a "records" or "data" list. The file is loaded whole,
-  so files over `max_json_bytes` are refused (convert them to JSONL). "Line" numbers are record
-  index + 1; problems with the file as a whole are reported at line 0.
+- JSON: a top-level array, or a container: an object with a "records" or "data" list and none of the
+  keys that make a record (node.formats.dispatch.RECORD_KEYS; an object with them is one record).
+  The file is loaded whole, so files over `max_json_bytes` are refused (convert them to JSONL).
+  Errors name the 1-based record number, "FILE: record N" (JsonRecordError, whose `line` holds N);
+  problems with the file as a whole are reported at line 0.
 - CSV (or tab-separated): a header row naming the columns, e.g. prompt,chosen,rejected (trl);
   prompt,response_a,response_b,outcome,annotator[,confidence,comment]; prompt,response,rating,
   scale_min,scale_max; prompt,response,thumbs; prompt,demonstration[,author]. Empty cells of
   non-text columns count as absent. Because a quoted CSV field may span lines, CSV syntax errors,
   bad UTF-8 and over-long lines stop the import even with skip_invalid.
-Text is decoded as strict UTF-8 (a leading byte-order mark is allowed).
+Text is decoded as strict UTF-8 (a leading byte-order mark is allowed); UTF-16/32 files are refused up
+front with the iconv command that converts them. An empty (or blank) file holds no records.
+JSON nested too deeply to decode is an invalid record (a JSONL line) or an invalid file (JSON).
 
 Source names (--source, a record's "source" field, or the file name it defaults to) follow
 SOURCE_NAME_RULE, so that every stored name prints on one line. Other datasets' names ("OpenAssistant
@@ -31,7 +36,6 @@ import csv
 import gzip
 import json
 import os
-import unicodedata
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from json.scanner import make_scanner
@@ -41,8 +45,18 @@ from typing import IO, Any, Final, cast
 from node import import_worker
 from node.errors import ImportFormatError, UsageError
 from node.formats import ParseContext, RecordError, fields, parser_for
-from node.formats.dispatch import Parser
-from node.formats.fields import json_type
+from node.formats.decoding import (
+    LATIN1_FIX,
+    check_nul,
+    check_surrogates,
+    csv_record,
+    foreign_encoding,
+    is_container,
+    json_error,
+    too_deep,
+)
+from node.formats.dispatch import RECORD_KEYS, Parser
+from node.formats.fields import json_type, name_problem
 from storage.records import Record
 from storage.rows import RowBatch, RowBuilder, build_batches
 
@@ -52,7 +66,7 @@ MAX_JSON_BYTES: Final = 256 * 1024 * 1024
 """Largest JSON (not JSONL) file loaded whole; larger ones must be converted to JSONL."""
 REJECT_RAW_CHARS: Final = 1000
 """How much of a rejected line is passed to the rejects callback."""
-SOURCE_NAME_MAX: Final = 200  # the labeling API's longest name
+SOURCE_NAME_MAX: Final = fields.NAME_MAX  # the labeling API's longest name
 SOURCE_NAME_RULE: Final = (f"1-{SOURCE_NAME_MAX} characters, not only spaces, with no control characters "
                            "(no newline or tab; e.g. hh-rlhf, org-a/harmless-base, OpenAssistant oasst1)")
 """What a source name may be, in words for error messages and --help."""
@@ -70,11 +84,6 @@ _READ_ERRORS: Final = (OSError, EOFError, zlib.error)
 _DECODER: Final = json.JSONDecoder()
 _DECODE: Final = _DECODER.decode
 _SCAN: Final = make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed types it as a class  # the C scanner: decode() minus two regex matches per line
-_CSV_TEXT: Final = frozenset({fields.PROMPT, fields.CHOSEN, fields.REJECTED, fields.RESPONSE, fields.RESPONSE_A,
-                              fields.RESPONSE_B, fields.DEMONSTRATION})
-_CSV_NUMBERS: Final = frozenset({fields.CONFIDENCE, fields.AGREEMENT, fields.RATING, fields.SCALE_MIN,
-                                 fields.SCALE_MAX})
-_CSV_BOOLS: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _CSV_LAYOUTS: Final = ("prompt,chosen,rejected (trl); prompt,response_a,response_b,outcome,annotator; "
                        "prompt,response,rating,scale_min,scale_max; prompt,response,thumbs; prompt,demonstration")
 
@@ -139,19 +148,18 @@ class RecordFile(Iterator[Record]):
             return False  # reading it here reports the problem with FILE:0
 
 
+class JsonRecordError(ImportFormatError):
+    """An invalid record of a JSON (not JSONL) file: `line` is its 1-based record number, and the message
+    says "FILE: record N" (a JSON file's records are not one per line)."""
+
+    def __init__(self, path: str, line: int, problem: str, fix: str) -> None:
+        super().__init__(path, line, problem, fix)
+        self.args = (f"{path}: record {line}: {problem}; {fix}",)
+
+
 def source_name_problem(name: object) -> str | None:
     """What is wrong with `name` as a source name (None when it follows SOURCE_NAME_RULE): 'a\\nb' holds '\\n'."""
-    if type(name) is not str:
-        return f"it is not a string but {json_type(name)}"
-    shown = repr(name[:60]) + ("..." if len(name) > 60 else "")
-    if not name.strip():
-        return "it is empty" if not name else f"{shown} is only whitespace"
-    bad = next((c for c in name if unicodedata.category(c).startswith("C")), None)
-    if bad is not None:
-        return f"{shown} holds the control character {bad!r}"
-    if len(name) > SOURCE_NAME_MAX:
-        return f"it is {len(name)} characters long"
-    return None
+    return name_problem(name, SOURCE_NAME_MAX)  # the rule annotator and author names follow too
 
 
 def check_source_flag(source: str | None) -> None:
@@ -208,35 +216,11 @@ def _preview(raw: object) -> str:
     elif isinstance(raw, str):
         text = raw
     else:
-        text = json.dumps(raw, ensure_ascii=False, default=str)
+        try:
+            text = json.dumps(raw, ensure_ascii=False, default=str)
+        except RecursionError:
+            text = "(a record nested too deeply to show)"
     return text[:REJECT_RAW_CHARS]
-
-
-def _check_surrogates(obj: dict[str, Any]) -> None:
-    """Refuse lone UTF-16 surrogates that JSON \\ud800-\\udfff escapes can smuggle into a str."""
-    try:
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise RecordError("a text holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
-                          "valid Unicode", "fix the producer's JSON escaping: such escapes come only in pairs"
-                          ) from None
-
-
-def _check_nul(obj: object) -> None:
-    """Refuse NUL characters (JSON \\u0000): PostgreSQL cannot store them in text, and a store must
-    move between SQLite and PostgreSQL unchanged."""
-    stack = [obj]
-    while stack:
-        o = stack.pop()
-        if type(o) is str:
-            if "\x00" in o:
-                raise RecordError("a text holds a NUL character (\\u0000), which a text column cannot store",
-                                  "remove the NUL characters (often left by a binary field or a bad converter)")
-        elif type(o) is dict:
-            stack.extend(o.keys())
-            stack.extend(o.values())
-        elif type(o) is list:
-            stack.extend(o)
 
 
 class _LineTooLong(Exception):
@@ -264,10 +248,12 @@ class _Reader:
     def error(self, line: int, problem: str, fix: str) -> ImportFormatError:
         return ImportFormatError(self.path, line, problem, fix)
 
-    def reject(self, line: int, raw: object, exc: RecordError) -> None:
-        """Raise the record's error, or report it to `rejects` and go on under skip_invalid."""
+    def reject(self, line: int, raw: object, exc: RecordError, *, record: bool = False) -> None:
+        """Raise the record's error, or report it to `rejects` and go on under skip_invalid.
+        `record`: `line` is the record number in a JSON file (the error says "FILE: record N")."""
         if not self.skip_invalid:
-            raise self.error(line, exc.problem, exc.fix) from None
+            located = JsonRecordError if record else ImportFormatError
+            raise located(self.path, line, exc.problem, exc.fix) from None
         if self.rejects is not None:
             self.rejects(line, _preview(raw), str(exc))
 
@@ -290,6 +276,8 @@ class _Reader:
     def records(self) -> Iterator[Record]:
         with self.open_file() as f:
             kind, bom = self.sniff(f)
+            if kind == "empty":
+                return
             try:
                 f.seek(len(_BOM) if bom else 0)
             except _READ_ERRORS as exc:
@@ -354,15 +342,17 @@ class _Reader:
             raise self.unreadable(line, exc) from exc
 
     def sniff(self, f: IO[bytes]) -> tuple[str, bool]:
-        """("jsonl" | "json" | "csv", whether a UTF-8 byte-order mark leads the file)."""
+        """("jsonl" | "json" | "csv" | "empty", whether a UTF-8 byte-order mark leads the file)."""
         try:
             head = f.read(4096)
+            if (foreign := foreign_encoding(head)) is not None:
+                raise self.error(0, foreign.problem, foreign.fix)
             bom = head.startswith(_BOM)
             first = head.lstrip()[:1] if not bom else head[len(_BOM):].lstrip()[:1]
             while not first:
                 more = f.read(1 << 16)
                 if not more:
-                    raise self.error(0, "the file is empty", "give a file with at least one record")
+                    return "empty", bom  # nothing but blanks: no records, like a header-only CSV or []
                 first = more.lstrip()[:1]
             f.seek(len(_BOM) if bom else 0)
         except _READ_ERRORS as exc:
@@ -384,9 +374,21 @@ class _Reader:
             obj = _DECODE(raw.decode())
         except ValueError:
             return ("json" if raw.rstrip()[-1:] in (b"{", b"[", b",") else "jsonl"), bom
-        if type(obj) is dict and (type(obj.get("records")) is list or type(obj.get("data")) is list):
+        except RecursionError:
+            return "jsonl", bom  # the JSONL reader reports the line as nested too deeply
+        if is_container(obj) and self.only_blanks_follow(f):
             return "json", bom  # a one-line {"records": [...]}
         return "jsonl", bom
+
+    def only_blanks_follow(self, f: IO[bytes]) -> bool:
+        """Whether the rest of the file is blank (reads up to its first non-blank byte)."""
+        try:
+            while more := f.read(1 << 16):
+                if not more.isspace():
+                    return False
+        except _READ_ERRORS as exc:
+            raise self.unreadable(0, exc) from exc
+        return True
 
     # ---- JSONL: the hot path ---------------------------------------------------------------------
     def jsonl(self, f: IO[bytes]) -> Iterator[Record]:
@@ -423,19 +425,22 @@ class _Reader:
             except UnicodeDecodeError as exc:
                 self.reject(line, raw, RecordError(
                     f"the line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})",
-                    "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"))
+                    LATIN1_FIX))
                 continue
             except ValueError as exc:
-                self.reject(line, raw, _json_error(exc, "each line must be one complete JSON object"))
+                self.reject(line, raw, json_error(exc, "each line must be one complete JSON object"))
+                continue
+            except RecursionError:
+                self.reject(line, raw, too_deep())
                 continue
             try:
                 if type(obj) is not dict:
                     raise RecordError(f"the line holds a JSON {json_type(obj)}, not an object",
                                       "write one JSON object per line")
                 if b"\\ud" in raw or b"\\uD" in raw:
-                    _check_surrogates(obj)
+                    check_surrogates(obj)
                 if b"\\u0000" in raw:
-                    _check_nul(obj)
+                    check_nul(obj)
                 parsed = parse(obj, ctx)
             except RecordError as exc:
                 self.reject(line, raw, exc)
@@ -459,18 +464,22 @@ class _Reader:
         except UnicodeDecodeError as exc:
             bad_line = data.count(b"\n", 0, exc.start) + 1
             raise self.error(0, f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {bad_line})",
-                             "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+                             LATIN1_FIX) from None
         surrogates = b"\\ud" in data or b"\\uD" in data
         nul = b"\\u0000" in data
         del data
         try:
             top = _DECODE(text)
         except ValueError as exc:
-            problem = _json_error(exc, "")
+            problem = json_error(exc, "")
             raise self.error(0, problem.problem, "fix the JSON, or write one record per line as JSONL") from None
+        except RecursionError:
+            raise self.error(0, too_deep().problem, too_deep().fix) from None
         del text
         items = top
-        if type(top) is dict:
+        if type(top) is dict and not RECORD_KEYS.isdisjoint(top):
+            items = [top]  # a single record, not a container (even if it holds a "data" list)
+        elif type(top) is dict:
             items = top.get("records", top.get("data"))
             if type(items) is not list:
                 raise self.error(0, "the top-level JSON object has no 'records' or 'data' list",
@@ -483,15 +492,15 @@ class _Reader:
         for i, item in enumerate(items):
             try:
                 if type(item) is not dict:
-                    raise RecordError(f"record {i} is a JSON {json_type(item)}, not an object",
+                    raise RecordError(f"the record is a JSON {json_type(item)}, not an object",
                                       "make every list item a record object")
                 if surrogates:
-                    _check_surrogates(item)
+                    check_surrogates(item)
                 if nul:
-                    _check_nul(item)
+                    check_nul(item)
                 parsed = parse(item, ctx)
             except RecordError as exc:
-                self.reject(i + 1, item, exc)
+                self.reject(i + 1, item, exc, record=True)
                 continue
             if type(parsed) is list:
                 yield from parsed
@@ -514,8 +523,7 @@ class _Reader:
                 yield raw.decode()
             except UnicodeDecodeError as exc:
                 raise self.error(line, f"the line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
-                                       f"{exc.start + 1})", "re-encode the file as UTF-8, e.g. iconv -f latin1 "
-                                                            "-t utf-8") from None
+                                       f"{exc.start + 1})", LATIN1_FIX) from None
 
     def csv(self, f: IO[bytes]) -> Iterator[Record]:
         if csv.field_size_limit() < self.limit:
@@ -556,8 +564,8 @@ class _Reader:
                 if len(row) != len(header):
                     raise RecordError(f"the row has {len(row)} fields but the header has {len(header)}",
                                       "quote fields that hold the delimiter, or fill in the missing cells")
-                _check_nul(row)
-                parsed = parse(_csv_record(header, row), ctx)
+                check_nul(row)
+                parsed = parse(csv_record(header, row), ctx)
             except RecordError as exc:
                 self.reject(start, delimiter.join(row), exc)
                 continue
@@ -565,35 +573,3 @@ class _Reader:
                 yield from parsed
             else:
                 yield parsed  # type: ignore[misc]  # a single Record
-
-
-def _csv_record(header: list[str], row: list[str]) -> dict[str, Any]:
-    """A CSV row as the JSON record it stands for: numbers parsed, empty non-text cells left out."""
-    d: dict[str, Any] = {}
-    for key, value in zip(header, row, strict=True):
-        if key in _CSV_TEXT:
-            d[key] = value
-        elif not value.strip():
-            continue
-        elif key in _CSV_NUMBERS:
-            try:
-                d[key] = float(value)
-            except ValueError:
-                raise RecordError(f"column '{key}' must be a number, got {value[:40]!r}",
-                                  f"write '{key}' as a plain number such as 0.8") from None
-        elif key == fields.THUMBS:
-            lowered = value.strip().lower()
-            d[key] = _CSV_BOOLS.get(lowered, lowered)
-        else:
-            d[key] = value
-    return d
-
-
-def _json_error(exc: ValueError, fix: str) -> RecordError:
-    if isinstance(exc, json.JSONDecodeError):
-        problem = f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
-        if exc.lineno == 1:
-            problem = f"malformed JSON: {exc.msg} at column {exc.colno} (char {exc.pos})"
-    else:
-        problem = f"malformed JSON: {exc}"
-    return RecordError(problem, f"fix the JSON{'; ' + fix if fix else ''} (or skip bad lines with --skip-invalid)")

@@ -2,9 +2,12 @@
 
 Three reasons, each with a score in [0, 1]:
 
-- "low_agreement": at least `min_votes` ordered votes (lo / hi / tie) and the majority side holds
-  less than `low_agreement` of them, max(p_lo, 1 - p_lo) < low_agreement;
-  score = 1 - |2 p_lo - 1| (1 for a 50/50 split).
+- "low_agreement": at least `min_votes` ordered votes and the most common of the three outcomes
+  lo / hi / tie holds less than `low_agreement` of them, s_1 < low_agreement, where s_1 >= s_2 >= s_3
+  are the shares of lo, hi and tie votes sorted; score = 1 - (s_1 - s_2), how close the runner-up
+  outcome comes (1 for a 50/50 split; without ties s_1 - s_2 = |2 p_lo - 1|). Agreement is measured
+  on the votes, not on p_lo: labelers who all call a pair a tie agree (p_lo = 1/2, but s_1 = 1),
+  and a 50/50 split between lo and hi does not.
 - "cycle": within a prompt the majority preferences form a directed 3-cycle x > y > z > x
   (an edge winner -> loser for every pair with p_lo != 1/2). Every pair of the cycle is reported;
   score = the cycle's weakest margin, min over its 3 edges of |2 p_lo - 1| (how sure the votes
@@ -110,8 +113,8 @@ def ambiguity_queue(
     """
     if not 0.5 < low_agreement <= 1.0:
         raise AggregationInputError(
-            f"low_agreement = {low_agreement} must be in (0.5, 1]; it is the majority share below which "
-            f"a pair is ambiguous (default {DEFAULT_LOW_AGREEMENT})"
+            f"low_agreement = {low_agreement} must be in (0.5, 1]; it is the share of the most common vote "
+            f"below which a pair is ambiguous (default {DEFAULT_LOW_AGREEMENT})"
         )
     if min_votes < 1:
         raise AggregationInputError(f"min_votes = {min_votes} must be >= 1")
@@ -119,10 +122,12 @@ def ambiguity_queue(
     margin = np.abs(2.0 * p - 1.0)  # (P,) nan where there are only both_bad votes
     n_ord = pairs.n_ordered
 
-    # low agreement: max(p, 1 - p) < threshold  <=>  |2p - 1| < 2 threshold - 1
-    with np.errstate(invalid="ignore"):
-        low = np.flatnonzero((n_ord >= min_votes) & (margin < 2.0 * low_agreement - 1.0))
-    low_score = 1.0 - margin[low]
+    # low agreement on the vote distribution: the modal outcome's share s_1 < threshold
+    counts = np.sort(np.stack([pairs.n_lo, pairs.n_hi, pairs.n_ties], axis=1), axis=1)  # (P, 3) ascending
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = counts / n_ord[:, None]  # (P, 3) nan rows where there are only both_bad votes
+    low = np.flatnonzero((n_ord >= min_votes) & (n_ord > 0) & (shares[:, 2] < low_agreement))
+    low_score = 1.0 - (shares[low, 2] - shares[low, 1])  # 1 - (s_1 - s_2)
 
     # both bad: strict majority of all votes
     bb = np.flatnonzero(2 * pairs.n_both_bad > pairs.n_votes)

@@ -14,6 +14,8 @@ from node.importing import SOURCE_NAME_RULE, check_source_flag
 
 IMPORT_FORMATS = ("auto", "trl", "hh", "conversational", "multi", "ratings", "feedback", "demonstrations")
 EXPORT_FORMATS = ("trl", "multi")
+SQLITE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+"""A SQLite database is its file plus these companions (write-ahead log, shared memory, rollback journal)."""
 
 
 COMMANDS = {
@@ -128,8 +130,8 @@ def run_import(args: argparse.Namespace) -> int:
             result = node.store.import_records(records, progress=bar.update)
             stored = True
         except ImportFormatError as exc:  # the store imports a file in ONE transaction: none of it was kept
-            raise ImportFormatError(exc.path, exc.line, exc.problem,
-                                    f"{exc.fix}; nothing was imported from this file") from None
+            raise type(exc)(exc.path, exc.line, exc.problem,  # its class: a JSON file's error says "record N"
+                            f"{exc.fix}; nothing was imported from this file") from None
         finally:
             if rejects_file is not None:
                 rejects_file.close()
@@ -142,7 +144,9 @@ def run_import(args: argparse.Namespace) -> int:
         which = "the one record" if n_rejected == 1 else f"all {n_rejected} records"
         raise NodeError(f"nothing was stored: {which} of {path} {'is' if n_rejected == 1 else 'are'} invalid; the "
                         f"reasons are in {rejects_path}; fix the records and import again")
-    if not added and duplicates:
+    if not added and not duplicates and not n_rejected:
+        print(f"imported {path} in {elapsed:.1f} s: nothing added: the file holds no records")
+    elif not added and duplicates:
         valid = "valid " if n_rejected else ""
         print(f"imported {path} in {elapsed:.1f} s: nothing new: all {duplicates} {valid}records were already stored")
     else:
@@ -161,12 +165,31 @@ def run_export_data(args: argparse.Namespace) -> int:
     from node.exporting import write_records
 
     path = _new_file_path(args.file, "FILE")
-    if path.exists() and not args.force:
-        raise UsageError(f"{path} exists; choose another FILE or add --force to overwrite it")
     with Node.open(args.home, db=args.db) as node:
+        _refuse_store_file(path, node.config.storage.url)  # before --force is suggested: it never applies
+        if path.exists() and not args.force:
+            raise UsageError(f"{path} exists; choose another FILE or add --force to overwrite it")
         n = write_records(path, node.store.iter_records(sources=args.source), fmt=args.fmt)
     print(f"exported {n} records to {path} ({args.fmt})")
     return 0
+
+
+def _refuse_store_file(path: Path, db_url: str) -> None:
+    """UsageError when `path` is the node's SQLite database or one of its companion files."""
+    from storage.db import normalize_url
+
+    url = normalize_url(db_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return  # PostgreSQL, or a database in memory: no file to overwrite
+    database = Path(url.database)
+    target = path.resolve()
+    for suffix in SQLITE_FILE_SUFFIXES:
+        store_file = database.with_name(database.name + suffix)
+        same = path.exists() and store_file.exists() and path.samefile(store_file)  # a hard link too
+        if target == store_file.resolve() or same:
+            raise UsageError(f"FILE {path} is {'the' if not suffix else 'a'} file of this node's database "
+                             f"({store_file}); writing the export there would destroy the stored data: give "
+                             "another FILE (nothing was written)")
 
 
 def run_stats(args: argparse.Namespace) -> int:

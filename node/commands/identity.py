@@ -7,7 +7,15 @@ import json
 import os
 
 from node.app import Node, read_passphrase
-from node.config import CONFIG_FILE, DEFAULT_KEY_FILE, render_config, resolve_home, sqlite_url, validate_name
+from node.config import (
+    CONFIG_FILE,
+    DEFAULT_DB_FILE,
+    DEFAULT_KEY_FILE,
+    render_config,
+    resolve_db_url,
+    resolve_home,
+    validate_name,
+)
 from node.errors import NodeError
 
 COMMANDS = {
@@ -40,7 +48,7 @@ def run_init(args: argparse.Namespace) -> int:
     # The passphrase first: a missing one leaves nothing behind.
     passphrase = read_passphrase(confirm=True) if args.encrypt_key else None
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    db_url = args.db or sqlite_url(home / "store.db")
+    db_url = resolve_db_url(args.db or f"sqlite:///{DEFAULT_DB_FILE}", home)  # as later commands open it
     # Open (create and migrate) the database before the key: a bad --db URL leaves no key behind.
     Store.open(db_url).close()
     identity = Identity.generate()

@@ -20,7 +20,9 @@ Formats (`--format`; "auto" detects each record from its "type" field, else from
   "rankings": [{"annotator"?, "order": [best, ..., worst], "id"?, "idempotency_key"?, "created_at"?}]}
   -> one Comparison per vote (A means responses[a] preferred) and one Ranking per ranking. A
   record-level "id"/"created_at" is the default of every vote and ranking; a record-level
-  "idempotency_key" is refused (it would collapse the votes into one).
+  "idempotency_key" is refused (it would collapse the votes into one). Forced --format multi also
+  reads typed lines of every type: `export-data --format multi` writes ratings, feedback and
+  demonstrations (and nothing else) that way.
 - ratings: {"prompt", "response", "rating", "scale": [min, max] | "min-max" | {"min", "max"}}
   (or "scale_min"/"scale_max"), "annotator"?, "model"?, "comment"? -> Rating.
 - feedback: {"prompt", "response", "thumbs": "up"|"down"|true|false} (or "feedback": "up"|"down") -> Feedback.
@@ -30,9 +32,10 @@ Formats (`--format`; "auto" detects each record from its "type" field, else from
 
 Conventions: texts are kept exactly as given (only HH replies are stripped) and must not be blank;
 the two responses of a comparison must differ; confidence and agreement lie in [0, 1]; "id",
-"annotator" and "author" may be integers (kept as their decimal text); a Ranking whose models are
-all unknown has models=None. The source of a record is --source, else its "source" field, else
-the file name without its extensions ("train.jsonl.gz" -> "train").
+"annotator" and "author" may be integers (kept as their decimal text); annotator and author names
+follow fields.NAME_RULE (not blank, no control characters, at most 200 characters), like source
+names; a Ranking whose models are all unknown has models=None. The source of a record is --source,
+else its "source" field, else the file name without its extensions ("train.jsonl.gz" -> "train").
 """
 
 from node.formats.dispatch import FORMATS, parser_for

@@ -20,7 +20,9 @@ from node.formats.fields import (
     RANKINGS,
     RATING,
     REJECTED,
+    RESPONSE,
     RESPONSE_A,
+    RESPONSE_B,
     RESPONSES,
     THUMBS,
     TYPE,
@@ -59,12 +61,17 @@ FORMAT_KINDS: Final[dict[str, frozenset[str]]] = {
     "trl": frozenset({KIND_COMPARISON}),
     "hh": frozenset({KIND_COMPARISON}),
     "conversational": frozenset({KIND_COMPARISON}),
-    "multi": frozenset({KIND_COMPARISON, KIND_RANKING}),
+    "multi": frozenset(KINDS),  # export-data --format multi writes the records it cannot group as typed lines
     "ratings": frozenset({KIND_RATING}),
     "feedback": frozenset({KIND_FEEDBACK}),
     "demonstrations": frozenset({KIND_DEMONSTRATION}),
 }
 """The record types each forced format accepts in a "type" field."""
+
+RECORD_KEYS: Final = frozenset({TYPE, PROMPT, CHOSEN, REJECTED, RESPONSE, RESPONSE_A, RESPONSE_B, RESPONSES,
+                                VOTES, RANKINGS, RATING, THUMBS, FEEDBACK, DEMONSTRATION})
+"""Keys that make an object a record (of some format): a JSON object holding one of them is never read as a
+{"records": [...]} or {"data": [...]} container."""
 
 
 def parse_pairwise(d: dict[str, Any], ctx: ParseContext) -> Parsed:
@@ -125,7 +132,7 @@ def _parse_forced(fmt: str, d: dict[str, Any], ctx: ParseContext) -> Parsed:
         if kind not in FORMAT_KINDS[fmt]:
             raise RecordError(f"the record has type '{kind}', which --format {fmt} does not hold",
                               "import a file that mixes record types with --format auto")
-        if fmt == "multi":  # multi exports write non-grouped records as typed lines
+        if fmt == "multi":  # multi exports write ratings, feedback and demonstrations as typed lines
             return KIND_PARSERS[kind](d, ctx)
     return FORMAT_PARSERS[fmt](d, ctx)
 

@@ -8,6 +8,7 @@ dicts (a `.get` and a `type(...) is` check each) because they run on the import 
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -66,6 +67,12 @@ KINDS: Final[tuple[str, ...]] = (KIND_COMPARISON, KIND_RANKING, KIND_RATING, KIN
 THUMBS_UP: Final = "up"
 THUMBS_DOWN: Final = "down"
 
+NAME_MAX: Final = 200  # the labeling API's longest name
+NAME_RULE: Final = (f"1-{NAME_MAX} characters, not only spaces, with no control characters "
+                    "(no newline or tab)")
+"""What a source, annotator or author name may be, in words for error messages: every stored name
+prints on one line, so no name can forge a line of a report."""
+
 _OUTCOME_SET: Final = frozenset(OUTCOMES)
 _VALID_OUTCOMES: Final = ", ".join(OUTCOMES)
 
@@ -115,8 +122,26 @@ def wrong_type(key: str, expected: str, value: object) -> RecordError:
 
 
 def _preview(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except RecursionError:  # decoded just under the depth limit, dumped from deeper in the stack
+        return "(a deeply nested value)"
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def name_problem(name: object, limit: int = NAME_MAX) -> str | None:
+    """What is wrong with `name` as a name (None when it follows NAME_RULE): 'a\\nb' holds '\\n'."""
+    if type(name) is not str:
+        return f"it is not a string but {json_type(name)}"
+    shown = repr(name[:60]) + ("..." if len(name) > 60 else "")
+    if not name.strip():
+        return "it is empty" if not name else f"{shown} is only whitespace"
+    bad = next((c for c in name if unicodedata.category(c).startswith("C")), None)
+    if bad is not None:
+        return f"{shown} holds the control character {bad!r}"
+    if len(name) > limit:
+        return f"it is {len(name)} characters long"
+    return None
 
 
 def missing(key: str, fix: str | None = None) -> RecordError:
@@ -156,13 +181,26 @@ def opt_str(d: dict[str, Any], key: str) -> str | None:
 
 
 def opt_name(d: dict[str, Any], key: str) -> str | None:
-    """An optional identifier (id, annotator, author): a string, or an integer kept as its decimal text."""
+    """An optional identifier (an external id): a string, or an integer kept as its decimal text."""
     v = d.get(key)
     if v is None or type(v) is str:
         return v
     if type(v) is int:
         return str(v)
     raise wrong_type(key, "a string (or integer) or null", v)
+
+
+def opt_person(d: dict[str, Any], key: str) -> str | None:
+    """An optional annotator or author name: a string following NAME_RULE, or an integer kept as its text."""
+    v = d.get(key)
+    if type(v) is str and 0 < len(v) <= NAME_MAX and v.isprintable() and not v.isspace():
+        return v  # the common case; isprintable() is False for every control character
+    if type(v) is not str:
+        return opt_name(d, key)
+    if (problem := name_problem(v)) is not None:
+        raise RecordError(f"field '{key}' is not a valid name: {problem}",
+                          f"give '{key}' as {NAME_RULE}, or leave it out")
+    return v
 
 
 def opt_unit(d: dict[str, Any], key: str) -> float | None:
@@ -183,8 +221,12 @@ def number(d: dict[str, Any], key: str) -> float:
     v = d.get(key)
     if type(v) is float or type(v) is int:
         if v - v == 0:  # finite: inf - inf and nan - nan are nan
-            return float(v)
-        raise RecordError(f"field '{key}' is {v!r}, not a finite number", f"give a finite number for '{key}'")
+            try:
+                return float(v)
+            except OverflowError:  # an integer beyond the largest float (~1.8e308)
+                pass
+        raise RecordError(f"field '{key}' is {_preview(v)}, not a finite number",
+                          f"give a finite number for '{key}' (at most about 1.8e308)")
     if v is None and key not in d:
         raise missing(key)
     raise wrong_type(key, "a number", v)

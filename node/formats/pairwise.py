@@ -44,6 +44,7 @@ from node.formats.fields import (
     opt_datetime,
     opt_index,
     opt_name,
+    opt_person,
     opt_str,
     opt_unit,
     outcome,
@@ -89,7 +90,7 @@ def parse_trl_text(d: dict[str, Any], ctx: ParseContext) -> Comparison:
 
 # optional key -> (Comparison field, validator) for chosen/rejected records; looked up only when present
 _CHOSEN_REJECTED_FIELDS: Final[dict[str, tuple[str, Callable[[dict[str, Any], str], object]]]] = {
-    ANNOTATOR: ("annotator", opt_name),
+    ANNOTATOR: ("annotator", opt_person),
     CONFIDENCE: ("confidence", opt_unit),
     COMMENT: ("comment", opt_str),
     AGREEMENT: ("agreement", opt_unit),
@@ -132,7 +133,7 @@ def parse_ab(d: dict[str, Any], ctx: ParseContext) -> Comparison:
         response_a=a,
         response_b=b,
         outcome=outcome(d),
-        annotator=opt_name(d, ANNOTATOR),
+        annotator=opt_person(d, ANNOTATOR),
         confidence=opt_unit(d, CONFIDENCE),
         comment=opt_str(d, COMMENT),
         agreement=opt_unit(d, AGREEMENT),
@@ -277,8 +278,9 @@ def parse_multi(d: dict[str, Any], ctx: ParseContext) -> list[Record]:
             external_id = opt_name(v, ID)
             out.append(Comparison(
                 source=source, prompt=prompt, response_a=texts[a], response_b=texts[b], outcome=outcome(v),
-                annotator=opt_name(v, ANNOTATOR), confidence=opt_unit(v, CONFIDENCE), comment=opt_str(v, COMMENT),
-                agreement=opt_unit(v, AGREEMENT), model_a=models[a], model_b=models[b], subset=subset,
+                annotator=opt_person(v, ANNOTATOR), confidence=opt_unit(v, CONFIDENCE),
+                comment=opt_str(v, COMMENT), agreement=opt_unit(v, AGREEMENT), model_a=models[a],
+                model_b=models[b], subset=subset,
                 campaign=campaign, external_id=default_id if external_id is None else external_id,
                 idempotency_key=opt_str(v, IDEMPOTENCY_KEY),
                 created_at=default_created if created is None else created))
@@ -296,7 +298,7 @@ def parse_multi(d: dict[str, Any], ctx: ParseContext) -> list[Record]:
             out.append(Ranking(
                 source=source, prompt=prompt, responses=tuple(texts[k] for k in order),
                 models=ranked_models if any(m is not None for m in ranked_models) else None,
-                annotator=opt_name(r, ANNOTATOR), subset=subset, campaign=campaign,
+                annotator=opt_person(r, ANNOTATOR), subset=subset, campaign=campaign,
                 external_id=default_id if external_id is None else external_id,
                 idempotency_key=opt_str(r, IDEMPOTENCY_KEY),
                 created_at=default_created if created is None else created))

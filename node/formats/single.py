@@ -34,6 +34,7 @@ from node.formats.fields import (
     number,
     opt_datetime,
     opt_name,
+    opt_person,
     opt_str,
     req_text,
     source_of,
@@ -63,7 +64,7 @@ def parse_ranking(d: dict[str, Any], ctx: ParseContext) -> Ranking:
             models = tuple(raw_models)
     return Ranking(
         source=source_of(d, ctx), prompt=prompt, responses=responses, models=models,
-        annotator=opt_name(d, ANNOTATOR), subset=opt_str(d, SUBSET), campaign=opt_str(d, CAMPAIGN),
+        annotator=opt_person(d, ANNOTATOR), subset=opt_str(d, SUBSET), campaign=opt_str(d, CAMPAIGN),
         external_id=opt_name(d, ID), idempotency_key=opt_str(d, IDEMPOTENCY_KEY), created_at=opt_datetime(d))
 
 
@@ -78,7 +79,7 @@ def parse_rating(d: dict[str, Any], ctx: ParseContext) -> Rating:
                           "check the rating and the scale the annotators used")
     return Rating(
         source=source_of(d, ctx), prompt=prompt, response=response, value=value, scale_min=lo, scale_max=hi,
-        annotator=opt_name(d, ANNOTATOR), model=opt_str(d, MODEL), comment=opt_str(d, COMMENT),
+        annotator=opt_person(d, ANNOTATOR), model=opt_str(d, MODEL), comment=opt_str(d, COMMENT),
         subset=opt_str(d, SUBSET), campaign=opt_str(d, CAMPAIGN), external_id=opt_name(d, ID),
         idempotency_key=opt_str(d, IDEMPOTENCY_KEY), created_at=opt_datetime(d))
 
@@ -131,7 +132,7 @@ def parse_feedback(d: dict[str, Any], ctx: ParseContext) -> Feedback:
                           "write \"thumbs\": \"up\" or \"down\"")
     return Feedback(
         source=source_of(d, ctx), prompt=prompt, response=response, thumbs_up=up,
-        annotator=opt_name(d, ANNOTATOR), model=opt_str(d, MODEL), comment=opt_str(d, COMMENT),
+        annotator=opt_person(d, ANNOTATOR), model=opt_str(d, MODEL), comment=opt_str(d, COMMENT),
         subset=opt_str(d, SUBSET), campaign=opt_str(d, CAMPAIGN), external_id=opt_name(d, ID),
         idempotency_key=opt_str(d, IDEMPOTENCY_KEY), created_at=opt_datetime(d))
 
@@ -142,6 +143,6 @@ def parse_demonstration(d: dict[str, Any], ctx: ParseContext) -> Demonstration:
     key = DEMONSTRATION if DEMONSTRATION in d or RESPONSE not in d else RESPONSE
     response = req_text(d, key, "add 'demonstration': the human-written response")
     return Demonstration(
-        source=source_of(d, ctx), prompt=prompt, response=response, author=opt_name(d, AUTHOR),
+        source=source_of(d, ctx), prompt=prompt, response=response, author=opt_person(d, AUTHOR),
         subset=opt_str(d, SUBSET), campaign=opt_str(d, CAMPAIGN), external_id=opt_name(d, ID),
         idempotency_key=opt_str(d, IDEMPOTENCY_KEY), created_at=opt_datetime(d))

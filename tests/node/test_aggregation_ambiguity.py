@@ -62,13 +62,38 @@ def test_low_agreement_and_both_bad_scores_and_order() -> None:
     rp = [0, 0, 0, 0]
     a = [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
     b = [1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]
-    # (0,1): 3 lo, 2 hi -> p = 0.6, score 1 - 0.2 = 0.8
-    # (1,2): 1 lo, 1 hi, 2 ties -> p = 0.5, score 1.0
+    # (0,1): 3 lo, 2 hi -> shares 0.6, 0.4: score 1 - (0.6 - 0.4) = 0.8
+    # (1,2): 1 lo, 1 hi, 2 ties -> shares 0.5 (tie), 0.25, 0.25: score 1 - (0.5 - 0.25) = 0.75
     # (2,3): 2 both_bad, 1 lo -> both_bad score 2/3; one ordered vote: not low agreement
     outcome = [0, 0, 0, 1, 1, 0, 1, 2, 2, 3, 3, 0]
     items = ambiguity_queue(pair_labels(rp, a, b, outcome)).items()
     got = [(i.lo, i.hi, i.reason, round(i.score, 6)) for i in items]
-    assert got == [(1, 2, "low_agreement", 1.0), (0, 1, "low_agreement", 0.8), (2, 3, "both_bad", 0.666667)]
+    assert got == [(0, 1, "low_agreement", 0.8), (1, 2, "low_agreement", 0.75), (2, 3, "both_bad", 0.666667)]
+
+
+def test_agreement_is_measured_on_the_votes_not_on_the_soft_label() -> None:
+    # pair (k, k + 1) of prompt k, votes lo / hi / tie (coded 0 / 1 / 2 with a < b)
+    cases = {
+        "unanimous tie": [2, 2, 2],  # p_lo = 0.5, but everyone agrees: not ambiguous
+        "tie majority": [2, 2, 2, 0],  # 75% tie
+        "50/50 split": [0, 1],  # p_lo = 0.5 and a true split: score 1
+        "three-way split": [0, 1, 2],  # the most common vote has a third: score 1
+        "tie or lo": [2, 0],  # 50/50 between tie and lo: score 1
+        "unanimous lo": [0, 0, 0],
+        "3 lo 1 tie": [0, 0, 0, 2],  # 75%, p_lo = 0.875
+        "2 tie 1 hi": [2, 2, 1],  # 67%: below 0.7, runner-up 1/3: score 2/3
+    }
+    rp, a, b, outcome = [], [], [], []
+    for k, votes in enumerate(cases.values()):
+        rp += [k, k]
+        a += [2 * k] * len(votes)
+        b += [2 * k + 1] * len(votes)
+        outcome += votes
+    items = ambiguity_queue(pair_labels(rp, a, b, outcome)).items()
+    names = list(cases)
+    got = {names[i.prompt]: round(i.score, 6) for i in items}
+    assert got == {"50/50 split": 1.0, "three-way split": 1.0, "tie or lo": 1.0, "2 tie 1 hi": 0.666667}
+    assert {i.reason for i in items} == {"low_agreement"}
 
 
 def test_threshold_is_checked() -> None:

@@ -224,3 +224,110 @@ def test_a_failed_import_says_nothing_was_imported(cli: Cli, tmp_path: Path) -> 
     line = cli.error(1, "import", str(cut))
     assert "truncated or corrupt" in line and line.endswith("nothing was imported from this file")
     assert cli.stats() == {}
+
+
+# ---- 7. export-data never writes over the node's own database -----------------------------------
+
+@pytest.mark.parametrize(("suffix", "how"), [
+    *((suffix, how) for suffix in ("", "-wal", "-shm", "-journal")
+      for how in ("path", "relative", "symlink")),
+    ("", "hardlink"),  # the companions exist only while a command has the database open
+])
+def test_export_over_the_store_or_its_companion_files_is_refused(cli: Cli, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, suffix: str,
+                                                                 how: str) -> None:
+    assert cli("import", str(write_jsonl(tmp_path / "ten.jsonl", RECORDS)))[0] == 0
+    store_file = cli.home / f"store.db{suffix}"
+    target = store_file
+    if how == "relative":
+        monkeypatch.chdir(cli.home.parent)
+        target = Path(cli.home.name) / store_file.name
+    elif how == "symlink":
+        target = tmp_path / "link.jsonl"
+        target.symlink_to(store_file)
+    elif how == "hardlink":
+        target = tmp_path / "hard.jsonl"
+        target.hardlink_to(store_file)
+    existed = store_file.exists()
+    for force in ([], ["--force"]):
+        line = cli.error(2, "export-data", str(target), *force)
+        assert "file of this node's database" in line and "give another FILE" in line
+        assert "--force" not in line
+    assert store_file.exists() == existed
+    assert cli.stats()["ten"]["comparisons"] == 10  # type: ignore[index]
+
+
+def test_export_to_an_ordinary_file_beside_the_store_still_works(cli: Cli, tmp_path: Path) -> None:
+    assert cli("import", str(write_jsonl(tmp_path / "ten.jsonl", RECORDS)))[0] == 0
+    code, out, _ = cli("export-data", str(cli.home / "store.db.jsonl"))
+    assert code == 0 and "exported 10 records" in out
+
+
+# ---- 8. empty files and empty stores -----------------------------------------------------------
+
+def test_an_empty_store_round_trips_and_empty_files_import_nothing(
+        cli: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "empty.jsonl"
+    assert cli("export-data", str(export)) == (0, f"exported 0 records to {export} (trl)\n", "")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("prompt,chosen,rejected\n")
+    empty_list = tmp_path / "list.json"
+    empty_list.write_text("[]")
+    other = Cli(tmp_path / "other", capsys)
+    assert main(["init", "--name", "other", "--home", str(other.home)]) == 0
+    capsys.readouterr()
+    for path in (export, header_only, empty_list):
+        code, out, err = other("import", str(path))
+        assert code == 0 and err == "" and out.startswith(f"imported {path} in "), (code, out, err)
+        assert out.endswith(": nothing added: the file holds no records\n"), out
+    assert other.stats() == {}
+
+
+# ---- 9. errors in a JSON file name the record, not a line ---------------------------------------
+
+def test_a_json_file_error_names_the_record_number(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "list.json"
+    data.write_text(json.dumps([*RECORDS[:2], {"prompt": "p", "chosen": "c"}], indent=2))
+    line = cli.error(1, "import", str(data))
+    assert line.startswith(f"rewardnode: error: {data}: record 3: missing required field 'rejected'"), line
+    assert line.endswith("nothing was imported from this file")
+    assert cli.stats() == {}
+
+
+# ---- 10. the multi export imports back with --format multi ----------------------------------------
+
+def test_a_multi_export_imports_back_with_format_multi(cli: Cli, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [
+        *RECORDS[:3],
+        {"prompt": "p", "response": "r", "rating": 3, "scale": [1, 7], "annotator": "ann1"},
+        {"prompt": "p", "response": "r", "thumbs": "down"},
+        {"prompt": "p", "demonstration": "d", "author": "w1"},
+        {"type": "ranking", "prompt": "p", "responses": ["x", "y", "z"]},
+    ])
+    assert cli("import", str(mixed))[0] == 0
+    export = tmp_path / "multi.jsonl"
+    assert cli("export-data", str(export), "--format", "multi")[0] == 0
+    other = Cli(tmp_path / "other", capsys)
+    assert main(["init", "--name", "other", "--home", str(other.home)]) == 0
+    capsys.readouterr()
+    code, out, err = other("import", str(export), "--format", "multi")
+    assert code == 0 and err == "", err
+    assert other.stats() == cli.stats()
+
+
+# ---- 11. annotator names cannot forge report lines ----------------------------------------------
+
+def test_invalid_annotator_names_are_refused_and_never_reach_the_report(cli: Cli, tmp_path: Path) -> None:
+    forged = "evil\nann1                     0.999  (100 labels)"
+    names = ["", "   ", forged, "a1", "a2"]
+    records = [{**r, "annotator": name} for r, name in zip(RECORDS, names, strict=False)]
+    data = write_jsonl(tmp_path / "names.jsonl", records)
+    line = cli.error(1, "import", str(data))
+    assert f"{data}:1: field 'annotator' is not a valid name: it is empty" in line
+    code, out, _ = cli("import", str(data), "--skip-invalid")
+    assert code == 0 and "2 comparisons added" in out and "skipped 3 invalid records" in out
+    code, out, _ = cli("aggregate")
+    assert code == 0 and "0.999" not in out and "evil" not in out
+    code, out, _ = cli("aggregate", "--json")
+    assert sorted(a["annotator"] for a in json.loads(out)["annotators"]) == ["a1", "a2"]

@@ -56,3 +56,23 @@ def test_a_missing_or_broken_key_file_says_restore_it(tmp_path: Path, capsys: py
     assert "Identity." not in err
     key.write_bytes(original)
     assert run(capsys, "identity", "--home", str(home))[0] == 0
+
+
+@pytest.mark.parametrize("given", ["sqlite:///sub/x.db", "sqlite:///x.db", None])
+def test_init_opens_a_relative_db_where_later_commands_look_for_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        given: str | None) -> None:
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    (home / "sub").mkdir(parents=True)
+    (elsewhere / "sub").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)  # a relative path is inside the home, not the current folder
+    flags = ["--db", given] if given else []
+    assert main(["init", "--name", "rel", "--home", str(home), *flags]) == 0
+    db = home / (given or "sqlite:///store.db").removeprefix("sqlite:///")
+    assert f"  database  sqlite:///{db}\n" in capsys.readouterr().out
+    assert db.is_file() and not list(elsewhere.rglob("*.db"))
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    assert main(["import", str(data), "--home", str(home)]) == 0
+    assert main(["stats", "--json", "--home", str(home), *flags]) == 0
+    assert '"comparisons": 1' in capsys.readouterr().out  # the database init created and migrated

@@ -17,7 +17,7 @@ import pytest
 from node import import_worker
 from node.errors import ImportFormatError, NodeError
 from node.exporting import write_records
-from node.importing import iter_records
+from node.importing import JsonRecordError, iter_records
 from storage.errors import InvalidRecordError
 from storage.records import Comparison, Record
 from storage.rows import RowBuilder
@@ -77,6 +77,18 @@ def test_a_bad_line_names_file_and_line_and_stores_nothing(store: Store, tmp_pat
     assert err.value.line == 41
     assert sum(store.table_counts().values()) == 0
     assert _no_worker_left()
+
+
+def test_a_bad_record_of_a_json_file_is_named_by_number_from_the_worker(store: Store,  # noqa: F811
+                                                                         tmp_path: Path) -> None:
+    path = tmp_path / "list.json"
+    items: list[Any] = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(30)]
+    items[20] = {"prompt": "p", "chosen": "a"}
+    path.write_text(json.dumps(items, indent=2), encoding="utf-8")
+    with pytest.raises(JsonRecordError) as err:
+        store.import_records(iter_records(path, parallel=True), batch_size=5)
+    assert str(err.value).startswith(f"{path}: record 21: missing required field 'rejected'")
+    assert err.value.line == 21 and sum(store.table_counts().values()) == 0 and _no_worker_left()
 
 
 def test_skipped_lines_reach_the_rejects_callback_here_in_order(store: Store, tmp_path: Path) -> None:  # noqa: F811
