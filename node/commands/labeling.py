@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from node.app import Node
 from node.errors import UsageError
+from node.formats.fields import NAME_RULE, name_problem
 
 COMMANDS: dict[str, str] = {
     "campaign": "labeling campaigns: create (pairs from sources), invite a labeler (one-time link), list",
@@ -102,8 +103,9 @@ def run_campaign(args: argparse.Namespace) -> int:
     from node.labeling.service import campaign_name_max, campaign_name_problem, new_secret, sha256_hex
 
     if args.action == "invite":  # checked before the store is opened: a bad flag changes nothing
-        if not args.labeler.strip():
-            raise UsageError("--labeler is empty: give the labeler's name (it is recorded with their labels)")
+        if (problem := name_problem(args.labeler)) is not None:
+            raise UsageError(f"--labeler is not a valid annotator name: {problem}; give the labeler's name "
+                             f"({NAME_RULE}: it is recorded with their labels)")
         if args.url is not None:
             _check_url(args.url)
         expires = _invite_expiry(args.days)
@@ -154,8 +156,9 @@ def run_campaign(args: argparse.Namespace) -> int:
 def run_token(args: argparse.Namespace) -> int:
     from node.labeling.service import new_secret, sha256_hex
 
-    if args.action == "create" and not args.name.strip():
-        raise UsageError("--name is empty: give who holds the token (a labeler token labels as this name)")
+    if args.action == "create" and (problem := name_problem(args.name)) is not None:
+        raise UsageError(f"--name is not a valid name: {problem}; give who holds the token ({NAME_RULE}: a "
+                         "labeler token labels as this name)")
     with Node.open(args.home, db=args.db) as node:
         store = node.store
         if args.action == "create":

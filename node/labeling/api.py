@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node.formats.fields import NAME_RULE, name_problem
 from node.http import (
     PRINCIPAL_KEY,
     Conflict,
@@ -148,6 +149,8 @@ class _Body:
 def _who(request: web.Request, body: _Body) -> str | None:
     principal = request[PRINCIPAL_KEY]
     named = body.name("annotator")
+    if named is not None and (problem := name_problem(named)) is not None:
+        raise ValidationError("annotator", f"is not a valid annotator name: {problem}; use {NAME_RULE}")
     if principal.role is Role.LABELER:
         if named is not None and named != principal.name:
             raise ValidationError("annotator", f"must be omitted or {principal.name!r}: a labeler token labels as "

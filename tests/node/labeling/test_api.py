@@ -124,6 +124,13 @@ async def test_validation_errors_are_422(client: TestClient, path: str, body: An
     assert_error(answer, 422, fragment)
 
 
+@pytest.mark.parametrize("annotator", ["ann1\n  forged report line", "   ", "tab\there"])
+async def test_an_admin_names_annotators_by_the_name_rule(client: TestClient, annotator: str) -> None:
+    status, answer = await post(client, "/v1/comparisons", {**COMPARISON, "annotator": annotator}, ADMIN)
+    assert status == 422
+    assert_error(answer, 422, "annotator is not a valid annotator name")
+
+
 async def test_idempotency_header_and_body_must_agree(client: TestClient) -> None:
     resp = await client.post("/v1/comparisons", json={**COMPARISON, "idempotency_key": "a"},
                              headers={**LABELER, "Idempotency-Key": "b"})

@@ -69,6 +69,16 @@ def test_campaign_names_must_fit_the_source_and_the_page_address(tmp_path: Path)
     assert [c["name"] for c in listed] == [longest]
 
 
+def test_token_and_labeler_names_follow_the_annotator_name_rule(tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    assert rn(home, "init", "--name", "org").returncode == 0
+    bad = rn(home, "token", "create", "--role", "labeler", "--name", "bob\nalice  0.99")
+    assert bad.returncode == 2 and "--name is not a valid name" in bad.stderr, bad.stderr
+    bad = rn(home, "campaign", "invite", "c", "--labeler", "  ")
+    assert bad.returncode == 2 and "--labeler is not a valid annotator name" in bad.stderr, bad.stderr
+    assert json.loads(rn(home, "token", "list", "--json").stdout) == []
+
+
 def test_token_list_shows_expired_tokens(tmp_path: Path) -> None:
     home = tmp_path / "node"
     assert rn(home, "init", "--name", "org").returncode == 0
