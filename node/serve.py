@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 FEATURE_FACTORIES: tuple[str, ...] = ("node.labeling:labeling_features",)
 """Feature factories mounted by `rewardnode serve`, in order."""
+SCORING_OFF = ("scoring is off: no reward model was registered when this server started; train one with "
+               "`rewardnode train` (it registers the model), then restart `rewardnode serve`")
+"""What /v1/score, /v1/compare and /v1/models answer (503) on a node without reward models."""
 
 
 def node_features(node: Node) -> list[Feature]:
@@ -36,11 +39,12 @@ def build_app(node: Node, *, models: Sequence[str] = (), config: ServerConfig | 
     """The node's HTTP app: scoring with its registered reward models, plus every feature of node_features.
 
     `models` (ids or unique prefixes) are served, the first as default; none given: every registered
-    model, the newest personal one as default (scoring is off when none is registered). `config`
+    model, the newest personal one as default (with none registered, the scoring routes answer 503). `config`
     defaults to node.toml's [server] table. Models load on their first request.
     """
     from node.errors import NodeError
     from node.http import ScorerRegistry, ServerConfig, create_app
+    from node.http.scoring import scoring_off_feature
     from node.rm.pipeline import model_path, newest_model
 
     if config is None:
@@ -56,7 +60,10 @@ def build_app(node: Node, *, models: Sequence[str] = (), config: ServerConfig | 
         default = newest_model(node.store) or newest_model(node.store, None)  # type: ignore[assignment]
     paths = {e.id: model_path(e) for e in entries}
     scorers = ScorerRegistry.from_artifacts(paths, default=default.id) if paths else None
+    features = node_features(node)
+    if scorers is None:  # the scoring routes say why they are off, not "no route"
+        features = [scoring_off_feature(SCORING_OFF), *features]
     try:
-        return create_app(config, scorers=scorers, features=node_features(node))
+        return create_app(config, scorers=scorers, features=features)
     except ValueError as e:  # no API tokens while authentication is required, ...
         raise NodeError(f"{e} (in {node.config.config_path})") from None

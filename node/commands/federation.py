@@ -177,14 +177,10 @@ def _create(args: argparse.Namespace) -> int:
 
 def _check_max_length(base_model: str, max_length: int) -> None:
     """Refuse a --max-length beyond the base model's position embeddings (every member would fail)."""
-    from node.rm.model import resolve_backbone_path
+    from node.rm.preflight import backbone_positions
 
-    try:
-        config = json.loads((Path(resolve_backbone_path(base_model)) / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # base_model_sha256 reports a missing or unreadable model
-    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
-    if isinstance(limit, int) and max_length > limit:
+    limit = backbone_positions(base_model)  # None: base_model_sha256 reports a missing or unreadable model
+    if limit is not None and max_length > limit:
         raise UsageError(f"--max-length {max_length}: the base model {base_model!r} takes at most {limit} tokens; "
                          f"give at most {limit}")
 

@@ -24,6 +24,7 @@ EVAL_BATCH_PAIRS = 32
 """Pairs per forward pass in `eval` (evaluate_pairs' default)."""
 INT8_SCHEMES = ("auto", "dynamic", "weights")  # node.rm.export.INT8_SCHEMES, without importing torch
 LORA_TARGET_CHOICES = ("attention", "all-linear")  # node.rm.model.LORA_TARGET_SETS, likewise
+THREADS_HELP = "torch CPU threads (default, or 0: torch's default)"
 
 COMMANDS = {
     "train": "train the node's private reward model on a snapshot of the store and register it",
@@ -59,10 +60,11 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             "improvement before stopping (0: never)")
         parser.add_argument("--eval-every", type=int, metavar="N", help="evaluate the dev set every N steps "
                             "(default: every epoch)")
-        parser.add_argument("--resume", action="store_true", help="continue the interrupted run with the same "
-                            "snapshot and settings from its last epoch checkpoint")
+        parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its "
+                            "last epoch checkpoint: give the settings it was started with; without "
+                            "--snapshot, the snapshot of the newest interrupted run with these settings")
         parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
-        parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+        parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
         parser.add_argument("--cpu-workers", type=int, metavar="N", help="on CPU, run each batch as N pieces on N "
                             "threads (default 0: one per CPU thread on 2-8 threads, else one pass; "
                             "1: one multi-threaded pass)")
@@ -79,13 +81,13 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--skip-invalid", action="store_true", help="evaluate the valid records and skip the "
                             "invalid ones (their count and the first reason are printed)")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
-        parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+        parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     elif name == "score":
         parser.add_argument("--model", metavar="ID|PATH", help="default: the newest personal model")
         parser.add_argument("--prompt", required=True, metavar="TEXT")
         parser.add_argument("--response", required=True, metavar="TEXT")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
-        parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+        parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     elif name == "export":
         parser.add_argument("--model", metavar="ID|PATH", help="default: the newest personal model")
         parser.add_argument("--format", dest="fmt", choices=EXPORT_FORMATS, required=True,
@@ -104,7 +106,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             "rounded per tensor), weights = int8 weights, fp32 compute (as small, fp32 speed, "
                             "near-fp32 scores); auto (default) writes dynamic if it passes the gate, else weights")
         parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-        parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+        parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     elif name == "serve":
         parser.add_argument("--host", metavar="HOST", help="interface (default: [server] host, else 127.0.0.1)")
         parser.add_argument("--port", type=int, metavar="N", help="TCP port (default: [server] port, else 8080)")
@@ -118,11 +120,15 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 # helpers
 
 
+def _check_threads(n: int | None) -> None:
+    if n is not None and n < 0:
+        raise UsageError(f"--threads {n} is negative; give 1 or more, or 0 for torch's default")
+
+
 def _threads(n: int | None) -> None:
-    if n is None:
+    _check_threads(n)
+    if not n:  # None or 0: torch's default, as in train (rm.num_threads = 0)
         return
-    if n < 1:
-        raise UsageError(f"--threads {n}: give 1 or more")
     import torch
 
     torch.set_num_threads(n)
@@ -237,25 +243,40 @@ def _train_config(node: Node, args: argparse.Namespace) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.max_length < 8:
         raise UsageError(f"--max-length {args.max_length} is too short; use 64 or more (256 is the default)")
+    _check_threads(args.threads)
     with Node.open(args.home, db=args.db) as node:
         config = _train_config(node, args)
+        _check_max_length(node, args, config)
+        from node.rm import pipeline
+        from node.rm.preflight import check_out_dir
+
+        if args.out:
+            check_out_dir(Path(args.out))
         if args.snapshot is not None:
             _check_snapshot(node, args.snapshot)
-        from node.rm.pipeline import train_and_register, training_data
-
-        data = training_data(node.store, config, snapshot_id=args.snapshot, sources=args.source)
+        snapshot_id = args.snapshot
+        if args.resume and snapshot_id is None:  # not a new snapshot: the one the interrupted run trained on
+            models_dir = node.config.models_dir
+            snapshot_id = pipeline.resumable_snapshot(node.store, models_dir, config, args.source)
+            if snapshot_id is None:
+                raise NodeError(pipeline.no_checkpoint_message(models_dir, None, args.source, config))
+            print(f"resuming the interrupted run on snapshot {snapshot_id[:12]}")
+        data = pipeline.training_data(node.store, config, snapshot_id=snapshot_id, sources=args.source)
         s = data.stats
         per_source = ", ".join(f"{k} {v:,}" for k, v in s.by_source.items())
         print(f"snapshot {data.snapshot.id[:12]}: {s.comparisons:,} comparisons, {s.rankings:,} rankings, "
               f"{s.ratings:,} ratings, {s.feedback:,} feedback -> {s.n_pairs:,} pairs ({per_source}); "
               f"{s.both_bad_skipped:,} both_bad left out, {s.ties:,} ties")
+        dev_prompts, train_prompts = (len({q.prompt for q in pairs}) for pairs in (data.dev, data.train))
+        held_out = dev_prompts / max(1, dev_prompts + train_prompts)
         print(f"training {config.base_model}{' (LoRA)' if config.lora else ''} on {len(data.train):,} pairs, "
-              f"dev {len(data.dev):,} (prompts held out: {config.dev_fraction:.0%}); {config.epochs} epoch(s), "
+              f"dev {len(data.dev):,} ({dev_prompts:,} of {dev_prompts + train_prompts:,} prompts held out, "
+              f"{held_out:.0%}); {config.epochs} epoch(s), "
               f"batch {config.batch_size}, max length {config.max_length}, lr {config.learning_rate:g}", flush=True)
         _quiet_hf()
         out = Path(args.out) if args.out else None
-        trained = train_and_register(node.store, config, data, models_dir=node.config.models_dir,
-                                     node_name=node.config.name, out_dir=out, resume=args.resume)
+        trained = pipeline.train_and_register(node.store, config, data, models_dir=node.config.models_dir,
+                                              node_name=node.config.name, out_dir=out, resume=args.resume)
     m = trained.entry.metrics
     counts = trained.card["counts"]
     by_source = ", ".join(f"{k} {_fmt(v)}" for k, v in (m.get("dev_by_source") or {}).items())
@@ -267,6 +288,23 @@ def run_train(args: argparse.Namespace) -> int:
           f"longer response {_fmt(m['prefers_longer'])}")
     print(f"registered model {trained.entry.id} ({trained.entry.kind}) at {trained.path}")
     return 0
+
+
+def _check_max_length(node: Node, args: argparse.Namespace, config: Any) -> None:
+    """UsageError when max_length is more than the backbone's positions: training would crash mid-way."""
+    from node.rm.preflight import backbone_positions
+
+    limit = backbone_positions(config.base_model)
+    if limit is None or config.max_length <= limit:
+        return
+    too_long = f"is more than the backbone's {limit} positions"
+    if args.max_length is not None:
+        raise UsageError(f"--max-length {config.max_length} {too_long}; use {limit} or less")
+    if "max_length" in node.config.table("rm"):
+        raise UsageError(f"rm.max_length = {config.max_length} in {node.config.config_path} {too_long}; "
+                         f"set it to {limit} or less (or pass --max-length {limit})")
+    raise UsageError(f"the default max length {config.max_length} {too_long}; pass --max-length {limit} or "
+                     "less (or set rm.max_length in node.toml)")
 
 
 def _check_snapshot(node: Node, ref: str) -> None:
@@ -379,10 +417,11 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from node.rm.preflight import check_out_dir
+
     _threads(args.threads)
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists and is not empty; choose a new --out DIR or delete it")
+    check_out_dir(out)
     if not 0.0 <= args.min_agreement <= 1.0:
         raise UsageError(f"--min-agreement {args.min_agreement} must lie in [0, 1]; 0.995 allows 1 flip in 200 pairs")
     if args.skip_invalid and not args.data:
@@ -454,16 +493,12 @@ def _card_dev_pairs(node: Node, folder: Path, *, required: bool) -> list[Prefere
 
 
 def _export_hf(folder: Path, out: Path, entry: ModelEntry | None) -> int:
-    import shutil
-
-    from node.rm.artifact import WEIGHTS_FILE, file_sha256
+    from node.rm.artifact import WEIGHTS_FILE, export_hf_folder, file_sha256
 
     if entry is not None and (folder / WEIGHTS_FILE).is_file() and file_sha256(folder / WEIGHTS_FILE) != entry.sha256:
         raise NodeError(f"{folder / WEIGHTS_FILE} no longer has the registered sha256 of model {entry.id}; the "
                         "artifact was modified: train the model again")
-    if out.exists():
-        out.rmdir()
-    shutil.copytree(folder, out, ignore=shutil.ignore_patterns(".*"))
+    export_hf_folder(folder, out)
     for f in sorted(out.iterdir()):
         print(f"  {f.name:<24} {_mb(f.stat().st_size):>10}")
     print(f"wrote {out} (loads with AutoModelForSequenceClassification.from_pretrained)")
@@ -513,10 +548,11 @@ def run_serve(args: argparse.Namespace) -> int:
         where = f"--host {config.host}" if args.host is not None else \
             f"[server] host = {config.host!r} in {node.config.config_path}"
         _check_host(config.host, where)
+        _quiet_hf()  # no "Loading weights" bar in the server log when a model loads
         app = build_app(node, models=args.model or (), config=config)
         if not args.model and not node.store.list_models():
-            print("warning: no reward model is registered: /v1/score and /v1/compare are off; train one with "
-                  "`rewardnode train`", file=sys.stderr)
+            print("warning: no reward model is registered: /v1/score and /v1/compare are off (they answer "
+                  "503); train one with `rewardnode train`, then restart `rewardnode serve`", file=sys.stderr)
         p2p = None
         if not args.no_p2p:
             from node.p2p import NodeP2P

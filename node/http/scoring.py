@@ -562,7 +562,24 @@ def scoring_feature(registry: ScorerRegistry, config: ServerConfig) -> Feature:
     return Feature("scoring", endpoints, setup)
 
 
+def scoring_off_feature(reason: str) -> Feature:
+    """The scoring routes of a server without reward models: each answers 503 with `reason` (how to turn
+    scoring on) rather than the router's bare "no route"."""
+
+    async def scoring_off(request: web.Request) -> web.Response:
+        raise ServiceUnavailable(reason)
+
+    routes = (("POST", "/v1/score", "score", "Score (prompt, response) items (off: no reward model)"),
+              ("POST", "/v1/compare", "compare", "Rank responses to one prompt (off: no reward model)"),
+              ("GET", "/v1/models", "listModels", "List the reward models (off: no reward model)"))
+    return Feature("scoring", tuple(
+        Endpoint(method=method, path=path, handler=scoring_off, role=Role.SCORER, tags=("scoring",),
+                 summary=summary, operation_id=operation_id, errors=(503,))
+        for method, path, operation_id, summary in routes))
+
+
 __all__ = [
     "Comparison", "CompareRequest", "MicroBatcher", "SCORING_KEY", "ScoreItem", "ScoreRequest",
-    "Scorer", "ScorerLoader", "ScorerRegistry", "ScoringService", "scoring_feature", "sigmoid",
+    "Scorer", "ScorerLoader", "ScorerRegistry", "ScoringService", "scoring_feature", "scoring_off_feature",
+    "sigmoid",
 ]

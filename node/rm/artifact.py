@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from node.rm.data import PairEncoder, pad_batch
 from node.rm.evaluate import forward_context
 from node.rm.model import rewards, unwrap
+from node.rm.preflight import position_limit
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
@@ -90,6 +94,25 @@ def save_reward_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sha
+
+
+def export_hf_folder(folder: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+    """Copy an artifact folder to a new (or empty) out_dir for others to use, as the ONNX export writes
+    its own: hidden files left out, folders 0755 and files 0644 whatever the artifact's modes
+    (safetensors writes 0600), copied next to out_dir and renamed into place."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(".*"), dirs_exist_ok=True)
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def render_readme(card: dict[str, Any]) -> str:
@@ -157,9 +180,18 @@ class RewardScorer:
         self.model.eval()
         if self.tokenizer.pad_token is None:  # saved decoders carry pad = eos; be lenient with older folders
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        limit = position_limit(self.model.config.to_dict())
+        if max_length is not None and limit is not None and max_length > limit:
+            raise ValueError(f"max_length = {max_length} is more than the model's {limit} positions; pass "
+                             f"{limit} or less")
+        length = max_length or int(scoring.get("max_length", 512))
+        if limit is not None and length > limit:  # an older version's card, or none: the model reads no more
+            log.info("%s: scoring with max_length %d, the model's positions (the card says %d)", path, limit,
+                     length)
+            length = limit
         self.encoder = PairEncoder(
             self.tokenizer,
-            max_length or int(scoring.get("max_length", 512)),
+            length,
             int(scoring.get("min_prompt_tokens", 64)),
             float(scoring.get("prompt_head_fraction", 0.25)),
         )

@@ -60,6 +60,7 @@ from node.rm import standalone
 from node.rm.artifact import WEIGHTS_FILE, RewardScorer, file_sha256
 from node.rm.data import PROMPT_CUT_MARKER, PairEncoder, PreferencePair, pad_batch
 from node.rm.model import rewards
+from node.rm.preflight import check_out_dir
 from node.rm.quantize import SCHEMES, quantize_int8
 from node.rm.standalone import (
     EXPORT_FORMAT,
@@ -206,6 +207,7 @@ def export_onnx(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not an empty folder; export to a new folder or delete it")
+    check_out_dir(out, "out_dir")  # its parent: a folder that can be written to
     dev = list(dev_pairs or [])
     if int8 and not dev and not force:
         raise ExportError(
@@ -400,8 +402,7 @@ def _write_spec(folder: Path, spec: dict[str, Any]) -> None:
 
 
 def _warn_forced(message: str) -> None:
-    log.warning("!" * 20 + " " + message)
-    warnings.warn(message, ExportFidelityWarning, stacklevel=3)
+    warnings.warn(message, ExportFidelityWarning, stacklevel=3)  # once: `rewardnode export` prints it
 
 
 @dataclass

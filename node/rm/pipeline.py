@@ -37,7 +37,8 @@ from typing import Any
 from node.errors import NodeError
 from node.rm.config import TrainConfig
 from node.rm.data import PreferencePair, pairs_from_ratings, split_by_prompt
-from storage.errors import AlreadyExistsError
+from node.rm.preflight import check_out_dir
+from storage.errors import AlreadyExistsError, StorageError
 from storage.records import Comparison, Feedback, Ranking, Rating, Record
 from storage.store import Store
 from storage.types import ModelEntry, Snapshot
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 MODEL_KIND = "personal"
 RUNS_DIR = "runs"
+RUN_FILE = "run.json"
+"""In a run's checkpoint folder: its snapshot, sources and training settings (--resume says what differs)."""
 SPLIT_METHOD = "split_by_prompt/sha256"
 HISTORY_POINTS = 200
 """Most training-curve points a model card keeps (longer histories are subsampled evenly)."""
@@ -86,8 +89,7 @@ class PairStats:
 def pairs_from_records(records: Iterable[Record]) -> tuple[list[PreferencePair], PairStats]:
     """Preference pairs from stored or imported records, as the module docstring says; deterministic order.
 
-    >>> from storage.errors import AlreadyExistsError
-from storage.records import Comparison
+    >>> from storage.records import Comparison
     >>> pairs, _ = pairs_from_records([Comparison("s", "q", "a", "b", "B"), Comparison("s", "q", "b", "a", "tie")])
     >>> [(q.chosen, q.rejected, q.p) for q in pairs]
     [('b', 'a', 0.75)]
@@ -169,11 +171,23 @@ class TrainingData:
 
 def snapshot_pairs(store: Store, snapshot_id: str, sources: Sequence[str] | None = None) -> tuple[
         Snapshot, list[PreferencePair], PairStats]:
-    """(snapshot, pairs, stats) of a stored snapshot, keeping only `sources` when given."""
+    """(snapshot, pairs, stats) of a stored snapshot; with `sources`, only theirs (each must be in it)."""
     snapshot = store.get_snapshot(snapshot_id)
     keep = set(sources) if sources else None
-    records = (r for r in store.snapshot_records(snapshot.id) if keep is None or r.source in keep)
-    pairs, stats = pairs_from_records(records)
+    seen: set[str] = set()
+
+    def kept() -> Iterable[Record]:
+        for record in store.snapshot_records(snapshot.id):
+            seen.add(record.source)
+            if keep is None or record.source in keep:
+                yield record
+
+    pairs, stats = pairs_from_records(kept())
+    unknown = sorted(keep - seen) if keep else []
+    if unknown:
+        raise NodeError(f"snapshot {snapshot.id[:12]} holds no source named {', '.join(map(repr, unknown))} "
+                        f"(its sources: {', '.join(sorted(seen)) or 'none'}); pass --source names from that "
+                        "list, or leave out --snapshot to train on a new snapshot of everything stored now")
     return snapshot, pairs, stats
 
 
@@ -220,11 +234,93 @@ class TrainedModel:
     path: Path
 
 
+def run_name(snapshot_id: str, sources: tuple[str, ...] | None, config: TrainConfig) -> str:
+    """The checkpoint folder's name: the snapshot id's prefix, a hash of snapshot, sources and settings."""
+    key = json.dumps({"snapshot": snapshot_id, "sources": sources, "config": config.training_fields()},
+                     sort_keys=True)
+    return f"{snapshot_id[:12]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def run_dir_for(models_dir: Path, data: TrainingData, config: TrainConfig) -> Path:
     """The checkpoint folder of a run: fixed by snapshot, sources and training config, so --resume finds it."""
-    key = json.dumps({"snapshot": data.snapshot.id, "sources": data.sources, "config": config.training_fields()},
-                     sort_keys=True)
-    return models_dir / RUNS_DIR / f"{data.snapshot.id[:12]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return models_dir / RUNS_DIR / run_name(data.snapshot.id, data.sources, config)
+
+
+@dataclass(frozen=True)
+class InterruptedRun:
+    """A run folder under models_dir/runs with an epoch checkpoint: stopped before the model was saved."""
+
+    path: Path
+    snapshot: str
+    """The snapshot id (its 12-character prefix for runs started before run.json was written)."""
+    saved: datetime
+    """When the last checkpoint was written."""
+    settings: dict[str, Any] | None
+    """run.json: {"snapshot", "sources", "config": training fields}; None for runs of older versions."""
+
+
+def interrupted_runs(models_dir: Path) -> list[InterruptedRun]:
+    """The runs `--resume` can continue, newest checkpoint first."""
+    from node.rm.train import CHECKPOINT_DIR, CHECKPOINT_FILE
+
+    runs = []
+    for path in sorted((models_dir / RUNS_DIR).glob("*/" + CHECKPOINT_DIR + "/" + CHECKPOINT_FILE)):
+        folder = path.parent.parent
+        try:
+            settings = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            settings = None
+        settings = settings if isinstance(settings, dict) else None
+        snapshot = str(settings.get("snapshot")) if settings else folder.name.split("-")[0]
+        saved = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        runs.append(InterruptedRun(folder, snapshot, saved, settings))
+    return sorted(runs, key=lambda run: run.saved, reverse=True)
+
+
+def resumable_snapshot(store: Store, models_dir: Path, config: TrainConfig,
+                       sources: Sequence[str] | None) -> str | None:
+    """The snapshot of the newest interrupted run with these sources and training settings, or None."""
+    key_sources = tuple(sorted(sources)) if sources else None
+    for run in interrupted_runs(models_dir):
+        try:
+            snapshot = store.get_snapshot(run.snapshot)
+        except StorageError:  # deleted, or an ambiguous prefix
+            continue
+        if run.path.name == run_name(snapshot.id, key_sources, config):
+            return snapshot.id
+    return None
+
+
+def no_checkpoint_message(models_dir: Path, snapshot_id: str | None, sources: Sequence[str] | None,
+                          config: TrainConfig, shown: int = 5) -> str:
+    """Why --resume has nothing to continue, the interrupted runs there are, and how to resume one of them."""
+    key_sources = sorted(sources) if sources else None
+    these = "with these sources and settings"
+    head = (f"--resume found no checkpoint of a run on snapshot {snapshot_id[:12]} {these}" if snapshot_id
+            else f"--resume found no interrupted run {these}")
+    runs = interrupted_runs(models_dir)
+    if not runs:
+        return f"{head}, nor any other under {models_dir / RUNS_DIR}; train without --resume"
+    now = config.training_fields()
+
+    def describe(run: InterruptedRun) -> str:
+        if run.settings is None:
+            return f"{run.snapshot[:12]} (saved {run.saved:%Y-%m-%d %H:%M} UTC; settings not recorded)"
+        diffs = []
+        if run.settings.get("sources") != key_sources:
+            diffs.append(f"sources {', '.join(run.settings.get('sources') or ['all'])} "
+                         f"(now {', '.join(key_sources or ['all'])})")
+        saved = run.settings.get("config") or {}
+        diffs += [f"{k} = {saved.get(k)!r} (now {now.get(k)!r})" for k in sorted(set(saved) | set(now))
+                  if saved.get(k) != now.get(k)]
+        differs = f"differs in {', '.join(diffs)}" if diffs else "the same sources and settings"
+        return f"{run.snapshot[:12]} (saved {run.saved:%Y-%m-%d %H:%M} UTC; {differs})"
+
+    more = f" and {len(runs) - shown} older" if len(runs) > shown else ""
+    return (f"{head}; interrupted runs with a checkpoint, newest first: "
+            f"{'; '.join(describe(run) for run in runs[:shown])}{more}. Resume one with `rewardnode train "
+            "--resume --snapshot ID` and the settings it was started with (--source, --epochs, ... or "
+            "node.toml [rm]), or train without --resume to start over")
 
 
 def key_metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +354,7 @@ def train_and_register(
     The checkpoint folder (run_dir_for) is deleted once the model is registered.
     """
     from node.rm.artifact import save_reward_model
-    from node.rm.train import train_reward_model
+    from node.rm.train import CHECKPOINT_DIR, CHECKPOINT_FILE, train_reward_model
 
     created = datetime.now(UTC)
     name = f"rm-{created.strftime('%Y%m%d-%H%M%S')}"
@@ -267,13 +363,22 @@ def train_and_register(
             break
         name = f"rm-{created.strftime('%Y%m%d-%H%M%S')}-{n}"
     out = out_dir if out_dir is not None else models_dir / name
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NodeError(f"{out} already exists and is not empty; pass another --out DIR")
+    check_out_dir(out)  # before training, not after it
     run_dir = run_dir_for(models_dir, data, config)
+    if resume and not (run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file():
+        raise NodeError(no_checkpoint_message(models_dir, data.snapshot.id, data.sources, config))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).write_text(json.dumps({
+        "snapshot": data.snapshot.id, "sources": list(data.sources) if data.sources else None,
+        "config": config.training_fields()}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     try:
         result = train_reward_model(data.train, data.dev, config, out_dir=run_dir, progress=progress, resume=resume)
-    except ValueError as e:  # bad base model, checkpoint mismatch, ...: the message says what to do
-        raise NodeError(str(e)) from None
+    except BaseException as e:
+        if not (run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file():  # nothing to resume: no empty run
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(e, ValueError):  # bad base model, checkpoint mismatch, ...: the message says what to do
+            raise NodeError(str(e)) from None
+        raise
     summary = result.summary()
     dev = summary.get("dev") or {}
     card: dict[str, Any] = {

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,43 @@ class OnnxRewardScorer:
     __call__ = score
 
 
+def read_pairs(lines: Iterable[str | bytes], where: str = "stdin") -> tuple[list[str], list[str]]:
+    """(prompts, responses) of JSON lines {"prompt": str, "response": str}; blank lines are skipped.
+
+    A bad line raises ValueError naming it: "stdin line 3: no "response" field; ...".
+    """
+    prompts: list[str] = []
+    responses: list[str] = []
+    shape = 'give one JSON object {"prompt": "...", "response": "..."} per line'
+    for n, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where} line {n}: not UTF-8 ({e.reason} at byte {e.start}); {shape}") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where} line {n}: not JSON ({e.msg} at column {e.colno}); {shape}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} line {n}: a JSON {_json_type(row)}, not an object; {shape}")
+        for key in ("prompt", "response"):
+            if key not in row:
+                raise ValueError(f'{where} line {n}: no "{key}" field; {shape}')
+            if not isinstance(row[key], str):
+                kind = _json_type(row[key])
+                raise ValueError(f'{where} line {n}: "{key}" is a JSON {kind}, not a string; {shape}')
+        prompts.append(row["prompt"])
+        responses.append(row["response"])
+    return prompts, responses
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Score JSONL {"prompt", "response"} lines from stdin; print one reward per line."""
     parser = argparse.ArgumentParser(description="Score (prompt, response) pairs with an exported reward model.")
@@ -239,9 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         scorer = OnnxRewardScorer(args.folder, args.threads, variant=args.variant)
-        rows = [json.loads(line) for line in sys.stdin if line.strip()]
-        scores = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows], args.batch_size)
-    except (ValueError, KeyError) as e:
+        prompts, responses = read_pairs(getattr(sys.stdin, "buffer", sys.stdin))
+        scores = scorer.score(prompts, responses, args.batch_size)
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for s in scores:

@@ -35,6 +35,7 @@ from node.rm.evaluate import EvalReport, forward_context, pair_rewards, report_f
 from node.rm.loss import reward_loss
 from node.rm.model import disable_dropout, load_backbone, rewards, unwrap
 from node.rm.parallel import BatchSplitter, resolve_workers
+from node.rm.preflight import backbone_positions
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
@@ -203,6 +204,10 @@ def train_reward_model(
     ckpt_path = Path(out_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE
     if resume and not ckpt_path.is_file():
         raise ValueError(f"resume requested but there is no checkpoint at {ckpt_path}; train without resume")
+    limit = backbone_positions(config.base_model)
+    if limit is not None and config.max_length > limit:  # the position embeddings end there: a batch crashes
+        raise ValueError(f"rm.max_length = {config.max_length} is more than the backbone's {limit} "
+                         f"positions; use {limit} or less")
 
     # -------- model, data
     torch.manual_seed(config.seed)  # head and LoRA initialization

@@ -92,3 +92,19 @@ def test_save_refuses_a_used_folder_and_bad_cards(tiny_config, tmp_path) -> None
     with pytest.raises(ValueError, match="expected"):
         RewardScorer(tmp_path / "new", expected_sha256="0" * 64)
     assert RewardScorer(tmp_path / "new", expected_sha256=sha).score(["q"], ["r"])
+
+
+def test_scorer_keeps_to_the_model_positions_whatever_the_card_says(tiny_config, tmp_path) -> None:
+    result = train_reward_model(synthetic_pairs(8), [], tiny_config, out_dir=tmp_path / "run", progress=False)
+    long_prompt = " ".join(["w7 the question"] * 100)  # ~300 tokens, over the tiny BERT's 128 positions
+    old_card = {"scoring": {"max_length": 100000, "min_prompt_tokens": 8}}  # as an older version could write
+    for name, card in (("old-card", old_card), ("no-card", None)):
+        out = tmp_path / name
+        save_reward_model(result.model, result.tokenizer, out, card or {})
+        if card is None:
+            (out / "model_card.json").unlink()  # a plain Hugging Face folder: the scorer's default is 512
+        scorer = RewardScorer(out)
+        assert scorer.encoder.max_length == 128
+        assert len(scorer.score([long_prompt, "q"], ["r", long_prompt])) == 2  # cut to 128 tokens, no crash
+    with pytest.raises(ValueError, match="more than the model's 128 positions"):
+        RewardScorer(tmp_path / "no-card", max_length=1000)

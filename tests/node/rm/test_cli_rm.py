@@ -152,6 +152,9 @@ def test_export_hf_and_onnx_int8_through_the_gate(trained: Trained, tmp_path: Pa
     code, out, _ = cli(capsys, "export", "--format", "hf", "--out", str(tmp_path / "hf"), *home)
     assert code == 0 and "model.safetensors" in out
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").config.num_labels == 1
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "hf", *(tmp_path / "hf").iterdir()]}
+    assert modes.pop("hf") == 0o755 and set(modes.values()) == {0o644}, modes  # meant to be copied, as ONNX
+    assert "model.safetensors" in modes and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     code, out, err = cli(capsys, "export", "--model", trained.model_id, "--format", "onnx-int8", "--out",
                          str(tmp_path / "int8"), "--threads", "1", *home)
@@ -183,7 +186,8 @@ def test_export_int8_scheme_by_name(trained: Trained, tmp_path: Path, capsys: py
 
 
 def test_int8_gate_failure_refuses_unless_forced(trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     import node.rm.export as export
 
     monkeypatch.setattr(export, "_int8_fidelity", lambda *a: (0.5, 3.0))  # an int8 model that flips half the pairs
@@ -195,6 +199,9 @@ def test_int8_gate_failure_refuses_unless_forced(trained: Trained, tmp_path: Pat
     code, out, err = cli(capsys, "export", "--format", "onnx-int8", "--out", str(out_dir), "--no-latency",
                          "--force", *home)
     assert code == 0 and "WARNING: int8 fidelity gate FAILED" in err and "FAILED (forced)" in out
+    # said once: a log record would print it a second time (logging's last-resort handler writes to stderr)
+    assert err.count("int8 fidelity gate FAILED") == 1, err
+    assert not [r for r in caplog.records if "int8 fidelity gate FAILED" in r.getMessage()]
     assert json.loads((out_dir / SCORING_FILE).read_text())["checks"]["int8"]["forced"] is True
 
 
@@ -250,3 +257,160 @@ def test_user_mistakes_give_one_line_and_the_right_code(trained: Trained, tmp_pa
     code, _, err = cli(capsys, "eval", "--model", str(tmp_path), "--data", str(trained.eval_file),
                        "--home", str(trained.home))
     one_line_error((code, err), 2, "not a model folder")
+
+
+def _snapshots(home: Path) -> int:
+    with Node.open(home) as n:
+        return len(n.store.list_snapshots())
+
+
+def test_train_refuses_a_max_length_beyond_the_backbone_before_any_work(
+        bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "node"
+    assert main(["init", "--name", "org-len", "--home", str(home)]) == 0
+    write_jsonl(tmp_path / "d.jsonl", [{"prompt": q.prompt, "chosen": q.chosen, "rejected": q.rejected}
+                                       for q in synthetic_pairs(8)])
+    assert main(["import", str(tmp_path / "d.jsonl"), "--source", "s", "--home", str(home)]) == 0
+    base = ["--base", str(bert_dir), "--home", str(home)]  # the tiny BERT has 128 positions
+    code, _, err = cli(capsys, "train", "--max-length", "100000", *base)
+    one_line_error((code, err), 2,
+                   "--max-length 100000 is more than the backbone's 128 positions; use 128 or less")
+    code, _, err = cli(capsys, "train", *base)  # the default, 256
+    one_line_error((code, err), 2, "the default max length 256 is more than the backbone's 128 positions",
+                   "--max-length 128")
+    with (home / "node.toml").open("a", encoding="utf-8") as f:
+        f.write("\n[rm]\nmax_length = 1000\n")
+    code, _, err = cli(capsys, "train", *base)
+    one_line_error((code, err), 2, f"rm.max_length = 1000 in {home / 'node.toml'} is more than the "
+                   "backbone's 128 positions; set it to 128 or less")
+    assert _snapshots(home) == 0  # refused before the snapshot, long before a training step
+
+
+def test_an_out_inside_a_file_is_refused_before_any_work(trained: Trained, bert_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("")
+    out = str(tmp_path / "afile" / "sub")
+    home = ["--home", str(trained.home)]
+    snapshots = _snapshots(trained.home)
+    code, _, err = cli(capsys, "train", "--base", str(bert_dir), "--max-length", "48", "--out", out, *home)
+    one_line_error((code, err), 2, f"--out {out}: {tmp_path / 'afile'} is a file")
+    assert _snapshots(trained.home) == snapshots  # no snapshot frozen, nothing trained
+    for fmt in ("hf", "onnx", "onnx-int8"):
+        code, _, err = cli(capsys, "export", "--format", fmt, "--out", out, "--no-latency", *home)
+        one_line_error((code, err), 2, f"--out {out}: {tmp_path / 'afile'} is a file")
+    if Path("/proc/self").is_dir():  # nothing can be created there, even by root
+        code, _, err = cli(capsys, "export", "--format", "hf", "--out", "/proc/rewardnode-test", *home)
+        one_line_error((code, err), 2, "cannot create folders in /proc")
+    assert list(tmp_path.iterdir()) == [tmp_path / "afile"]
+
+
+def test_train_prints_the_prompts_it_held_out(trained: Trained) -> None:
+    match = re.search(r"dev ([\d,]+) \(([\d,]+) of ([\d,]+) prompts held out, (\d+)%\)", trained.stdout)
+    assert match, trained.stdout
+    dev_prompts, prompts, percent = int(match.group(2)), int(match.group(3)), int(match.group(4))
+    assert 0 < dev_prompts < prompts and percent == round(100 * dev_prompts / prompts)
+
+
+def test_threads_zero_is_torchs_default_everywhere(trained: Trained,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    home = ["--home", str(trained.home)]
+    code, out, err = cli(capsys, "score", "--prompt", "p", "--response", "r", "--threads", "0", *home)
+    assert code == 0, err
+    code, _, err = cli(capsys, "eval", "--data", str(trained.eval_file), "--threads", "0", "--json", *home)
+    assert code == 0, err
+    for command in (["score", "--prompt", "p", "--response", "r"], ["eval", "--data", str(trained.eval_file)],
+                    ["train"], ["export", "--format", "hf", "--out", "unused"]):
+        code, _, err = cli(capsys, *command, "--threads", "-2", *home)
+        one_line_error((code, err), 2, "--threads -2 is negative; give 1 or more, or 0 for torch's default")
+
+
+async def test_serve_without_a_model_says_why_scoring_is_off(tmp_path: Path, aiohttp_client) -> None:
+    home = tmp_path / "node"
+    assert main(["init", "--name", "org-nomodel", "--home", str(home)]) == 0
+    with Node.open(home) as n:
+        client = await aiohttp_client(build_app(n, config=ServerConfig(require_auth=False)))
+        for method, path in (("POST", "/v1/score"), ("POST", "/v1/compare"), ("GET", "/v1/models")):
+            resp = await client.request(method, path, json={"items": [{"prompt": "p", "response": "r"}]})
+            body = await resp.json()
+            assert resp.status == 503 and body["ok"] is False, body
+            assert "no reward model" in body["error"] and "rewardnode train" in body["error"], body
+        assert (await client.get("/healthz")).status == 200
+
+
+def test_resume_reuses_the_interrupted_runs_snapshot(bert_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import node.rm.train
+
+    home = tmp_path / "node"
+    assert main(["init", "--name", "org-resume", "--home", str(home)]) == 0
+    for name, seed in (("first", 0), ("later", 1)):
+        rows = [{"prompt": q.prompt, "chosen": q.chosen, "rejected": q.rejected}
+                for q in synthetic_pairs(24, seed)]
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    assert main(["import", str(tmp_path / "first.jsonl"), "--source", "first", "--home", str(home)]) == 0
+    flags = ["--base", str(bert_dir), "--max-length", "48", "--epochs", "2", "--lr", "3e-3", "--threads", "1",
+             "--home", str(home)]
+    save = node.rm.train._save_checkpoint
+
+    def save_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
+        save(*args, **kwargs)
+        raise KeyboardInterrupt  # as Ctrl-C after the first epoch
+
+    monkeypatch.setattr(node.rm.train, "_save_checkpoint", save_then_stop)
+    code, out, err = cli(capsys, "train", *flags)
+    assert code == 130, err
+    monkeypatch.setattr(node.rm.train, "_save_checkpoint", save)
+    snapshot = re.search(r"snapshot ([0-9a-f]{12}):", out).group(1)  # type: ignore[union-attr]
+    assert main(["import", str(tmp_path / "later.jsonl"), "--source", "later", "--home", str(home)]) == 0
+    snapshots = _snapshots(home)
+
+    code, _, err = cli(capsys, "train", "--resume", *flags, "--epochs", "3")  # other settings: no checkpoint
+    one_line_error((code, err), 1, f"newest first: {snapshot} (saved", "epochs = 2 (now 3)", "--snapshot ID")
+    assert _snapshots(home) == snapshots  # refused without freezing a new snapshot
+    code, out, err = cli(capsys, "train", "--resume", *flags)
+    assert code == 0, err
+    assert f"resuming the interrupted run on snapshot {snapshot}" in out and f"snapshot {snapshot}:" in out
+    code, out, _ = cli(capsys, "models", "--json", "--home", str(home))
+    assert json.loads(out)[-1]["snapshot"].startswith(snapshot)
+
+
+def test_serve_loads_a_model_without_a_progress_bar_in_the_log(trained: Trained) -> None:
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    config = trained.home / "node.toml"
+    before = config.read_text(encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config.write_text(before + "\n[server]\nrequire_auth = false\n", encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("REWARDNODE_HOME", None)
+    argv = [sys.executable, "-m", "node.cli", "serve", "--no-p2p", "--port", str(port),
+            "--home", str(trained.home)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        body = json.dumps({"items": [{"prompt": "q1 help me", "response": f"w1 {MARKER} w2"}]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/score", data=body,
+                                         headers={"Content-Type": "application/json"})
+        answer = None
+        deadline = time.monotonic() + 120
+        while answer is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:  # the first request loads the model
+                    answer = json.loads(r.read())
+            except OSError:
+                time.sleep(0.3)
+    finally:
+        config.write_text(before, encoding="utf-8")
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert answer is not None and answer["model"] == trained.model_id, err
+    assert "Loading weights" not in err and "it/s" not in err, err

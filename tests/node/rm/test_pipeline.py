@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from node.errors import NodeError
+from node.errors import NodeError, UsageError
 from node.rm.artifact import read_card
 from node.rm.config import TrainConfig
 from node.rm.pipeline import (
     HISTORY_POINTS,
     card_history,
     dev_pairs_for_card,
+    interrupted_runs,
     newest_model,
+    no_checkpoint_message,
     pairs_from_records,
+    resumable_snapshot,
     run_dir_for,
     train_and_register,
     training_data,
@@ -150,3 +154,91 @@ def test_card_history_keeps_short_curves_and_subsamples_long_ones() -> None:
     kept = card_history(long)
     assert len(kept) == HISTORY_POINTS and kept[0] == long[0] and kept[-1] == long[-1]
     assert len({p["step"] for p in kept}) == HISTORY_POINTS  # no point twice
+
+
+def test_a_source_the_snapshot_lacks_is_named_not_dropped(store: Store) -> None:
+    store.import_records(comparisons(20, "hh") + comparisons(20, "llmbar", seed=1))
+    snapshot = training_data(store, TrainConfig()).snapshot.id
+    with pytest.raises(NodeError, match=r"holds no source named 'nope' \(its sources: hh, llmbar\)"):
+        training_data(store, TrainConfig(), snapshot_id=snapshot, sources=["nope"])
+    with pytest.raises(NodeError, match=r"no source named 'hhx', 'zz' \(its sources: hh, llmbar\)"):
+        training_data(store, TrainConfig(), snapshot_id=snapshot, sources=["llmbar", "zz", "hhx"])
+    assert {q.source for q in training_data(store, TrainConfig(), snapshot_id=snapshot,
+                                            sources=["hh"]).train} == {"hh"}
+
+
+def test_an_unusable_out_dir_is_refused_before_training(store: Store, tiny_config: TrainConfig,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.rm.train
+
+    store.import_records(comparisons(16, "hh"))
+    data = training_data(store, tiny_config)
+    monkeypatch.setattr(node.rm.train, "train_reward_model", lambda *a, **k: pytest.fail("trained anyway"))
+    (tmp_path / "afile").write_text("")
+    for out, problem in ((tmp_path / "afile" / "sub", "is a file"),
+                         (tmp_path / "afile" / "a" / "b", "is a file"),
+                         (tmp_path / "afile", "already exists and is a file")):
+        with pytest.raises(UsageError, match=problem):
+            train_and_register(store, tiny_config, data, models_dir=tmp_path / "models", node_name="n",
+                               out_dir=out, progress=False)
+    if Path("/proc/self").is_dir():  # a folder in which nothing can be created, even by root
+        with pytest.raises(UsageError, match="cannot create folders in /proc"):
+            train_and_register(store, tiny_config, data, models_dir=tmp_path / "models", node_name="n",
+                               out_dir=Path("/proc/rewardnode-test/model"), progress=False)
+
+
+def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training stops (as Ctrl-C would) right after writing its first epoch checkpoint."""
+    import node.rm.train
+
+    save = node.rm.train._save_checkpoint
+
+    def save_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(node.rm.train, "_save_checkpoint", save_then_stop)
+
+
+def test_resume_without_its_checkpoint_lists_the_interrupted_runs(store: Store, tiny_config: TrainConfig,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    store.import_records(comparisons(24, "hh") + comparisons(8, "llmbar", seed=1))
+    config = replace(tiny_config, epochs=2, dev_fraction=0.25)
+    models = tmp_path / "models"
+    with monkeypatch.context() as m:
+        interrupt_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            train_and_register(store, config, training_data(store, config), models_dir=models, node_name="n",
+                               progress=False)
+    first = training_data(store, config).snapshot.id
+    [run] = interrupted_runs(models)
+    assert run.snapshot == first and run.settings is not None and run.settings["config"]["epochs"] == 2
+
+    store.import_records(comparisons(4, "late", seed=2))  # a new snapshot differs from the interrupted run's
+    newer = training_data(store, config)
+    assert newer.snapshot.id != first
+    with pytest.raises(NodeError) as e:
+        train_and_register(store, config, newer, models_dir=models, node_name="n", progress=False,
+                           resume=True)
+    assert f"interrupted runs with a checkpoint, newest first: {first[:12]} (saved " in str(e.value)
+    assert "the same sources and settings" in str(e.value) and "--snapshot ID" in str(e.value)
+    other = replace(config, epochs=3, learning_rate=1e-3)
+    old = training_data(store, other, snapshot_id=first, sources=["hh"])
+    with pytest.raises(NodeError) as e:
+        train_and_register(store, other, old, models_dir=models, node_name="n", progress=False, resume=True)
+    message = str(e.value)
+    assert f"no checkpoint of a run on snapshot {first[:12]}" in message
+    assert "sources all (now hh)" in message and "epochs = 2 (now 3)" in message
+    assert "learning_rate = 0.003 (now 0.001)" in message and "seed" not in message  # only what differs
+
+    # --resume without --snapshot: the snapshot of the newest interrupted run with these settings
+    assert resumable_snapshot(store, models, config, None) == first
+    assert resumable_snapshot(store, models, other, None) is None
+    assert resumable_snapshot(store, models, config, ["hh"]) is None
+    again = training_data(store, config, snapshot_id=first)
+    trained = train_and_register(store, config, again, models_dir=models, node_name="n", progress=False,
+                                 resume=True)
+    assert trained.card["metrics"]["training"]["epochs_completed"] == 2 and interrupted_runs(models) == []
+    assert "nor any other" in no_checkpoint_message(models, first, None, config)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import random
 import shutil
@@ -148,3 +149,30 @@ def test_refuses_tampered_or_missing_files(llama_onnx: Exported, tmp_path: Path)
         OnnxRewardScorer(folder, variant="fp16")
     with pytest.raises(ValueError, match="one prompt per response"):
         OnnxRewardScorer(folder, variant="fp32").score(["a", "b"], ["c"])
+
+
+@pytest.mark.parametrize(("stdin", "error"), [
+    ('[1, 2]\n', "stdin line 1: a JSON array, not an object"),
+    ('{"prompt": "hi", "response": "ok"}\n{"prompt": "hi", "response": 5}\n',
+     'stdin line 2: "response" is a JSON number, not a string'),
+    ('\n{"prompt": "hi"}\n', 'stdin line 2: no "response" field'),
+    ('{"response": "r"}\n', 'stdin line 1: no "prompt" field'),
+    ('{"prompt": null, "response": "r"}\n', 'stdin line 1: "prompt" is a JSON null, not a string'),
+    ('{"prompt": "a", "response": "b"}\ngarbage\n', "stdin line 2: not JSON (Expecting value at column 1)"),
+    ('"just text"\n', "stdin line 1: a JSON string, not an object"),
+])
+def test_command_line_names_the_bad_stdin_line(bert_onnx: Exported, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str], stdin: str,
+                                               error: str) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert standalone.main([str(bert_onnx.folder)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {error}; give one JSON object") and err.count("\n") == 1, err
+
+
+def test_command_line_reads_stdin_bytes_line_by_line(bert_onnx: Exported, tmp_path: Path) -> None:
+    rows = b'{"prompt": "q1", "response": "w3 is excellent"}\n\n{"prompt": "q1", "response": "\xff"}\n'
+    proc = subprocess.run([sys.executable, str(STANDALONE), str(bert_onnx.folder)], input=rows,
+                          capture_output=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert proc.stderr.decode().startswith("error: stdin line 3: not UTF-8 ("), proc.stderr

@@ -148,3 +148,13 @@ def test_gradient_checkpointing_computes_the_same_step(tiny_config, tmp_path, lo
                                       progress=False).model.state_dict()
     for name, value in checkpointed.items():
         torch.testing.assert_close(value, plain[name], rtol=1e-5, atol=1e-6)
+
+
+def test_max_length_beyond_the_backbone_positions_is_refused_before_training(tiny_config, tmp_path) -> None:
+    config = replace(tiny_config, max_length=1000)  # the tiny BERT has 128 positions
+    with pytest.raises(ValueError, match="rm.max_length = 1000 is more than the backbone's 128 positions"):
+        train_reward_model(synthetic_pairs(16), [], config, out_dir=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())  # no checkpoint: refused before any step
+    at_limit = replace(tiny_config, max_length=128)
+    result = train_reward_model(synthetic_pairs(8), [], at_limit, out_dir=tmp_path, progress=False)
+    assert result.global_step == 1  # the limit itself is fine
