@@ -167,6 +167,8 @@ class _Importer:
         try:
             self.prompts_added += self._insert("prompts", columns["prompts"])
             self.responses_added += self._insert("responses", columns["responses"])
+            if batch.models:
+                self._fill_models(batch.models)
             for kind in m.KINDS:
                 self.seen[kind] += batch.n_rows(kind)
                 self.added[kind] += self._insert(kind, columns[kind])
@@ -206,6 +208,13 @@ class _Importer:
             kept.append(names[i])
         self.cursor.executemany(_insert_sql(self.dialect, table, tuple(kept)), zip(*values, strict=True))
         return int(self.cursor.rowcount)
+
+    def _fill_models(self, models: dict[str, str]) -> None:
+        """Name the model of stored responses whose model was not known yet (a response is shared by every
+        record that holds its text: the first model named for it stays, a later one fills it only if none)."""
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        self.cursor.executemany(f"UPDATE responses SET model = {mark} WHERE id = {mark} AND model IS NULL",
+                                [(model, rid) for rid, model in models.items()])
 
     def _name_ids(self, table: str, names: list[str]) -> None:
         """Insert the names not stored yet and learn the ids of all of them."""

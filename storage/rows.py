@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from hashlib import sha256
 from typing import Any, Final, NoReturn, Protocol, runtime_checkable
@@ -63,6 +63,8 @@ class RowBatch:
     columns: dict[str, list[tuple[Any, ...]]]  # table -> its columns in COLUMNS order ([] when no rows);
     # prompts, responses (only those new to the builder) and every kind
     ranking_items: dict[str, list[str]]  # ranking key -> response ids best first (ids resolved on insert)
+    models: dict[str, str] = field(default_factory=dict)  # response id -> the model a record named for it
+    # (first one in the batch): fills a stored response whose model is unknown (responses are shared)
 
     def n_rows(self, table: str) -> int:
         columns = self.columns[table]
@@ -167,6 +169,8 @@ class RowBuilder:
         ranking_items: dict[str, list[str]] = {}
         sha_prompt, sha_response, cjson = hashing.prompt_id, hashing.response_id, hashing.canonical_json
 
+        named: dict[str, str] = {}  # response id -> model (RowBatch.models)
+
         def response(pid: str, text: str, model: str | None) -> str:
             known = response_ids.get(pid)
             if known is None:
@@ -175,6 +179,8 @@ class RowBuilder:
             if rid is None:
                 rid = known[text] = sha_response(pid, text)
                 responses.append((rid, pid, text, model, now))
+            if model is not None and rid not in named:
+                named[rid] = model
             return rid
 
         for i, r in enumerate(batch):
@@ -198,6 +204,10 @@ class RowBuilder:
                     if bid is None:
                         bid = known[b] = sha256((pid + "\x00" + b).encode()).hexdigest()
                         responses.append((bid, pid, b, r.model_b, now))
+                    if r.model_a is not None and aid not in named:
+                        named[aid] = r.model_a
+                    if r.model_b is not None and bid not in named:
+                        named[bid] = r.model_b
                     source, outcome, ann, ext, camp = r.source, r.outcome, r.annotator, r.external_id, r.campaign
                     comparisons.append((
                         sha256(("comparison:" + pid + aid + bid + cjson([source, outcome, ann, ext, camp])).encode()
@@ -228,7 +238,8 @@ class RowBuilder:
                                 f"{exc.object[exc.start:exc.end]!r}), e.g. a lone surrogate from a JSON \\ud800 escape")
         self.n_cached_responses += len(responses)
         tables = {"prompts": prompts, "responses": responses, **out}
-        return RowBatch(len(batch), {t: list(zip(*rows, strict=True)) for t, rows in tables.items()}, ranking_items)
+        return RowBatch(len(batch), {t: list(zip(*rows, strict=True)) for t, rows in tables.items()}, ranking_items,
+                        named)
 
 
 def _tail(r: Record, who: str | None, created: Any) -> tuple[Any, ...]:

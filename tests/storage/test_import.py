@@ -266,3 +266,15 @@ def test_indexes_stay_when_the_records_build_their_own_batches(store: Store,
     assert dropped == []
     assert store.import_records(_many("b", 200), batch_size=8).added["comparisons"] == 200
     assert "ix_comparisons_prompt_id" in dropped
+
+
+def test_a_model_named_later_fills_a_response_whose_model_was_unknown(store: Store) -> None:
+    """Responses are shared by every record holding their text: the first model named for one is kept."""
+    store.import_records([Comparison("s", "p", "a", "b", "A")])  # no model known for a or b
+    store.import_records([Feedback("s", "p", "a", True, model="llama-3"), Comparison("s", "p", "c", "d", "B"),
+                          Rating("s", "p", "c", 3, 1, 5, model="m-c"),  # c is new in this batch, model second
+                          Comparison("s", "p", "b", "d", "A", model_a="m-b")])
+    store.import_records([Feedback("s", "p", "a", False, model="other")])  # a's model is known: it stays
+    with store.engine.connect() as conn:
+        models = {text: model for text, model in conn.execute(sa.select(m.Response.text, m.Response.model))}
+    assert models == {"a": "llama-3", "b": "m-b", "c": "m-c", "d": None}

@@ -92,7 +92,7 @@ def _key(r: Record) -> str:
 
 def expected_store(records: list[Record]) -> list[Record]:
     """What the store should hold: first record per key / idempotency key, kind by kind in input
-    order, each response with the model it was first imported with."""
+    order, each response with the first model any record named for it (None if none did)."""
     models: dict[tuple[str, str], str | None] = {}
     keys: set[tuple[type, str]] = set()
     kept: list[Record] = []
@@ -105,7 +105,8 @@ def expected_store(records: list[Record]) -> list[Record]:
         elif isinstance(r, Rating | Feedback):
             mentions = [(r.response, r.model)]
         for text, model in mentions:
-            models.setdefault((r.prompt, text), model)
+            if models.get((r.prompt, text)) is None:
+                models[(r.prompt, text)] = model
         k, idem = (type(r), _key(r)), (type(r), "idem:" + r.idempotency_key) if r.idempotency_key else None
         if k in keys or (idem is not None and idem in keys):
             continue
