@@ -23,6 +23,17 @@ HOME_ENV = "REWARDNODE_HOME"
 SECURE_COOKIES_KEY = "secure_cookies"
 """The `[server]` key of the labeling app's Secure cookies (NodeConfig.secure_cookies)."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "node": ("name",),
+    "storage": ("url",),
+    "identity": ("key_file", "encrypted"),
+}
+"""The keys of the tables read here; any other key in them is refused (a misspelt `url` must not
+silently send every write to a new SQLite file)."""
+SUBSYSTEM_TABLES = ("server", "p2p", "rl", "rm")
+"""The tables each subsystem reads itself (`NodeConfig.table`): [server] `ServerConfig.from_toml` (and
+secure_cookies here), [p2p] `P2PConfig.from_table`, [rl] `RLConfig.from_mapping`, [rm]
+`TrainConfig.from_dict`. Each refuses its own unknown keys; a table of any other name is refused here."""
 
 
 def resolve_home(home: str | os.PathLike[str] | None) -> Path:
@@ -106,6 +117,40 @@ def resolve_db_url(url: str, home: Path) -> str:
     return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for PostgreSQL and in-memory SQLite.
+
+    >>> str(sqlite_file("sqlite:////srv/a.db")), sqlite_file("sqlite://"), sqlite_file("postgresql://h/db")
+    ('/srv/a.db', None, None)
+    """
+    scheme, sep, rest = url.strip().partition(":///")
+    path = rest.split("?", 1)[0]
+    if not sep or scheme not in ("sqlite", "sqlite+pysqlite") or path in ("", ":memory:"):
+        return None
+    return Path(path)
+
+
+def _check_store_file(url: str, config_path: Path, *, from_flag: bool, initialized: bool) -> None:
+    """Refuse a SQLite store that does not exist where one must: opening it would create a new, empty one.
+
+    Only `rewardnode init` creates a store. A `--db` file that is not there is a typo; a node.toml file
+    that is not there although the node was initialized (its key exists: init makes the store first) is a
+    store that was moved or lost. A home without its key yet (a hand-written node.toml) may still start
+    its store on first use.
+    """
+    file = sqlite_file(url)
+    if file is None or file.exists():
+        return
+    if from_flag:
+        raise UsageError(f"--db {url}: no SQLite database at {file}; check the path (a relative one is "
+                         "inside the node home), or create a new node with its own store: `rewardnode init "
+                         "--name NAME --db URL --home NEW_HOME`")
+    if initialized:
+        raise NodeError(f"the store {file} ({config_path} [storage] url) does not exist, though this "
+                        "node was initialized with it; restore it from your backup or fix [storage] url (to "
+                        f"start a new, empty store there on purpose, create the empty file: touch {file})")
+
+
 def load_config(home: Path, *, db_override: str | None = None) -> NodeConfig:
     """Read `home/node.toml`; `db_override` (the `--db` flag) replaces the storage URL."""
     path = home / CONFIG_FILE
@@ -131,14 +176,31 @@ def load_config(home: Path, *, db_override: str | None = None) -> NodeConfig:
             raise NodeError(f"{path}: {where}.{key} must be a non-empty string")
         return value
 
+    known_tables = (*KNOWN_KEYS, *SUBSYSTEM_TABLES)
+    for key in raw:
+        if key not in known_tables:
+            raise NodeError(f"{path}: unknown table [{key}]; the known tables are "
+                            f"{', '.join(f'[{t}]' for t in known_tables)}: fix the name (a misspelt table is "
+                            "refused, not ignored)")
+    for table, keys in KNOWN_KEYS.items():
+        for key in section(table):
+            if key not in keys:
+                raise NodeError(f"{path}: unknown key {key!r} in [{table}]; the known keys there are "
+                                f"{', '.join(keys)}: fix the name (a misspelt key is refused, not ignored)")
     node, storage, identity = section("node"), section("storage"), section("identity")
     name = validate_name(string(node, "name", "node"))
+    if db_override is not None and not db_override.strip():
+        raise UsageError("--db is empty; give a database URL (sqlite:///PATH or postgresql+psycopg://...), "
+                         "or leave --db out to use node.toml [storage] url")
     url = db_override or string(storage, "url", "storage", default=f"sqlite:///{DEFAULT_DB_FILE}")
     key_file = Path(string(identity, "key_file", "identity", default=DEFAULT_KEY_FILE))
+    key_file = key_file if key_file.is_absolute() else home / key_file
     encrypted = identity.get("encrypted", False)
     if not isinstance(encrypted, bool):
         raise NodeError(f"{path}: identity.encrypted must be true or false")
-    tables = {key: section(key) for key in raw if key not in ("node", "storage", "identity")}
+    url = resolve_db_url(url, home)
+    _check_store_file(url, path, from_flag=db_override is not None, initialized=key_file.exists())
+    tables = {key: section(key) for key in raw if key not in KNOWN_KEYS}
     secure_cookies = tables.get("server", {}).pop(SECURE_COOKIES_KEY, False)
     if not isinstance(secure_cookies, bool):
         raise NodeError(f"{path}: server.{SECURE_COOKIES_KEY} must be true or false (true when browsers "
@@ -146,8 +208,8 @@ def load_config(home: Path, *, db_override: str | None = None) -> NodeConfig:
     return NodeConfig(
         home=home,
         name=name,
-        storage=StorageConfig(url=resolve_db_url(url, home)),
-        identity=IdentityConfig(key_file=key_file if key_file.is_absolute() else home / key_file, encrypted=encrypted),
+        storage=StorageConfig(url=url),
+        identity=IdentityConfig(key_file=key_file, encrypted=encrypted),
         tables=tables,
         secure_cookies=secure_cookies,
     )

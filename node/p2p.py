@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 PEERS_FILE = "peers.json"
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
+_HOST_PROTOCOLS = ("ip4", "ip6", "dns", "dns4", "dns6")
+_PEER_FORM = "/ip4/HOST/tcp/PORT/p2p/PEER_ID"
+_ADDR_FORMS = {"listen": "/ip4/0.0.0.0/tcp/4001", "announce": "/ip4/203.0.113.5/tcp/4001",
+               "bootstrap": _PEER_FORM}
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,13 @@ class P2PConfig:
             if isinstance(default, tuple):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise NodeError(f"{where}: {key} must be a list of strings, e.g. {list(default) or ['...']}")
+                if key in _ADDR_FORMS:
+                    for addr in value:
+                        problem = (peer_addr_problem(addr) if key == "bootstrap"
+                                   else host_addr_problem(addr, any_port=key == "listen"))
+                        if problem:
+                            raise NodeError(f"{where}: {key} address {addr!r} is invalid ({problem}); "
+                                            f"give the form {_ADDR_FORMS[key]}")
                 values[key] = tuple(value)
             elif isinstance(default, bool):
                 if not isinstance(value, bool):
@@ -75,14 +86,61 @@ class P2PConfig:
         return self.max_fetch_mib << 20
 
 
+def _parts(addr: str) -> tuple[list[tuple[str, str]], str | None]:
+    """The (protocol, value) pairs of a multiaddr as py-libp2p parses it, or the parser's reason why not."""
+    from multiaddr import Multiaddr  # py-libp2p's own parser; importing it starts no trio
+
+    try:
+        parsed = Multiaddr(addr)
+    except Exception as exc:  # noqa: BLE001 - the library raises several types (ValueError, KeyError, ...)
+        reason = str(exc).split(" (string: ")[0]
+        return [], reason.split("': ", 1)[-1] or type(exc).__name__
+    return [(p.name, parsed.value_for_protocol(p.code) or "") for p in parsed.protocols()], None
+
+
+def peer_id_problem(peer_id: str) -> str | None:
+    """Why `peer_id` is not a libp2p peer ID (base58 multihash: identity of <= 42 bytes, or sha2-256)."""
+    import base58
+
+    try:
+        raw = base58.b58decode(peer_id)
+    except ValueError:
+        return f"peer ID {peer_id!r} is not base58"
+    code, size, digest = (raw[0], raw[1], raw[2:]) if len(raw) >= 2 else (-1, -1, b"")
+    if not (len(digest) == size and (code == 0x00 and size <= 42 or code == 0x12 and size == 32)):
+        return f"peer ID {peer_id!r} is not a base58 multihash (a peer ID looks like 12D3KooW...)"
+    return None
+
+
+def host_addr_problem(addr: str, *, any_port: bool = False) -> str | None:
+    """Why `addr` is not `/ip4|ip6|dns.../HOST/tcp/PORT` (port 0 only with `any_port`: listen), or None."""
+    parts, problem = _parts(addr.strip())
+    if problem:
+        return problem
+    names = [name for name, _ in parts]
+    if names[:1] not in ([p] for p in _HOST_PROTOCOLS) or names[1:] != ["tcp"]:
+        return "expected a host and a TCP port, nothing else"
+    if any_port and names[0].startswith("dns"):
+        return "listen on an IP address, not a DNS name"
+    if not any_port and parts[1][1] == "0":
+        return "port 0 is not dialable"
+    return None
+
+
+def peer_addr_problem(addr: str) -> str | None:
+    """Why `addr` is not a dialable peer address `/ip4|ip6|dns.../HOST/tcp/PORT/p2p/PEER_ID`, or None."""
+    text = addr.strip()
+    if "/p2p/" not in text:
+        return _parts(text)[1] or "it must end in /p2p/PEER_ID"
+    host, peer_id = text.rsplit("/p2p/", 1)  # the ID as typed: the parser would turn a CIDv1 into base58
+    return host_addr_problem(host) or peer_id_problem(peer_id) or _parts(text)[1]
+
+
 def check_multiaddr(addr: str) -> str:
     """A dialable peer address `/ip4|ip6|dns/.../tcp/PORT/p2p/PEER_ID`, or UsageError."""
-    parts = addr.strip().split("/")
-    ok = (len(parts) == 7 and parts[0] == "" and parts[1] in ("ip4", "ip6", "dns", "dns4", "dns6")
-          and parts[3] == "tcp" and parts[4].isdigit() and 0 < int(parts[4]) < 65536 and parts[5] == "p2p"
-          and len(parts[6]) >= 40)
-    if not ok:
-        raise UsageError(f"{addr!r} is not a peer address; give /ip4/HOST/tcp/PORT/p2p/PEER_ID as the peer's "
+    problem = peer_addr_problem(addr)
+    if problem:
+        raise UsageError(f"{addr!r} is not a peer address ({problem}); give {_PEER_FORM} as the peer's "
                          "`rewardnode identity --json` prints it (addresses)")
     return addr.strip()
 

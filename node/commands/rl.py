@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,12 @@ def _read_prompts(args: argparse.Namespace, node: Node) -> list[str]:
                 prompts.append(prompt)
     if args.limit:
         prompts = prompts[:args.limit]
+    if not prompts and args.prompts:
+        raise UsageError(f"--prompts {args.prompts} holds no prompts (it is empty or only blank lines); put "
+                         "one prompt per line (.txt) or one JSON object with a 'prompt' per line (.jsonl)")
+    if not prompts and args.source:
+        raise UsageError(f"no prompts stored under --source {args.source}; check the name with `rewardnode "
+                         "stats`, or pass --prompts FILE")
     if not prompts:
         raise UsageError("no prompts found; import data first (`rewardnode import FILE`) or pass --prompts FILE")
     return prompts
@@ -139,14 +146,22 @@ def _check_prompt_limit(args: argparse.Namespace) -> None:
         raise UsageError(f"--limit {args.limit}: use at least 1 prompt, or leave --limit out to use them all")
 
 
+def _check_seed(seed: int) -> None:
+    from node.rl.config import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed {seed}: give a whole number from 0 to 2**63 - 1 (default 0)")
+
+
 def _check_sampling(args: argparse.Namespace) -> None:
-    """The sampling flags, checked before any model is loaded."""
+    """The sampling flags (the same ranges as `rl`'s RLConfig), checked before any model is loaded."""
     _check_prompt_limit(args)
+    _check_seed(args.seed)
     if args.n < 1:
         raise UsageError(f"--n {args.n}: sample at least 1 response per prompt (e.g. --n 4)")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens}: allow at least 1 token (e.g. 128)")
-    if not args.temperature > 0:
+    if not 0 < args.temperature < float("inf"):
         raise UsageError(f"--temperature {args.temperature}: give a temperature above 0 (e.g. 0.8)")
     if not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p {args.top_p}: give a value in (0, 1] (1: off)")
@@ -195,12 +210,73 @@ def _reward(spec: str, node: Node, device: str = "cpu") -> Any:
         raise UsageError(f"--reward {spec}: {e}") from e
 
 
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def _run_dir(args: argparse.Namespace, node: Node, kind: str) -> Path:
+    """The run folder (--out DIR, default HOME/kind/<time>): new or empty, in a writable folder.
+
+    Checked before any model is loaded; made only when there is something to put in it (`_make_dir`), so a
+    run that fails first leaves no empty folder behind."""
     out = Path(args.out) if args.out else node.config.home / kind / time.strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder that is new or empty")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty; pass another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is a file, not a folder; pass another --out")
+    if not _writable(existing):
+        raise UsageError(f"--out {out}: the folder {existing} is not writable; pass a --out in a writable "
+                         "folder")
     return out
+
+
+def _make_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NodeError(f"cannot create the run folder {out} ({e.strerror or e}); pass a --out in a writable "
+                        "folder") from None
+
+
+def _out_file(args: argparse.Namespace) -> Path | None:
+    """--out FILE of best-of-n and generate: a file in a folder that exists and is writable.
+
+    Checked before any model is loaded (a missing folder used to fail after all the sampling was done)."""
+    if not args.out:
+        return None
+    path = Path(args.out)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; give a file in it, e.g. --out {path / 'samples.jsonl'}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {path}: the folder {folder} does not exist; create it or pass another --out")
+    if not _writable(folder) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"--out {path} is not writable; pass a --out in a writable folder")
+    return path
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]], after: str) -> None:
+    """Write --out FILE; an OSError (disk full, folder gone) is one NodeError line, ending with `after`."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    except OSError as e:
+        raise NodeError(f"cannot write --out {path} ({e.strerror or e}); {after}") from None
+
+
+def _rl_setting_error(e: Exception, overrides: dict[str, Any]) -> UsageError:
+    """An RLConfig error as the user gave the value: `--lr -1: ...` or `node.toml [rl] learning_rate = -1`."""
+    from node.rl.config import InvalidRLSetting, show_value
+
+    if not isinstance(e, InvalidRLSetting):
+        return UsageError(str(e))
+    flag = next((f for f, (name, _, _) in _RL_FLAGS.items() if name == e.field), None)
+    where = f"{flag} {show_value(e.value)}" if flag and overrides.get(e.field) is not None else \
+        f"node.toml [rl] {e.field} = {show_value(e.value)}"
+    return UsageError(f"{where}: {e.allowed}; {e.fix}")
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -225,18 +301,19 @@ def run_rl(args: argparse.Namespace) -> int:
         try:
             config = RLConfig.from_mapping(node.config.table("rl"), **overrides)
         except ValueError as e:
-            raise UsageError(str(e)) from e
+            raise _rl_setting_error(e, overrides) from None
         _check_device(config.device, flag=args.device is not None)
         if config.num_threads:
             import torch
 
             torch.set_num_threads(config.num_threads)
         prompts = _read_prompts(args, node)
+        out = _run_dir(args, node, "rl")
         reward = _reward(args.reward, node, config.device)
         audit = _reward(args.audit, node, config.device) if args.audit else None
-        out = _run_dir(args, node, "rl")
         policy, tokenizer = _load(args.policy, lora=config.lora, value_head=config.algo == "ppo",
                                   seed=config.seed, lora_r=config.lora_r)
+    _make_dir(out)
     (out / "config.json").write_text(json.dumps({**config.to_dict(), "policy": args.policy, "reward": args.reward,
                                                  "audit": args.audit, "prompts": len(prompts)}, indent=2) + "\n")
     log = StepLog(out / "log.jsonl")
@@ -288,6 +365,7 @@ def run_best_of_n(args: argparse.Namespace) -> int:
     from node.rl.generate import best_of_n
 
     _check_sampling(args)
+    out = _out_file(args)
     torch.manual_seed(args.seed)
     with Node.open(args.home, db=args.db) as node:
         prompts = _read_prompts(args, node)
@@ -299,10 +377,10 @@ def run_best_of_n(args: argparse.Namespace) -> int:
     chosen = best_of_n(candidates, scores)
     first = sum(scores[i * args.n] for i in range(len(prompts))) / len(prompts)
     best = sum(s for _, s in chosen) / len(chosen)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            for prompt, group, (i, s) in zip(prompts, candidates, chosen, strict=True):
-                f.write(json.dumps({"prompt": prompt, "response": group[i], "score": s, "n": args.n}) + "\n")
+    if out is not None:
+        _write_jsonl(out, [{"prompt": prompt, "response": group[i], "score": s, "n": args.n}
+                           for prompt, group, (i, s) in zip(prompts, candidates, chosen, strict=True)],
+                     "free disk space or pass another --out, and run again")
     print(f"best-of-{args.n} over {len(prompts)} prompts: mean reward {first:.4f} (1 sample) -> {best:.4f} (best)")
     return 0
 
@@ -311,6 +389,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     _check_sampling(args)
+    out = _out_file(args)
     if args.overlap < 1:
         raise UsageError(f"--overlap {args.overlap}: ask for at least 1 label per pair")
     if args.campaign is not None:
@@ -330,17 +409,15 @@ def run_generate(args: argparse.Namespace) -> int:
     candidates = _sample(policy, tokenizer, prompts, args)
     groups = [[(t, model_name) for t in group] for group in candidates]
     campaign = args.campaign or "gen-" + time.strftime("%Y%m%d-%H%M%S")
+    if out is not None:  # before storing: a file that cannot be written leaves the store unchanged
+        _write_jsonl(out, [{"prompt": prompt, "responses": [{"text": t, "model": model_name} for t in group],
+                            "votes": []} for prompt, group in zip(prompts, candidates, strict=True)],
+                     "nothing was stored; free disk space or pass another --out, and run again")
     with Node.open(args.home, db=args.db) as node:
         ids = node.store.add_samples(args.store_as, list(zip(prompts, groups, strict=True)))
         pairs = [(g[i], g[j]) for g in ids for i in range(len(g)) for j in range(i + 1, len(g)) if g[i] != g[j]]
         if pairs:
             node.store.create_campaign(campaign, pairs=pairs, overlap=args.overlap)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            for prompt, group in zip(prompts, candidates, strict=True):
-                record: dict[str, Any] = {"prompt": prompt, "responses": [{"text": t, "model": model_name}
-                                                                          for t in group], "votes": []}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
     stored = f"stored {len(prompts) * args.n} responses ({args.n} per prompt, model {model_name!r}) as source " \
              f"{args.store_as!r}"
     if pairs:
@@ -360,8 +437,9 @@ def run_sft(args: argparse.Namespace) -> int:
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UsageError(f"{flag} {value}: give 1 or more")
-    if not args.lr > 0:
+    if not 0 < args.lr < float("inf"):
         raise UsageError(f"--lr {args.lr}: give a learning rate above 0 (e.g. 2e-4)")
+    _check_seed(args.seed)
     with Node.open(args.home, db=args.db) as node:
         pairs = [(r.prompt, r.response) for r in node.store.iter_records(
             sources=[args.source] if args.source else None, kinds=("demonstrations",)) if isinstance(r, Demonstration)]
@@ -381,6 +459,7 @@ def run_sft(args: argparse.Namespace) -> int:
             losses = train_sft(policy, tokenizer, pairs, config, on_step=on_step)
         except ValueError as e:
             raise NodeError(str(e)) from e
+    _make_dir(out)
     paths = save_policy(policy, tokenizer, out)
     print(f"sft on {len(pairs)} demonstrations: loss {losses[0]:.4f} -> {losses[-1]:.4f}; policy in {paths['merged']}")
     return 0

@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NoReturn
 
 ALGOS = ("ppo", "grpo", "rloo")
 KL_ESTIMATORS = ("k1", "k3")
 KL_BUDGET_ACTIONS = ("adapt", "stop")
+_CHOICES = {"algo": ALGOS, "kl_estimator": KL_ESTIMATORS, "kl_budget_action": KL_BUDGET_ACTIONS}
+_AT_LEAST_ONE = ("steps", "batch_prompts", "group_size", "ppo_epochs", "num_minibatches", "max_new_tokens",
+                 "max_prompt_tokens", "kl_horizon", "audit_window", "audit_patience", "lora_r", "lora_alpha")
+_NOT_NEGATIVE = {  # field -> what 0 means
+    "top_k": "off", "num_threads": "torch's default", "kl_coef": "no KL penalty", "kl_budget": "no budget",
+    "length_penalty": "off", "missing_eos_penalty": "off", "disagreement_coef": "off",
+    "audit_tolerance": "any decrease counts", "length_free_tokens": "", "vf_coef": "",
+}
+_POSITIVE = ("learning_rate", "max_grad_norm", "clip_value", "temperature", "target_kl", "reward_clip")
+_INTERVALS: dict[str, tuple[float, float, str]] = {  # field -> (low, high, "[]" / "(]" / "[)" / "()")
+    "top_p": (0.0, 1.0, "(]"), "clip_eps": (0.0, 1.0, "()"), "gamma": (0.0, 1.0, "[]"),
+    "lam": (0.0, 1.0, "[]"), "lora_dropout": (0.0, 1.0, "[)"),
+}
+MAX_SEED = 2**63 - 1
+"""Largest seed torch.manual_seed takes on every platform."""
+
+
+class InvalidRLSetting(ValueError):
+    """One RLConfig field has the wrong type or is out of range: `field`, its `value` and the `allowed` range.
+
+    The CLI names the flag or the node.toml key that gave the value; the message alone names the field.
+    """
+
+    def __init__(self, field: str, value: object, allowed: str, default: object) -> None:
+        self.field, self.value, self.allowed = field, value, allowed
+        self.fix = f"the default is {show_value(default)}"
+        super().__init__(f"[rl] {field} = {show_value(value)}: {allowed}; {self.fix}")
+
+
+def show_value(value: object) -> str:
+    """A setting's value as a user typed it: -1 rather than -1.0, strings quoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format(value, "g")
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 @dataclass(frozen=True)
@@ -118,22 +155,52 @@ class RLConfig:
     """"cpu", "cuda" or "mps"."""
 
     def __post_init__(self) -> None:
-        if self.algo not in ALGOS:
-            raise ValueError(f"algo {self.algo!r} is not one of {', '.join(ALGOS)}; pick one of them")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator {self.kl_estimator!r} is not k1 or k3; pick one of them")
-        if self.kl_budget_action not in KL_BUDGET_ACTIONS:
-            raise ValueError(f"kl_budget_action {self.kl_budget_action!r} is not adapt or stop; pick one")
+        self._check_fields()
         if self.algo != "ppo" and self.group_size < 2:
             raise ValueError(f"{self.algo} needs group_size >= 2 (its baseline is the group); pass --group-size 4")
-        for name in ("steps", "batch_prompts", "group_size", "ppo_epochs", "num_minibatches", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rollout_size % self.num_minibatches:
             raise ValueError(f"batch_prompts * group_size = {self.rollout_size} does not divide into "
                              f"{self.num_minibatches} minibatches; change --num-minibatches")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0; sampling is what RL explores with")
+
+    def _check_fields(self) -> None:
+        """Every field of the right type and in range (InvalidRLSetting), before any model is loaded."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok, allowed = isinstance(value, bool), "must be true or false"
+            elif isinstance(default, int):
+                ok, allowed = isinstance(value, int) and not isinstance(value, bool), "must be a whole number"
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                allowed = "must be a finite number"
+            else:
+                ok, allowed = isinstance(value, str), "must be a string"
+            if not ok:
+                raise InvalidRLSetting(f.name, value, allowed, default)
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                self._refuse(name, f"must be one of {', '.join(choices)}")
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                self._refuse(name, "must be >= 1")
+        for name, zero in _NOT_NEGATIVE.items():
+            if getattr(self, name) < 0:
+                self._refuse(name, f"must be >= 0 (0: {zero})" if zero else "must be >= 0")
+        for name in _POSITIVE:
+            if not getattr(self, name) > 0:
+                self._refuse(name, "must be > 0")
+        for name, (low, high, ends) in _INTERVALS.items():
+            value = getattr(self, name)
+            above = value >= low if ends[0] == "[" else value > low
+            below = value <= high if ends[1] == "]" else value < high
+            if not (above and below):
+                self._refuse(name, f"must lie in {ends[0]}{low:g}, {high:g}{ends[1]}")
+        if not 0 <= self.seed <= MAX_SEED:
+            self._refuse("seed", "must lie in [0, 2**63 - 1]")
+
+    def _refuse(self, name: str, allowed: str) -> NoReturn:
+        default = next(f.default for f in fields(self) if f.name == name)
+        raise InvalidRLSetting(name, getattr(self, name), allowed, default)
 
     @property
     def rollout_size(self) -> int:
@@ -150,10 +217,10 @@ class RLConfig:
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], **overrides: Any) -> RLConfig:
-        """From node.toml's [rl] table, then `overrides` (None values are ignored)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
+        """From node.toml's [rl] table, then `overrides` (None values are ignored); checked once, merged."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(table) - set(known))
         if unknown:
-            raise ValueError(f"node.toml [rl] has unknown keys {unknown}; valid keys are the RLConfig fields")
-        base = cls(**{k: v for k, v in table.items() if k in known}) if table else cls()
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None and k in known})
+            raise ValueError(f"node.toml [rl] has unknown keys {unknown}; the known keys are "
+                             f"{', '.join(known)}")
+        return cls(**{**table, **{k: v for k, v in overrides.items() if v is not None and k in known}})

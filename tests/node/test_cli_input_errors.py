@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from node.cli import main
+from node.errors import UsageError
 
 
 @pytest.fixture
@@ -101,6 +102,161 @@ def test_rl_limit_and_sft_counts_are_checked(home: Path, capsys: pytest.CaptureF
     assert "--lr 0.0" in fails(capsys, home, "sft", "--lr", "0")
     assert "--overlap 0" in fails(capsys, home, "generate", "--overlap", "0")
     assert "path step" in fails(capsys, home, "generate", "--campaign", "..")
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (("--threads", "-1"), "--threads -1: must be >= 0 (0: torch's default)"),
+    (("--lora-r", "0"), "--lora-r 0: must be >= 1; the default is 16"),
+    (("--lr", "-1"), "--lr -1: must be > 0; the default is 0.0001"),
+    (("--lr", "nan"), "--lr nan: must be a finite number"),
+    (("--top-p", "5"), "--top-p 5: must lie in (0, 1]"),
+    (("--top-k", "-3"), "--top-k -3: must be >= 0 (0: off)"),
+    (("--kl-coef", "-1"), "--kl-coef -1: must be >= 0"),
+    (("--kl-budget", "-5"), "--kl-budget -5: must be >= 0 (0: no budget)"),
+    (("--target-kl", "-1"), "--target-kl -1: must be > 0"),
+    (("--length-free-tokens", "-4"), "--length-free-tokens -4: must be >= 0"),
+    (("--seed", "-1"), "--seed -1: must lie in [0, 2**63 - 1]"),
+    (("--max-new-tokens", "0"), "--max-new-tokens 0: must be >= 1"),
+])
+def test_rl_flags_are_range_checked_before_loading(home: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch, flags: tuple[str, str],
+                                                   needle: str) -> None:
+    import torch
+
+    forbid_model_loading(monkeypatch)
+    threads = torch.get_num_threads()
+    assert needle in fails(capsys, home, "rl", *flags)
+    assert torch.get_num_threads() == threads and not (home / "rl").exists()
+
+
+@pytest.mark.parametrize(("toml", "needle"), [
+    ('steps = "many"', "node.toml [rl] steps = 'many': must be a whole number; the default is 100"),
+    ("learning_rate = -1e-4", "node.toml [rl] learning_rate = -0.0001: must be > 0"),
+    ("chat_template = 1", "node.toml [rl] chat_template = 1: must be true or false"),
+    ("gamma = 2.0", "node.toml [rl] gamma = 2: must lie in [0, 1]"),
+])
+def test_rl_settings_in_node_toml_are_checked_by_key(home: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch, toml: str,
+                                                     needle: str) -> None:
+    forbid_model_loading(monkeypatch)
+    with open(home / "node.toml", "a", encoding="utf-8") as f:
+        f.write(f"\n[rl]\n{toml}\n")
+    assert needle in fails(capsys, home, "rl")
+    if toml.startswith("steps"):  # a flag overrides the bad value: it is not checked on its own first
+        assert "no prompts found" in fails(capsys, home, "rl", "--steps", "2")
+
+
+@pytest.mark.parametrize(("command", "flags", "needle"), [
+    ("best-of-n", ("--seed", "-1"), "--seed -1: give a whole number from 0 to 2**63 - 1"),
+    ("generate", ("--seed", "-1"), "--seed -1"),
+    ("generate", ("--temperature", "inf"), "--temperature inf: give a temperature above 0"),
+    ("sft", ("--seed", "-1"), "--seed -1"),
+    ("sft", ("--lr", "inf"), "--lr inf: give a learning rate above 0"),
+])
+def test_the_other_commands_share_rls_ranges(home: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch, command: str,
+                                             flags: tuple[str, str], needle: str) -> None:
+    forbid_model_loading(monkeypatch)
+    assert needle in fails(capsys, home, command, *flags)
+
+
+def test_rl_names_an_empty_prompts_file(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    forbid_model_loading(monkeypatch)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    line = fails(capsys, home, "rl", "--prompts", str(empty))
+    assert f"--prompts {empty} holds no prompts" in line and "or pass --prompts" not in line
+
+
+def _prompts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("good cat\nbad dog\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command", ["best-of-n", "generate"])
+def test_out_in_a_missing_folder_is_refused_before_loading(home: Path, tmp_path: Path, command: str,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.commands.rl as rl
+
+    forbid_model_loading(monkeypatch)
+    out = tmp_path / "no-such-folder" / "x.jsonl"
+    line = fails(capsys, home, command, "--prompts", str(_prompts_file(tmp_path)), "--out", str(out))
+    assert f"--out {out}: the folder {out.parent} does not exist" in line
+    assert f"--out {tmp_path} is a folder" in fails(capsys, home, command, "--out", str(tmp_path))
+    monkeypatch.setattr(rl, "_writable", lambda _folder: False)
+    assert "is not writable" in fails(capsys, home, command, "--out", str(tmp_path / "x.jsonl"))
+
+
+@pytest.mark.parametrize("command", ["rl", "sft"])
+def test_run_folder_under_a_file_or_unwritable_is_refused_before_loading(
+        home: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.commands.rl as rl
+    from node.app import Node
+    from storage.records import Demonstration
+
+    forbid_model_loading(monkeypatch)
+    with Node.open(home) as node:
+        node.store.import_records([Demonstration(source="d", prompt="good cat", response="good")])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = ["--prompts", str(_prompts_file(tmp_path))] if command == "rl" else []
+    line = fails(capsys, home, command, *base, "--out", str(afile / "run"))
+    assert f"{afile} is a file, not a folder" in line
+    monkeypatch.setattr(rl, "_writable", lambda _folder: False)
+    assert "is not writable" in fails(capsys, home, command, *base, "--out", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["rl", "sft"])
+def test_a_failed_run_leaves_no_empty_run_folder(home: Path, tmp_path: Path, command: str,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.commands.rl as rl
+    from node.app import Node
+    from storage.records import Demonstration
+
+    def bad_policy(policy: str, **_kwargs: object) -> None:
+        raise UsageError(f"cannot load --policy {policy}: not a model folder")
+
+    monkeypatch.setattr(rl, "_load", bad_policy)
+    monkeypatch.setattr(rl, "_reward", lambda *_args, **_kwargs: object())
+    with Node.open(home) as node:
+        node.store.import_records([Demonstration(source="d", prompt="good cat", response="good")])
+    base = ["--prompts", str(_prompts_file(tmp_path))] if command == "rl" else []
+    assert "cannot load --policy nope" in fails(capsys, home, command, *base, "--policy", "nope")
+    assert not (home / command).exists()  # the default HOME/rl/<time> or HOME/sft/<time>
+    out = tmp_path / "run"
+    fails(capsys, home, command, *base, "--policy", "nope", "--out", str(out))
+    assert not out.exists()
+
+
+def test_generate_that_cannot_write_out_stores_nothing(home: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The --out folder vanishes while sampling: one line, and no samples or campaign half-stored."""
+    import shutil
+
+    import node.commands.rl as rl
+    from node.app import Node
+
+    folder = tmp_path / "outs"
+    folder.mkdir()
+
+    def sample(_policy: object, _tokenizer: object, prompts: list[str], args: object) -> list[list[str]]:
+        shutil.rmtree(folder)
+        return [[f"good {i}", f"bad {i}"] for i in range(len(prompts))]
+
+    monkeypatch.setattr(rl, "_load", lambda *_args, **_kwargs: (None, None))
+    monkeypatch.setattr(rl, "_sample", sample)
+    line = fails(capsys, home, "generate", "--prompts", str(_prompts_file(tmp_path)), "--n", "2",
+                 "--campaign", "c1", "--out", str(folder / "gen.jsonl"), code=1)
+    assert f"cannot write --out {folder / 'gen.jsonl'}" in line and "nothing was stored" in line
+    with Node.open(home) as node:
+        assert node.store.list_campaigns() == [] and list(node.store.iter_records()) == []
 
 
 # ---- score, eval, train, serve ------------------------------------------------------------------------
@@ -213,8 +369,8 @@ def _token_count(home: Path) -> int:
     (("--url", "http://"), "is not an http(s) URL with a host"),
     (("--url", "http://host:99999"), "is not a valid URL"),
     (("--url", "http://host/?a=1"), "?query or #fragment"),
-    (("--labeler", ""), "--labeler is empty: give the labeler's name"),
-    (("--labeler", "  "), "--labeler is empty: give the labeler's name"),
+    (("--labeler", ""), "--labeler is not a valid annotator name"),
+    (("--labeler", "  "), "--labeler is not a valid annotator name"),
 ])
 def test_campaign_invite_rejects_bad_flags_and_stores_no_invite(campaign_home: Path, flags: tuple[str, str],
                                                                 needle: str,
@@ -233,11 +389,31 @@ def test_campaign_invite_with_good_flags_still_works(campaign_home: Path, capsys
 
 
 def test_token_create_rejects_an_empty_name(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert "--name is empty: give who holds the token" in fails(capsys, home, "token", "create", "--role",
+    assert "--name is not a valid name" in fails(capsys, home, "token", "create", "--role",
                                                                 "scorer", "--name", " ")
 
 
 PEER = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWGzh6h1yYvU8JpTtyXPtjS8QyT7x3w4Lw3jbEqNkP8Mfd"
+
+
+@pytest.mark.parametrize(("addr", "needle"), [
+    ("/ip4/999.0.0.1/tcp/1/p2p/" + PEER.rsplit("/", 1)[1], "'999.0.0.1' is not IPv4"),
+    ("/ip4/127.0.0.1/tcp/4001/p2p/" + "x" * 45, "is not a base58 multihash"),
+    ("/ip4/127.0.0.1/tcp/4001", "it must end in /p2p/PEER_ID"),
+])
+def test_peers_add_refuses_an_address_that_can_never_be_dialled(home: Path, addr: str, needle: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    line = fails(capsys, home, "peers", "add", addr)
+    assert f"{addr!r} is not a peer address" in line and needle in line
+    assert "/ip4/HOST/tcp/PORT/p2p/PEER_ID" in line
+    assert not (home / "peers.json").exists()
+
+
+def test_identity_refuses_garbage_p2p_addresses(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with open(home / "node.toml", "a", encoding="utf-8") as f:
+        f.write('\n[p2p]\nlisten = ["garbage"]\n')
+    line = fails(capsys, home, "identity", code=1)
+    assert "listen address 'garbage' is invalid" in line and "/ip4/0.0.0.0/tcp/4001" in line
 
 
 def test_peers_add_on_a_read_only_home_changes_nothing(home: Path, capsys: pytest.CaptureFixture[str],

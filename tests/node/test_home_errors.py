@@ -76,3 +76,77 @@ def test_init_opens_a_relative_db_where_later_commands_look_for_it(
     assert main(["import", str(data), "--home", str(home)]) == 0
     assert main(["stats", "--json", "--home", str(home), *flags]) == 0
     assert '"comparisons": 1' in capsys.readouterr().out  # the database init created and migrated
+
+
+# ---- misspelt names in node.toml ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("edit", "needles"), [
+    (('url = "sqlite:///store.db"', 'ulr = "postgresql+psycopg://u@db.example/prefs"'),
+     ("unknown key 'ulr' in [storage]", "the known keys there are url")),
+    (('name = "n"', 'name = "n"\nnmae = "x"'),
+     ("unknown key 'nmae' in [node]", "the known keys there are name")),
+    (("encrypted = false", "encrpyted = true"),
+     ("unknown key 'encrpyted' in [identity]", "the known keys there are key_file, encrypted")),
+    (("[identity]", "[serevr]\nport = 8080\n\n[identity]"),
+     ("unknown table [serevr]", "[node], [storage], [identity], [server], [p2p], [rl], [rm]")),
+])
+def test_misspelt_names_in_node_toml_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 edit: tuple[str, str], needles: tuple[str, ...]) -> None:
+    """A misspelt key is not silently ignored: `ulr =` used to send every write to a new SQLite file."""
+    home = tmp_path / "n"
+    assert run(capsys, "init", "--name", "n", "--home", str(home))[0] == 0
+    config = home / "node.toml"
+    text = config.read_text(encoding="utf-8")
+    assert text.count(edit[0]) == 1
+    config.write_text(text.replace(edit[0], edit[1]), encoding="utf-8")
+    before = sorted(p.name for p in home.iterdir())
+    code, err = run(capsys, "stats", "--home", str(home))
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert str(config) in err and "fix the name" in err
+    for needle in needles:
+        assert needle in err, err
+    assert sorted(p.name for p in home.iterdir()) == before  # no new store anywhere
+
+
+def test_every_table_a_subsystem_reads_is_accepted(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "n"
+    assert run(capsys, "init", "--name", "n", "--home", str(home))[0] == 0
+    token = f'[[server.tokens]]\nsha256 = "{"0" * 64}"\nrole = "scorer"\nname = "app"\n'
+    with (home / "node.toml").open("a", encoding="utf-8") as f:
+        f.write(f"\n[server]\nport = 8080\nsecure_cookies = true\n{token}\n[p2p]\ndht = false\n\n"
+                "[rl]\nsteps = 3\n\n[rm]\nepochs = 1\n")
+    assert run(capsys, "stats", "--home", str(home))[0] == 0
+
+
+# ---- --db and the store file --------------------------------------------------------------------------
+
+
+def test_a_mistyped_or_empty_db_flag_is_refused_and_creates_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "n"
+    assert run(capsys, "init", "--name", "n", "--home", str(home))[0] == 0
+    typo = tmp_path / "typo.db"
+    code, err = run(capsys, "stats", "--home", str(home), "--db", f"sqlite:///{typo}")
+    assert code == 2 and f"no SQLite database at {typo}" in err and "rewardnode init" in err
+    assert not typo.exists()
+    code, err = run(capsys, "stats", "--home", str(home), "--db", "sqlite:///tpyo.db")  # relative: in home
+    assert code == 2 and f"no SQLite database at {home / 'tpyo.db'}" in err
+    assert not (home / "tpyo.db").exists()
+    code, err = run(capsys, "stats", "--home", str(home), "--db", "")
+    assert code == 2 and "--db is empty" in err and "leave --db out" in err
+    assert run(capsys, "stats", "--home", str(home), "--db", f"sqlite:///{home / 'store.db'}")[0] == 0
+
+
+def test_a_store_that_disappeared_is_not_silently_made_again(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "n"
+    assert run(capsys, "init", "--name", "n", "--home", str(home))[0] == 0
+    store = home / "store.db"
+    store.unlink()
+    code, err = run(capsys, "stats", "--home", str(home))
+    assert code == 1 and f"the store {store}" in err and "restore it from your backup" in err
+    assert not store.exists()
+    store.touch()  # on purpose: a new, empty store
+    assert run(capsys, "stats", "--home", str(home))[0] == 0

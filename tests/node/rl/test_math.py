@@ -110,3 +110,37 @@ def test_config_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         RLConfig.from_mapping({"stpes": 3})
     assert RLConfig.from_mapping({"steps": 3}, steps=None, algo="rloo", group_size=2).steps == 3
+
+
+@pytest.mark.parametrize(("settings", "field", "allowed"), [
+    ({"steps": "many"}, "steps", "must be a whole number"),
+    ({"steps": True}, "steps", "must be a whole number"),
+    ({"learning_rate": -1.0}, "learning_rate", "must be > 0"),
+    ({"learning_rate": math.inf}, "learning_rate", "must be a finite number"),
+    ({"top_p": 5.0}, "top_p", "must lie in (0, 1]"),
+    ({"top_k": -3}, "top_k", "must be >= 0"),
+    ({"kl_coef": -1.0}, "kl_coef", "must be >= 0"),
+    ({"kl_budget": -5.0}, "kl_budget", "must be >= 0"),
+    ({"target_kl": 0.0}, "target_kl", "must be > 0"),
+    ({"length_free_tokens": -4}, "length_free_tokens", "must be >= 0"),
+    ({"lora_r": 0}, "lora_r", "must be >= 1"),
+    ({"lora_dropout": 1.0}, "lora_dropout", "must lie in [0, 1)"),
+    ({"num_threads": -1}, "num_threads", "must be >= 0"),
+    ({"clip_eps": 0.0}, "clip_eps", "must lie in (0, 1)"),
+    ({"adaptive_kl": "yes"}, "adaptive_kl", "must be true or false"),
+    ({"algo": "dpo"}, "algo", "must be one of ppo, grpo, rloo"),
+])
+def test_config_checks_every_field_type_and_range(settings: dict[str, object], field: str,
+                                                  allowed: str) -> None:
+    from node.rl.config import InvalidRLSetting
+
+    with pytest.raises(InvalidRLSetting) as raised:
+        RLConfig.from_mapping(settings)
+    assert raised.value.field == field and raised.value.allowed.startswith(allowed)
+    assert str(raised.value).startswith(f"[rl] {field} = ") and "the default is" in str(raised.value)
+
+
+def test_config_checks_table_and_flags_merged() -> None:
+    """A flag overrides a bad node.toml value rather than the table failing on its own first."""
+    assert RLConfig.from_mapping({"steps": "many", "algo": "grpo"}, steps=5, group_size=2).steps == 5
+    assert RLConfig(top_p=1, temperature=2, learning_rate=1).top_p == 1  # TOML integers are numbers too

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from node.errors import NodeError, UsageError
-from node.p2p import NodeP2P, P2PConfig, PeerBook
+from node.p2p import NodeP2P, P2PConfig, PeerBook, check_multiaddr
 from protocol.identity import Identity
 from protocol.p2p.host import peer_id_of
 from protocol.p2p.messages import FederationAnnouncement, MembershipRules, Schedule
@@ -64,6 +64,30 @@ def test_config_and_peer_book_errors(tmp_path: Path) -> None:
     addr = "/ip4/1.2.3.4/tcp/4001/p2p/" + peer_id_of(Identity.generate())
     assert book.add(addr) and not book.add(addr)
     assert PeerBook.load(tmp_path).addrs == [addr]
+
+
+def test_p2p_addresses_are_parsed_not_only_shaped() -> None:
+    """An address that can never be dialled is refused where it is given (peers add, [p2p] lists)."""
+    peer, sha256_peer = peer_id_of(Identity.generate()), "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
+    good = P2PConfig.from_table({"listen": ["/ip4/127.0.0.1/tcp/0", "/ip6/::/tcp/4001"],
+                                 "announce": ["/dns4/node.example.org/tcp/4001", "/ip4/203.0.113.5/tcp/4001"],
+                                 "bootstrap": [f"/ip4/198.51.100.7/tcp/4001/p2p/{peer}",
+                                               f"/dns/b.example.org/tcp/1/p2p/{sha256_peer}"]})
+    assert good.listen[0] == "/ip4/127.0.0.1/tcp/0" and len(good.bootstrap) == 2
+    for table, needle in [({"listen": ["garbage"]}, "listen address 'garbage' is invalid (unknown protocol"),
+                          ({"listen": ["/dns/x.org/tcp/1"]}, "not a DNS name"),
+                          ({"announce": ["/ip4/1.2.3.4/tcp/0"]}, "port 0 is not dialable"),
+                          ({"announce": ["/ip4/1.2.3.4/udp/1"]}, "a host and a TCP port"),
+                          ({"bootstrap": [f"/ip4/1.2.3.256/tcp/1/p2p/{peer}"]}, "is not IPv4"),
+                          ({"bootstrap": ["/ip4/1.2.3.4/tcp/1/p2p/" + "x" * 45]}, "not a base58 multihash"),
+                          ({"bootstrap": ["/ip4/1.2.3.4/tcp/1/p2p/bafzbeigai3eoy2ccc7ybwjfz5r3rdxqrinwi4rw"
+                                          "ytly24tdbh6yk7zslrm"]}, "is not base58")]:
+        with pytest.raises(NodeError, match="give the form /ip") as raised:
+            P2PConfig.from_table(table)
+        assert needle in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(UsageError, match="12D3KooW"):
+        check_multiaddr(f"/ip4/1.2.3.4/tcp/1/p2p/{peer[:-1]}")  # one character short: not a multihash
+    assert check_multiaddr(f" /ip6/::1/tcp/1/p2p/{peer} ") == f"/ip6/::1/tcp/1/p2p/{peer}"
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
