@@ -16,7 +16,7 @@ from node.config import (
     resolve_home,
     validate_name,
 )
-from node.errors import NodeError
+from node.errors import NodeError, UsageError
 
 COMMANDS = {
     "init": "create a node: node.toml, the database and an Ed25519 identity key",
@@ -38,6 +38,9 @@ def run_init(args: argparse.Namespace) -> int:
     from storage.store import Store
 
     name = validate_name(args.name)
+    if args.db is not None and not args.db.strip():
+        raise UsageError("--db is empty; give a database URL (sqlite:///PATH or postgresql+psycopg://...), or "
+                         "leave --db out for a SQLite store in the node home")
     home = resolve_home(args.home)
     if home.exists() and not home.is_dir():
         raise NodeError(f"{home} is a file, not a folder; pick a new or empty folder for --home")

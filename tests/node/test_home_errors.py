@@ -137,6 +137,9 @@ def test_a_mistyped_or_empty_db_flag_is_refused_and_creates_nothing(
     code, err = run(capsys, "stats", "--home", str(home), "--db", "")
     assert code == 2 and "--db is empty" in err and "leave --db out" in err
     assert run(capsys, "stats", "--home", str(home), "--db", f"sqlite:///{home / 'store.db'}")[0] == 0
+    other = tmp_path / "m"
+    code, err = run(capsys, "init", "--name", "m", "--home", str(other), "--db", " ")
+    assert code == 2 and "--db is empty" in err and not other.exists()
 
 
 def test_a_store_that_disappeared_is_not_silently_made_again(tmp_path: Path,
