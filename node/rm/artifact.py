@@ -19,7 +19,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,7 @@ def save_reward_model(
     merged = unwrap(model)
     if hasattr(model, "merge_and_unload"):  # PEFT: merge a copy, leave the caller's model trainable
         merged = copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         merged.save_pretrained(tmp, max_shard_size="10000GB")  # always one model.safetensors
         tokenizer.save_pretrained(tmp)
         if not (tmp / WEIGHTS_FILE).is_file():
@@ -87,13 +86,23 @@ def save_reward_model(
             full_card["scoring"] = {k: config[k] for k in SCORING_KEYS if k in config}
         (tmp / CARD_FILE).write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
         (tmp / README_FILE).write_text(render_readme(full_card))
+    return sha
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A new private folder next to `out` to write into: renamed to `out` (which must be new or empty) when
+    the block ends, removed if it raises, so a crash never leaves half a folder at `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return sha
 
 
 def export_hf_folder(folder: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
@@ -101,18 +110,10 @@ def export_hf_folder(folder: str | os.PathLike[str], out_dir: str | os.PathLike[
     its own: hidden files left out, folders 0755 and files 0644 whatever the artifact's modes
     (safetensors writes 0600), copied next to out_dir and renamed into place."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(".*"), dirs_exist_ok=True)
         for path in [tmp, *tmp.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def render_readme(card: dict[str, Any]) -> str:

@@ -42,7 +42,6 @@ import logging
 import os
 import shutil
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -57,7 +56,7 @@ from torch import nn
 
 from node.errors import NodeError
 from node.rm import standalone
-from node.rm.artifact import WEIGHTS_FILE, RewardScorer, file_sha256
+from node.rm.artifact import WEIGHTS_FILE, RewardScorer, file_sha256, staged_folder
 from node.rm.data import PROMPT_CUT_MARKER, PairEncoder, PreferencePair, pad_batch
 from node.rm.model import rewards
 from node.rm.preflight import check_out_dir
@@ -221,9 +220,7 @@ def export_onnx(
     if n_bytes >= ONNX_MAX_BYTES:
         raise ExportError(f"the model has {n_bytes / 2**30:.1f} GiB of weights, over the 2 GiB a single ONNX file "
                           "holds; score it with the torch artifact (RewardScorer), or train a smaller backbone")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it private; the export is meant to be copied and served
         scorer.tokenizer.save_pretrained(tmp)
         if not (tmp / TOKENIZER_FILE).is_file():
@@ -295,12 +292,6 @@ def export_onnx(
         sizes |= {name: spec["files"][name]["bytes"] for name in files}
         sha |= {name: spec["files"][name]["sha256"] for name in files}
         del fp32, int8_scorer  # close the sessions before the folder moves
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report = ExportReport(
         out_dir=out, fp32_path=out / FP32_FILE, int8_path=out / INT8_FILE if int8 else None, sizes=sizes, sha256=sha,
         exporter=exporter, opset=used_opset, max_abs_diff_vs_torch=max_diff, n_checked=len(prompts),

@@ -10,28 +10,17 @@ from typing import Any
 
 import pytest
 
-from node.errors import ImportFormatError
 from node.exporting import write_records
 from node.formats import ParseContext, RecordError, parser_for
 from node.formats.decoding import check_surrogates
 from node.importing import JsonRecordError, _preview, iter_records
 from storage.records import Comparison, Demonstration, Feedback, Ranking, Rating, Record
+from tests.node.test_importing import import_error, write_lines
 
 GOOD = {"prompt": "q", "chosen": "a", "rejected": "b"}
 DEEP = "[" * 100_000 + "]" * 100_000  # far past the JSON decoder's recursion limit
 
 
-def write_lines(path: Path, lines: list[Any]) -> Path:
-    """Write dicts as JSON lines and strings verbatim."""
-    text = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def import_error(path: Path, **kwargs: Any) -> ImportFormatError:
-    with pytest.raises(ImportFormatError) as info:
-        list(iter_records(path, **kwargs))
-    return info.value
 
 
 def skipped(path: Path, **kwargs: Any) -> tuple[list[Record], list[tuple[int, str, str]]]:
