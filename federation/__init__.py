@@ -9,5 +9,6 @@
     apps.py         Flower 1.41 Message-API ServerApp loop and ClientApp handlers
     local_grid.py   an in-process Flower Grid (tests, simulation without Ray)
     worker.py       warm member-side trainer behind a thin relay ClientApp
-    deployment.py   TLS material, SuperLink / SuperNode processes, `flwr run`
+    tls.py          the federation's CA and SuperLink certificate
+    deployment.py   SuperLink / SuperNode processes, `flwr run`
 """

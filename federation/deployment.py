@@ -1,6 +1,6 @@
-"""Flower's deployment engine for a federation: TLS material, SuperLink, SuperNodes and `flwr run`.
+"""Flower's deployment engine for a federation: SuperLink, SuperNodes and `flwr run` (TLS: federation.tls).
 
-The coordinator runs `flower-superlink` (TLS with a CA and server certificate generated here) and
+The coordinator runs `flower-superlink` (TLS with the CA and server certificate of federation.tls) and
 submits the Flower app with `flwr run`; each member runs `flower-supernode` for its own node home
 (`--node-config home=...`), and the SuperNode starts a ClientApp process per message that trains
 on that home's store. Processes are started in their own session and stopped by process group.
@@ -35,7 +35,6 @@ runtime API (the ServerApp processes) answer loopback clients only (`MembersReac
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import ipaddress
 import json
@@ -45,9 +44,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from federation.errors import FederationError
+from federation.tls import TlsFiles
 
 POLL_S = 0.2
 """What the SuperNode sleeps between empty pulls (Flower's default is 3 s)."""
@@ -55,6 +56,8 @@ PULL_RETRY_S = 0.02
 """First retry of a message object that is not there yet (Flower's default is 1 s; see _fast_object_pulls)."""
 PULL_RETRY_CAP_S = 1.0
 """The retries' doubling stops here (Flower's default is 10 s)."""
+SUPERLINK_START_S = 60.0
+"""How long `start_superlink` waits for the SuperLink to listen."""
 HEARTBEAT_S = 10
 """The heartbeat interval a member's SuperNode announces (Flower's default is 30 s, its minimum 10 s). The
 SuperLink declares a node offline after 2 missed intervals, and only then lets a restarted SuperNode with
@@ -88,55 +91,6 @@ federation = ""
 straggler-wait = "10"
 resume = "0"
 """
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files: the CA members trust, and the SuperLink's certificate and key."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-
-def make_tls(out: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 30) -> TlsFiles:
-    """A fresh CA and a server certificate for `hosts` (IPs or DNS names), signed by it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rewardnode federation CA")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-               .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])).issuer_name(ca_name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256()))
-    files = TlsFiles(out / "ca.pem", out / "server.pem", out / "server.key")
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(files.server_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return files
 
 
 def free_port() -> int:
@@ -201,9 +155,15 @@ class Proc:
         self._out.close()
 
 
-def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
+def wait_for_port(port: int, timeout_s: float = 60.0, proc: Proc | None = None) -> None:
+    """Wait until something listens on 127.0.0.1:port; with `proc`, fail as soon as that process exited
+    (FederationError with the end of its log) instead of waiting out the timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            code = proc.popen.returncode
+            raise FederationError(f"the process logging to {proc.log} exited ({code}) before anything "
+                                  f"listened on 127.0.0.1:{port}: {last_error(proc.output())}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -211,11 +171,40 @@ def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g}s; see the process log")
 
 
+def last_error(output: str) -> str:
+    """The line of a Flower process's log that says why it stopped: the last one naming an error, else
+    the last line (shortened to one line of ~300 characters)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    line = (errors or lines or ["(its log is empty)"])[-1]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise FederationError if this machine cannot listen on host:port (another process listens there,
+    say), before a SuperLink is started that would fail to bind it while its port looks taken."""
+    import errno
+
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range; give a port in 1-65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):  # SO_REUSEADDR: TIME_WAIT is no conflict
+            pass
+    except OSError as exc:
+        fixes = {errno.EADDRINUSE: "another process listens there; stop it or pick another port",
+                 errno.EACCES: "ports below 1024 need root; pick a port from 1024 up"}
+        fix = fixes.get(exc.errno or 0, "pick another port or address")
+        raise FederationError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): {fix}") from None
+
+
 def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = "127.0.0.1", *,
                     supernode_auth: bool = True) -> Proc:
     """`flower-superlink` on host:port (TLS unless tls is None), no runtime dependency installation; with
     `supernode_auth` only SuperNodes whose keys were registered (`register_supernode`) may connect. Its
-    ServerApps run only a run pinned with `pin_run(workdir, ...)` (see the module docstring)."""
+    ServerApps run only a run pinned with `pin_run(workdir, ...)` (see the module docstring). Raises
+    FederationError if the port is taken or the SuperLink exits before it listens."""
+    check_port_free(host, port)
     args = [sys.executable, "-m", "federation.deployment", "superlink",
             "--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
     if supernode_auth:
@@ -227,7 +216,15 @@ def start_superlink(workdir: Path, port: int, tls: TlsFiles | None, host: str = 
                  "--ssl-keyfile", str(tls.server_key)]
     env = flower_env(workdir / "flwr") | {PIN_ENV: str((workdir / PIN_FILE).resolve())}
     proc = Proc(args, env, workdir / "superlink.log")
-    wait_for_port(port)
+    try:
+        wait_for_port(port, SUPERLINK_START_S, proc=proc)
+    except TimeoutError:
+        proc.stop()
+        raise FederationError(f"the SuperLink did not listen on 127.0.0.1:{port} within {SUPERLINK_START_S:g}"
+                              f" s ({last_error(proc.output())}); see {proc.log}") from None
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 
@@ -335,6 +332,9 @@ def start_supernode(workdir: Path, superlink: str, ca_cert: Path | None, node_co
     config = " ".join(f"{k}={_toml_str(v)}" for k, v in node_config.items())
     args = [sys.executable, "-m", "federation.deployment", "supernode", "--superlink", superlink,
             "--port", str(runtime_port or free_port()), "--node-config", config]
+    if auth_key is not None and ca_cert is None:
+        raise ValueError("SuperNode authentication needs TLS (Flower refuses it over --insecure): pass the "
+                         "SuperLink's CA certificate as ca_cert")
     args += ["--insecure"] if ca_cert is None else ["--root-certificates", str(ca_cert)]
     if auth_key is not None:
         args += ["--auth-supernode-private-key", str(auth_key)]

@@ -301,12 +301,38 @@ class EnsembleScorer:
 
 
 def read_join(home: Path, name: str) -> dict[str, Any]:
+    """What `federation join` recorded: "coordinator" (HOST:PORT), and "federation_id" and "ca" (a file
+    name in the federation's folder) where present; a damaged file is refused by name."""
     path = federation_dir(home, name) / JOIN_FILE
+    rejoin = (f"run `rewardnode federation join {name} --coordinator HOST:PORT --agreement FILE --ca CA` "
+              f"(CA: the coordinator's federation/{name}/tls/ca.pem)")
     if not path.is_file():
-        raise NodeError(f"this node has not joined federation {name!r}; run `rewardnode federation join {name} "
-                        "--coordinator HOST:PORT --agreement FILE`")
-    value: dict[str, Any] = parse_json(path.read_bytes())
-    return value
+        raise NodeError(f"this node has not joined federation {name!r}; {rejoin}")
+    try:
+        value = parse_json(path.read_bytes())
+    except ValueError as exc:  # CanonicalEncodingError: not UTF-8, not JSON
+        raise NodeError(f"{path} is damaged ({str(exc).split(';')[0]}); {rejoin} to write it again") from None
+    problem = join_problem(value)
+    if problem:
+        raise NodeError(f"{path} is damaged ({problem}); {rejoin} to write it again")
+    joined: dict[str, Any] = value
+    return joined
+
+
+def join_problem(value: Any) -> str:
+    """Why `value` is not a join record (see read_join), or "" if it is one."""
+    if not isinstance(value, dict):
+        return f"a JSON {type(value).__name__}, not an object"
+    coordinator = value.get("coordinator")
+    if not isinstance(coordinator, str) or not coordinator.strip():
+        return "no coordinator address (a HOST:PORT string)"
+    for key in ("federation_id", "ca"):
+        if key in value and not (isinstance(value[key], str) and value[key]):
+            return f"{key} is not a non-empty string"
+    ca = value.get("ca")
+    if isinstance(ca, str) and (Path(ca).name != ca or ca in (".", "..")):
+        return f"ca {ca!r} is not a file name in the federation's folder"
+    return ""
 
 
 def write_join(home: Path, name: str, values: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ and a record binding it to the node's Ed25519 identity; the coordinator admits t
 
 Files under the node home (besides node.federated's):
 
+    federation/<name>/ca.pem               member: the coordinator's CA certificate (`join --ca`)
     federation/<name>/supernode.key        member: P-384 SuperNode key (OpenSSH, mode 0600)
     federation/<name>/supernode-key.json   member: the signed record to send to the coordinator
     federation/<name>/supernodes/*.json    coordinator: admitted records, one per member
@@ -38,6 +39,7 @@ from node.federated import (
     agreement_for,
     coordinator_state,
     federation_dir,
+    finished_rounds,
     read_join,
     save_round,
 )
@@ -46,6 +48,8 @@ from protocol.identity import Identity
 log = logging.getLogger(__name__)
 
 SUPERNODE_KEY_FILE = "supernode.key"
+CA_FILE = "ca.pem"
+"""Member: the coordinator's CA certificate, as `federation join --ca` keeps it."""
 SUPERNODE_RECORD_FILE = "supernode-key.json"
 ADMITTED_DIR = "supernodes"
 RETRY_S = 2.0
@@ -127,7 +131,7 @@ client_app = _client_app()
 
 def prepare_tls(home: Path, name: str) -> Path:
     """Generate the federation's CA + SuperLink certificate (coordinator, at create time); returns ca.pem."""
-    from federation.deployment import make_tls
+    from federation.tls import make_tls
 
     return make_tls(federation_dir(home, name) / TLS_DIR).ca_cert
 
@@ -183,8 +187,9 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
     wrote. `supernode_auth=False` lets any SuperNode that trusts the CA connect (contributions are still
     checked for members' signatures). `straggler_s`: see federation.apps.send_and_receive. resume=True
     continues after the rounds an earlier run saved (node.federated.prepare_rounds checks them first)."""
+    import subprocess
+
     from federation.deployment import (
-        TlsFiles,
         flwr_run,
         pin_run,
         register_supernode,
@@ -192,6 +197,7 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
         write_app,
         write_connection,
     )
+    from federation.tls import TlsFiles
 
     _check_listen(host)
     agreement = agreement_for(home, name)
@@ -223,7 +229,16 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
         run_config = {RUN_CONFIG_HOME: str(home), RUN_CONFIG_FEDERATION: name,
                       RUN_CONFIG_STRAGGLER: str(straggler_s), RUN_CONFIG_RESUME: "1" if resume else "0"}
         pin_run(work, app, run_config)  # the SuperLink's ServerApp runs this run and nothing else
-        done = flwr_run(work, app, run_config, timeout_s)
+        try:
+            done = flwr_run(work, app, run_config, timeout_s)
+        except subprocess.TimeoutExpired as exc:  # stop the SuperLink (finally) and say so in one line
+            (work / "flwr-run.log").write_text(_text(exc.stdout) + _text(exc.stderr))
+            finished = len(finished_rounds(home, name))
+            again = "a longer --timeout" + (" and --resume" if finished else "")
+            raise NodeError(f"no outcome within --timeout {timeout_s:g} s ({finished} of {agreement.rounds} "
+                            f"round(s) done; see {work / 'flwr-run.log'}); stopped the SuperLink. Check "
+                            f"that the members run `rewardnode federation run {name}`, then run again with "
+                            f"{again}") from None
         (work / "flwr-run.log").write_text(done.stdout + done.stderr)
     finally:
         superlink.stop()
@@ -232,6 +247,11 @@ def run_coordinator(home: Path, name: str, *, port: int, host: str = "127.0.0.1"
                         f"{work / 'flwr-run.log'} and {work / 'superlink.log'}")
     outcome: dict[str, Any] = json.loads(outcome_path.read_text())
     return outcome
+
+
+def _text(output: bytes | str | None) -> str:
+    """What a timed-out subprocess wrote (TimeoutExpired keeps bytes even for a text-mode run)."""
+    return output.decode("utf-8", "replace") if isinstance(output, bytes) else output or ""
 
 
 def _check_listen(host: str) -> None:
@@ -263,7 +283,11 @@ def run_member(home: Path, name: str, *, serve: bool = False, timeout_s: float =
     agreement = agreement_for(home, name)
     join = read_join(home, name)
     fed = federation_dir(home, name)
-    ca = fed / str(join["ca"]) if join.get("ca") else None
+    ca = fed / str(join.get("ca") or CA_FILE)
+    if not join.get("ca") or not ca.is_file():  # the SuperLink always uses TLS, and SuperNodes authenticate
+        raise NodeError(f"no TLS CA certificate for federation {name!r} at {ca}: run `rewardnode "
+                        f"federation join {name} --coordinator {join['coordinator']} --ca FILE` with the "
+                        f"federation/{name}/tls/ca.pem the coordinator's `federation create` wrote")
     auth_key = fed / SUPERNODE_KEY_FILE
     if not auth_key.is_file():
         raise NodeError(f"no SuperNode key at {auth_key}; run `rewardnode federation join {name} ...` again "

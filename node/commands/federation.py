@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from node.errors import NodeError, UsageError
@@ -79,7 +80,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     join.add_argument("name", metavar="NAME")
     join.add_argument("--coordinator", metavar="HOST:PORT", required=True, help="the coordinator's SuperLink")
     join.add_argument("--agreement", metavar="FILE", help="agreement.json the coordinator sent (needed once)")
-    join.add_argument("--ca", metavar="FILE", help="the coordinator's CA certificate (TLS)")
+    join.add_argument("--ca", metavar="FILE",
+                      help="the coordinator's CA certificate, its federation/NAME/tls/ca.pem (TLS; needed "
+                           "unless an earlier join of this federation kept one)")
     admit = sub.add_parser("admit", help="(coordinator) admit members' SuperNodes: check and keep the "
                                          "supernode-key.json each member's join wrote")
     admit.add_argument("name", metavar="NAME")
@@ -106,7 +109,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                      help="(coordinator) keep an earlier run's rounds aside (rounds-previous-*) and start at round 1")
     run.add_argument("--serve", action="store_true",
                      help="(member) keep serving after the federated model landed (default: exit then)")
-    run.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    run.add_argument("--timeout", type=float, default=3600.0,
+                     help="give up after this many seconds (default 3600)")
     status = sub.add_parser("status", help="agreement, rounds done and registered federated models")
     status.add_argument("name", metavar="NAME")
     status.add_argument("--json", action="store_true")
@@ -160,9 +164,13 @@ def _create(args: argparse.Namespace) -> int:
         except (FederationError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         _check_max_length(args.base_model, args.max_length)
+        try:
+            base_sha256 = base_model_sha256(args.base_model)
+        except (ValueError, NodeError) as exc:  # no model folder there, or no weights in it
+            raise UsageError(f"--base-model {args.base_model}: {exc}") from None
         agreement = Agreement(
             name=args.name, coordinator=node.identity.public_key_hex, members=members, base_model=args.base_model,
-            base_model_sha256=base_model_sha256(args.base_model), share=args.share, **settings)
+            base_model_sha256=base_sha256, share=args.share, **settings)
         ca = prepare_tls(node.config.home, args.name)  # before the agreement: a failure leaves no CA-less federation
         save_agreement(target, agreement.sign(node.identity))
     screen = (f" after leaving out outliers (norm > {agreement.outlier_norm_ratio:g}x the median, cosine < "
@@ -218,7 +226,10 @@ def _join(args: argparse.Namespace) -> int:
         if node.identity.public_key_hex not in agreement.members:
             raise NodeError(f"this node ({node.identity.short_fingerprint}) is not a member of {args.name!r}; ask the "
                             "coordinator to add its key (rewardnode identity --json) and re-create the agreement")
-        mine = base_model_sha256(agreement.base_model)
+        try:
+            mine = base_model_sha256(agreement.base_model)
+        except ValueError as exc:  # no model folder there
+            raise NodeError(f"this node cannot load the agreed base model: {exc}") from None
         if mine != agreement.base_model_sha256:
             raise NodeError(f"this node's {agreement.base_model!r} differs from the agreed base model; install it")
         join: dict[str, str] = {"coordinator": coordinator, "federation_id": agreement.federation_id}
@@ -233,6 +244,10 @@ def _join(args: argparse.Namespace) -> int:
             if isinstance(before, dict) and before.get("ca") == CA_FILE and \
                     before.get("federation_id") == agreement.federation_id:
                 join["ca"], kept_ca = CA_FILE, True
+        if "ca" not in join:  # the coordinator's SuperLink always uses TLS: no SuperNode gets in without it
+            raise UsageError(f"--ca FILE is missing: pass the coordinator's CA certificate, the federation/"
+                             f"{args.name}/tls/ca.pem its `federation create` wrote (sent with the "
+                             "agreement)")
         # Everything is checked: write. The SuperNode key first (a damaged key file fails before any other
         # write), then each file whole through a temporary file, so a failed join changes nothing stored.
         record = prepare_supernode_key(home, node.identity, agreement)
@@ -282,10 +297,15 @@ def _admit(args: argparse.Namespace) -> int:
 
     with Node.open(args.home, db=args.db) as node:
         home = node.config.home
-    for name in args.files:
-        path = Path(name)
+    paths = [Path(name) for name in args.files]
+    for path in paths:  # all of them before admitting any
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder; `federation admit` takes the supernode-key.json files the "
+                             f"members send (each member's join writes federation/{args.name}/"
+                             "supernode-key.json)")
         if not path.is_file():
             raise UsageError(f"{path}: no such file; pass the supernode-key.json a member's join wrote")
+    for path in paths:
         key = admit_supernode(home, args.name, path.read_bytes())
         print(f"admitted the SuperNode of member {key.member[:16]}... to {args.name!r} (from {path})")
     return 0
@@ -296,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
     from node.app import Node
     from node.federated import agreement_for, coordinator_state, prepare_rounds, run_local
 
+    _check_run_flags(args)  # before anything starts or moves
     with Node.open(args.home, db=args.db) as node:
         home = node.config.home
         agreement = agreement_for(home, args.name)
@@ -327,8 +348,6 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from node.flower import run_coordinator, run_member
 
-    if args.straggler_wait < 0:
-        raise UsageError(f"--straggler-wait {args.straggler_wait:g}: give a number of seconds >= 0")
     if is_coordinator:
         outcome = run_coordinator(home, args.name, port=args.port, host=args.listen, timeout_s=args.timeout,
                                   supernode_auth=not args.no_supernode_auth, straggler_s=args.straggler_wait,
@@ -341,6 +360,16 @@ def _run(args: argparse.Namespace) -> int:
     if model_id:
         print(f"federated model {model_id} registered (verify it: rewardnode verify {model_id})")
     return 0
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """Range-check `federation run`'s numbers (a SuperLink on port 0 or 70000 never listens)."""
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: give the SuperLink's port in 1-65535 (default 9093)")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout {args.timeout:g}: give a number of seconds > 0 (default 3600)")
+    if not (math.isfinite(args.straggler_wait) and args.straggler_wait >= 0):
+        raise UsageError(f"--straggler-wait {args.straggler_wait:g}: give a number of seconds >= 0")
 
 
 def _status(args: argparse.Namespace) -> int:

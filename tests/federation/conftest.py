@@ -101,9 +101,10 @@ def build_federation(root: Path, bert_dir: Path, n_members: int = 3, *, pairs: i
         args += ["--member", k]
     assert cli(*args) == 0
     agreement = coord / "federation" / "fed" / "agreement.json"
+    ca = coord / "federation" / "fed" / "tls" / "ca.pem"
     for home in homes:
         assert cli("--home", str(home), "federation", "join", "fed", "--coordinator", "127.0.0.1:9092",
-                   "--agreement", str(agreement)) == 0
+                   "--agreement", str(agreement), "--ca", str(ca)) == 0
     return coord, homes
 
 

@@ -252,3 +252,210 @@ def test_run_refuses_a_listen_address_its_own_commands_cannot_reach(joined, caps
     err = capsys.readouterr().err
     assert f"--listen {listen}" in err and "0.0.0.0" in err
     assert not (coord / "federation" / "fed" / "run").exists()  # nothing was started
+
+
+# --- join: TLS is not optional ---------------------------------------------------------------------------
+
+
+def test_join_without_ca_is_refused_and_writes_nothing(homes, bert_dir, capsys) -> None:
+    """The coordinator's SuperLink always uses TLS and members authenticate: a join without the CA would
+    leave a member that can never connect."""
+    coord, member, key = homes
+    assert create(coord, key, bert_dir) == 0
+    assert join(member, "--coordinator", COORDINATOR, "--agreement",
+                str(coord / "federation" / "fed" / "agreement.json")) == 2
+    err = capsys.readouterr().err
+    assert "--ca FILE is missing" in err and "federation/fed/tls/ca.pem" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (member / "federation").exists()
+
+
+def test_a_rejoin_without_ca_after_a_ca_less_join_json_is_refused(joined, capsys) -> None:
+    _, member = joined
+    fed = member / "federation" / "fed"
+    values = json.loads((fed / "join.json").read_text())
+    del values["ca"]  # as an older rewardnode (or a gossip join that found no CA) wrote it
+    (fed / "join.json").write_text(json.dumps(values))
+    before = snapshot(fed)
+    assert join(member, "--coordinator", COORDINATOR) == 2
+    assert "--ca FILE is missing" in capsys.readouterr().err
+    assert snapshot(fed) == before
+
+
+def test_a_member_run_without_a_ca_fails_up_front(joined, capsys) -> None:
+    _, member = joined
+    fed = member / "federation" / "fed"
+    (fed / "ca.pem").unlink()
+    assert cli("--home", str(member), "federation", "run", "fed", "--timeout", "30") == 1
+    err = capsys.readouterr().err
+    assert f"no TLS CA certificate for federation 'fed' at {fed / 'ca.pem'}" in err
+    assert "federation join fed --coordinator 127.0.0.1:9093 --ca FILE" in err and "tls/ca.pem" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (fed / "run").exists()  # no SuperNode was started
+
+
+def test_a_supernode_that_authenticates_needs_tls(tmp_path) -> None:
+    from federation.deployment import start_supernode
+
+    with pytest.raises(ValueError, match="SuperNode authentication needs TLS"):
+        start_supernode(tmp_path, COORDINATOR, None, {"home": str(tmp_path)}, auth_key=tmp_path / "k")
+    assert not (tmp_path / "supernode.log").exists()
+
+
+# --- join.json: a damaged file is refused by name, before any model is loaded ------------------------
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"{bad", "invalid JSON"),
+    (b"\xff\xfe", "not UTF-8"),
+    (b"[]", "a JSON list, not an object"),
+    (b"{}", "no coordinator address"),
+    (b'{"coordinator": 9093}', "no coordinator address"),
+    (b'{"coordinator": "127.0.0.1:9093", "ca": 1}', "ca is not a non-empty string"),
+    (b'{"coordinator": "127.0.0.1:9093", "ca": "../../etc/ca.pem"}', "ca '../../etc/ca.pem' is not a file name"),
+    (b'{"coordinator": "127.0.0.1:9093", "federation_id": ""}', "federation_id is not a non-empty string"),
+])
+def test_a_damaged_join_file_is_refused_naming_it_and_the_fix(joined, capsys, content, says) -> None:
+    coord, member = joined
+    fed = member / "federation" / "fed"
+    (fed / "join.json").write_bytes(content)
+    assert cli("--home", str(member), "federation", "run", "fed", "--timeout", "30") == 1
+    err = capsys.readouterr().err
+    assert f"{fed / 'join.json'} is damaged ({says}" in err, err
+    assert "run `rewardnode federation join fed --coordinator HOST:PORT --agreement FILE --ca CA`" in err
+    assert "send the bytes" not in err and len(err.strip().splitlines()) == 1
+    assert not (fed / "run").exists()  # refused before the worker (and its model) started
+    # a join with the CA writes it again
+    ca = coord / "federation" / "fed" / "tls" / "ca.pem"
+    assert join(member, "--coordinator", COORDINATOR, "--ca", str(ca)) == 0
+    assert json.loads((fed / "join.json").read_text())["coordinator"] == COORDINATOR
+
+
+# --- create / join: a base model that is not there -----------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["missing", "no-weights"])
+def test_create_with_a_base_model_that_is_not_there_names_the_flag(homes, bert_dir, tmp_path, capsys,
+                                                                   what) -> None:
+    coord, _, key = homes
+    base = tmp_path / "nonexistent"
+    if what == "no-weights":
+        base.mkdir()
+        (base / "config.json").write_text((bert_dir / "config.json").read_text())
+    assert create(coord, key, base) == 2
+    err = capsys.readouterr().err
+    assert f"--base-model {base}: backbone '{base}'" in err and len(err.strip().splitlines()) == 1
+    assert ("no config.json there" if what == "missing" else "has no weights file") in err
+    assert not (coord / "federation" / "fed").exists()
+
+
+def test_join_on_a_node_without_the_base_model_says_so(homes, bert_dir, tmp_path, capsys) -> None:
+    import shutil
+
+    coord, member, key = homes
+    base = tmp_path / "base"
+    shutil.copytree(bert_dir, base)
+    assert create(coord, key, base) == 0
+    shutil.rmtree(base)  # the member's machine has no such folder
+    fed = coord / "federation" / "fed"
+    assert join(member, "--coordinator", COORDINATOR, "--agreement", str(fed / "agreement.json"),
+                "--ca", str(fed / "tls" / "ca.pem")) == 1
+    err = capsys.readouterr().err
+    assert "this node cannot load the agreed base model: backbone" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (member / "federation").exists()
+
+
+# --- admit -----------------------------------------------------------------------------------------------
+
+
+def test_admit_a_folder_says_it_takes_the_key_files(joined, capsys) -> None:
+    coord, member = joined
+    record = member / "federation" / "fed" / "supernode-key.json"
+    assert cli("--home", str(coord), "federation", "admit", "fed", str(record), str(member)) == 2
+    err = capsys.readouterr().err
+    assert f"{member} is a folder; `federation admit` takes the supernode-key.json files" in err
+    assert not (coord / "federation" / "fed" / "supernodes").exists()  # not even the good one
+
+
+# --- coordinator run: flags range-checked, a taken port, the timeout -----------------------------------
+
+
+@pytest.fixture
+def admitted(joined) -> tuple[Path, Path]:
+    """`joined`, and the coordinator admitted the member's SuperNode (so `run` would start the SuperLink)."""
+    coord, member = joined
+    assert cli("--home", str(coord), "federation", "admit", "fed",
+               str(member / "federation" / "fed" / "supernode-key.json")) == 0
+    return coord, member
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--port", "0", "--port 0: give the SuperLink's port in 1-65535"),
+    ("--port", "-1", "--port -1: give the SuperLink's port in 1-65535"),
+    ("--port", "70000", "--port 70000: give the SuperLink's port in 1-65535"),
+    ("--timeout", "-5", "--timeout -5: give a number of seconds > 0"),
+    ("--timeout", "0", "--timeout 0: give a number of seconds > 0"),
+    ("--timeout", "nan", "--timeout nan: give a number of seconds > 0"),
+    ("--straggler-wait", "nan", "--straggler-wait nan: give a number of seconds >= 0"),
+])
+def test_run_range_checks_its_flags_before_anything_starts(admitted, capsys, flag, value, says) -> None:
+    coord, _ = admitted
+    assert cli("--home", str(coord), "federation", "run", "fed", flag, value) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+    assert not (coord / "federation" / "fed" / "run").exists()
+
+
+def test_run_on_a_port_another_process_listens_on_starts_no_superlink(admitted, capsys) -> None:
+    import socket
+
+    coord, _ = admitted
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        assert cli("--home", str(coord), "federation", "run", "fed", "--port", str(port)) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "another process listens there" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (coord / "federation" / "fed" / "run" / "superlink.log").exists()
+
+
+def test_waiting_for_a_port_stops_when_the_process_exited(tmp_path) -> None:
+    import sys
+
+    from federation.deployment import Proc, free_port, wait_for_port
+
+    script = "import sys; print('INFO starting'); print('ERROR [Errno 98] address already in use'); exit(1)"
+    proc = Proc([sys.executable, "-c", script], dict(os.environ), tmp_path / "superlink.log")
+    try:
+        with pytest.raises(FederationError, match=r"exited \(1\) before anything listened .*already in use"):
+            wait_for_port(free_port(), 30, proc=proc)
+    finally:
+        proc.stop()
+
+
+def test_run_that_times_out_stops_the_superlink_and_says_so(admitted, capsys, monkeypatch) -> None:
+    import subprocess
+
+    import federation.deployment as deployment
+
+    coord, _ = admitted
+    stopped: list[bool] = []
+
+    class SuperLink:
+        def stop(self) -> None:
+            stopped.append(True)
+
+    def flwr_run(workdir: Path, app_dir: Path, run_config: dict[str, str], timeout_s: float) -> None:
+        raise subprocess.TimeoutExpired(["flwr", "run"], timeout_s, output=b"partial output", stderr=b"")
+
+    monkeypatch.setattr(deployment, "start_superlink", lambda *a, **k: SuperLink())
+    monkeypatch.setattr(deployment, "register_supernode", lambda *a, **k: 1)
+    monkeypatch.setattr(deployment, "pin_run", lambda *a, **k: "0" * 64)
+    monkeypatch.setattr(deployment, "flwr_run", flwr_run)
+    assert cli("--home", str(coord), "federation", "run", "fed", "--port", "9093", "--timeout", "8") == 1
+    err = capsys.readouterr().err
+    assert "no outcome within --timeout 8 s (0 of 3 round(s) done" in err and "stopped the SuperLink" in err
+    assert "a longer --timeout" in err and len(err.strip().splitlines()) == 1
+    assert stopped == [True]
+    assert (coord / "federation" / "fed" / "run" / "flwr-run.log").read_text() == "partial output"

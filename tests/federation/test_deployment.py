@@ -125,13 +125,8 @@ def test_member_waits_until_the_coordinator_admits_its_supernode(make_federation
     once the coordinator registers the key from its signed record."""
     from federation.admission import verify_supernode_key
     from federation.agreement import load_agreement
-    from federation.deployment import (
-        TlsFiles,
-        register_supernode,
-        start_superlink,
-        wait_for_port,
-        write_connection,
-    )
+    from federation.deployment import register_supernode, start_superlink, wait_for_port, write_connection
+    from federation.tls import TlsFiles
     from tests.federation.conftest import cli, online_supernodes
 
     port = _free_port()
