@@ -73,9 +73,13 @@ def coordinate_median(updates: NDArray[np.floating]) -> Vector:
 
 
 def trimmed_mean(updates: NDArray[np.floating], trim_fraction: float = 0.2) -> Vector:
-    """Coordinate-wise trimmed mean: drop the floor(beta K) largest and smallest values per coordinate.
+    """Coordinate-wise trimmed mean: drop the b largest and smallest values per coordinate, b = floor(beta K),
+    but at least 1 from 3 rows up when beta > 0 (floor(0.2 K) is 0 for K <= 4: a trimmed mean that trims
+    nothing would be FedAvg without its weights, and one member could drag it anywhere).
 
     >>> trimmed_mean(np.array([[-100.0], [1.0], [2.0], [3.0], [100.0]]), 0.2).tolist()
+    [2.0]
+    >>> trimmed_mean(np.array([[1.0], [2.0], [300.0]]), 0.2).tolist()
     [2.0]
     """
     u = _check(updates)
@@ -83,6 +87,8 @@ def trimmed_mean(updates: NDArray[np.floating], trim_fraction: float = 0.2) -> V
         raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}; 0.2 trims a fifth on each side")
     k = u.shape[0]
     b = int(math.floor(trim_fraction * k))
+    if trim_fraction > 0 and k >= 3:
+        b = max(b, 1)
     s = np.sort(u, axis=0)  # (K, D), each column sorted
     out: Vector = s[b: k - b].mean(axis=0)
     return out
@@ -226,7 +232,10 @@ def aggregate_selected(strategy: str, updates: NDArray[np.floating], weights: ND
     if strategy == "trimmed-mean":
         return trimmed_mean(u, trim_fraction), every
     if strategy == "krum":
-        f = min(n_byzantine, max(u.shape[0] - 3, 0))  # Krum needs K >= 2f + 3 to mean anything
+        # Krum's guarantee needs K >= 2f + 3, but with fewer members it still leaves out the f rows farthest
+        # from their nearest neighbours (3 members, f = 1: the two that agree are kept); only 2 rows cannot
+        # tell which one is the outlier, so both are kept.
+        f = min(n_byzantine, max(u.shape[0] - 2, 0))
         return multi_krum(u, f, max(u.shape[0] - f, 1))
     raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 

@@ -72,6 +72,24 @@ def test_robust_rules_resist_one_scaled_attacker() -> None:
     assert np.abs(agg.aggregate("fedavg", bad, w) - 1.0).max() > 10
 
 
+@pytest.mark.parametrize("n_honest", [2, 3])
+@pytest.mark.parametrize("name", ["trimmed-mean", "krum"])
+def test_robust_rules_resist_a_scaled_attacker_among_three_or_four(name: str, n_honest: int) -> None:
+    """With 3 or 4 members floor(0.2 K) trims nothing and K >= 2f + 3 fails for f = 1: the rules must still
+    leave the attacker out, not fall back to a mean it can drag anywhere."""
+    rng = np.random.default_rng(3)
+    honest = rng.normal(1.0, 0.1, size=(n_honest, 10))
+    bad = np.vstack([honest, 100.0 * honest[0]])
+    assert np.abs(agg.aggregate(name, bad, np.ones(n_honest + 1)) - 1.0).max() < 0.5
+
+
+def test_krum_keeps_both_of_two_rows() -> None:
+    rows = np.array([[0.0, 1.0], [2.0, 3.0]])
+    out, chosen = agg.aggregate_selected("krum", rows, np.ones(2))
+    assert sorted(chosen) == [0, 1]
+    np.testing.assert_allclose(out, [1.0, 2.0])
+
+
 def test_outlier_stats_match_their_definition(updates: np.ndarray) -> None:
     norms = [float(np.sqrt(sum(x * x for x in row))) for row in updates]
     ratio, cosine = agg.outlier_stats(updates)
