@@ -275,6 +275,27 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 M = TypeVar("M", NodeDescriptor, FederationAnnouncement, RoundManifest, ModelAnnouncement)
 
 
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def ed25519_peer_id(public_key_hex: str) -> str:
+    """The libp2p peer ID (base58) of an Ed25519 public key, without libp2p: the identity multihash
+    (0x00, length 36) of the key's protobuf form (Type = Ed25519: 08 01, Data: 12 20 + the 32 bytes).
+
+    >>> ed25519_peer_id("00" * 32)[:8]
+    '12D3KooW'
+    """
+    raw = bytes.fromhex(public_key_hex)
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key has 32 bytes, not {len(raw)}")
+    data = bytes([0x00, 36, 0x08, 0x01, 0x12, 0x20]) + raw
+    n, out = int.from_bytes(data, "big"), ""
+    while n:
+        n, r = divmod(n, 58)
+        out = _B58[r] + out
+    return "1" * (len(data) - len(data.lstrip(b"\x00"))) + out
+
+
 def seal(identity: Identity, message: Message, *, now_ms: int | None = None) -> Envelope:
     """`message` in a fresh envelope signed by `identity`."""
     return sign_envelope(identity, message.TYPE, message.to_payload(), now_ms=now_ms)
@@ -288,6 +309,9 @@ def open_envelope(env: Envelope) -> Message:
     msg = cls.from_payload(env.payload)
     if isinstance(msg, NodeDescriptor) and msg.public_key != env.sender:
         raise MessageError("a node descriptor must be signed by the key it describes; drop it")
+    if isinstance(msg, NodeDescriptor) and msg.peer_id != ed25519_peer_id(msg.public_key):
+        raise MessageError("a node descriptor's peer_id must be the one its public key gives (another node's "
+                           "peer ID would let its signer take that node's place); drop it")
     if isinstance(msg, FederationAnnouncement) and msg.coordinator != env.sender:
         raise MessageError("a federation announcement must be signed by its coordinator; drop it")
     return msg

@@ -170,3 +170,27 @@ def test_a_subscription_missing_from_the_hello_packet_still_reaches_the_peer(mak
     time.sleep(1.2)  # one heartbeat: b grafts a into its mesh
     gb.publish(_announcement(7))
     wait_for(lambda: len(box_a) == 1, 10, "delivery to a")
+
+
+def test_a_descriptor_naming_another_nodes_peer_id_is_malformed() -> None:
+    """A validly signed descriptor must carry its own key's peer ID: another node's would let the signer take
+    that node's place in every peer book."""
+    from libp2p.peer.id import ID
+
+    from protocol.errors import MalformedEnvelope
+    from protocol.p2p.gossip import TOPIC_NODES
+    from protocol.p2p.host import peer_id_for_public_key, peer_id_of
+    from protocol.p2p.messages import ed25519_peer_id
+
+    me, victim = Identity.generate(), Identity.generate()
+    for _ in range(50):  # the pure-Python derivation is libp2p's
+        key = Identity.generate().public_key_bytes
+        assert ed25519_peer_id(key.hex()) == peer_id_for_public_key(key)
+    origin = ID.from_base58(peer_id_of(me)).to_bytes()
+    g = Gossip.__new__(Gossip)
+    Gossip.__init__(g, host=None, verifier=Verifier())  # type: ignore[arg-type]
+    own = seal(me, NodeDescriptor("me", me.public_key_hex, peer_id_of(me), ("/ip4/127.0.0.1/tcp/1",), ()))
+    assert g.check(TOPIC_NODES, origin, own.to_bytes()) == own
+    claim = seal(me, NodeDescriptor("me", me.public_key_hex, peer_id_of(victim), ("/ip4/127.0.0.1/tcp/1",), ()))
+    with pytest.raises(MalformedEnvelope, match="peer_id must be the one its public key gives"):
+        g.check(TOPIC_NODES, origin, claim.to_bytes())
