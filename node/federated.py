@@ -32,7 +32,7 @@ from federation.errors import ChainBroken, FederationError
 from federation.manifest import verify_chain
 from node.app import Node
 from node.errors import NodeError
-from node.rm.artifact import WEIGHTS_FILE, RewardScorer, file_sha256, save_reward_model
+from node.rm.artifact import README_FILE, WEIGHTS_FILE, RewardScorer, file_sha256, save_reward_model
 from node.rm.data import LengthGroupedBatchSampler, PairCollator, PairEncoder, PreferencePair, tokenize_pairs
 from node.rm.model import disable_dropout, load_backbone, resolve_backbone_path
 from node.rm.parallel import BatchSplitter, resolve_workers
@@ -48,6 +48,8 @@ JOIN_FILE = "join.json"
 ROUNDS_DIR = "rounds"
 SHARED_ARRAYS_FILE = "shared.arrays"
 MODEL_KIND = "federated"
+FILES_KEY = "files_sha256"
+"""Provenance key of a federated model: {relative path: sha256} of its artifact files when registered."""
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -209,14 +211,36 @@ def register_federated(node: Node, agreement: Agreement, global_arrays: Arrays, 
         metrics={"rounds": len(chain)},
         provenance={"federation": agreement.name, "federation_id": agreement.federation_id,
                     "agreement": agreement_env, "manifests": list(chain), "shared_arrays_sha256": digest,
-                    "registered_at": int(time.time())},
+                    FILES_KEY: artifact_files_sha256(out), "registered_at": int(time.time())},
     )
 
 
+def artifact_files_sha256(folder: Path) -> dict[str, str]:
+    """sha256 of every file in an artifact folder, by relative path; hidden files and folders are left out,
+    and so is README.md: it is rendered from model_card.json (which is hashed) for people to read."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and name != README_FILE and not any(p.startswith(".") for p in name.split("/")):
+            out[name] = file_sha256(path)
+    return out
+
+
+def changed_files(folder: Path, registered: dict[str, str]) -> list[str]:
+    """What differs between an artifact folder and the sha256 of its files at registration, one item per file:
+    "changed NAME", "missing NAME" or "added NAME" (empty when nothing did)."""
+    now = artifact_files_sha256(folder)
+    return ([f"changed {n}" for n in sorted(set(now) & set(registered)) if now[n] != registered[n]]
+            + [f"missing {n}" for n in sorted(set(registered) - set(now))]
+            + [f"added {n}" for n in sorted(set(now) - set(registered))])
+
+
 def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict[str, Any]:
-    """Re-check a federated model: weights hash, agreement, every manifest and contribution signature,
-    the shared arrays against the last manifest and (check_merge) the weights against the arrays.
-    Raises `ChainBroken` naming the first break."""
+    """Re-check a federated model: weights hash, every file of the artifact (tokenizer, config, card, ...),
+    agreement, every manifest and contribution signature, the shared arrays against the last manifest and
+    (check_merge) the weights against the arrays. Raises `ChainBroken` naming the first break.
+
+    A model registered before per-file hashes were recorded has only its weights checked (logged)."""
     from federation.agreement import verify_agreement
 
     entry = node.store.get_model(model_id)
@@ -228,6 +252,19 @@ def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict
     if not weights.is_file() or file_sha256(weights) != entry.sha256:
         raise ChainBroken(f"{weights} is missing or does not hash to the registered sha256 {entry.sha256[:16]}...")
     prov = entry.provenance
+    files = prov.get(FILES_KEY)
+    if files is None:
+        log.warning("model %s was registered without per-file hashes: only its weights file is checked, "
+                    "not its tokenizer, config or card", entry.id)
+    elif not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ChainBroken(f"the registry's {FILES_KEY} of model {entry.id} is not a {{file: sha256}} object; "
+                          "the registry entry was altered: restore the node's store from a backup")
+    else:
+        changed = changed_files(path, files)
+        if changed:
+            raise ChainBroken(f"files of {path} differ from those registered: {', '.join(changed)}; the "
+                              "artifact was altered after registration: restore it from a trusted copy "
+                              "(or fetch it again)")
     try:
         agreement = verify_agreement(str(prov["agreement"]).encode("utf-8"))
     except (KeyError, FederationError) as exc:
@@ -257,6 +294,7 @@ def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict
             if key in state and not torch.allclose(state[key].float(), tensor.float(), atol=1e-5):
                 raise ChainBroken(f"weight {key} of {weights} differs from base + the federated shared arrays")
     return {"model": entry.id, "federation": agreement.name, "rounds": len(manifests),
+            "files": sorted(files) if isinstance(files, dict) else [WEIGHTS_FILE],
             "contributors": sorted({c["sender"] for m in manifests for c in m.contributions}),
             "rejections": sum(len(m.rejections) for m in manifests)}
 

@@ -8,11 +8,13 @@ Joining a federation (Flower) is the federation package's job: register a hook.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,9 +147,27 @@ def check_multiaddr(addr: str) -> str:
     return addr.strip()
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `.<name>.lock` next to `path`: one writer at a time, across processes."""
+    with open(path.with_name(f".{path.name}.lock"), "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _dialable_announced(addr: str) -> bool:
+    """Whether an address a peer announced can be dialled from here (not 0.0.0.0 / ::, not port 0)."""
+    return host_addr_problem(addr) is None and _parts(addr)[0][0][1] not in ("0.0.0.0", "::")
+
+
 @dataclass
 class PeerBook:
-    """Known peers, kept in `HOME/peers.json` (written atomically)."""
+    """Known peers, kept in `HOME/peers.json`.
+
+    Every change re-reads the file under a lock (`HOME/.peers.json.lock`), changes that, and replaces the
+    file atomically: `rewardnode peers add` and a running `rewardnode serve` both write it, and neither
+    loses the other's peers.
+    """
 
     path: Path
     peers: list[dict[str, Any]] = field(default_factory=list)
@@ -155,58 +175,118 @@ class PeerBook:
     @classmethod
     def load(cls, home: Path) -> PeerBook:
         path = home / PEERS_FILE
-        if not path.exists():
-            return cls(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise NodeError(f"{path}: not readable JSON ({exc}); fix it or move it away") from None
-        peers = data.get("peers") if isinstance(data, dict) else None
-        if not isinstance(peers, list) or not all(isinstance(p, dict) and isinstance(p.get("addr"), str)
-                                                  for p in peers):
-            raise NodeError(f'{path}: expected {{"peers": [{{"addr": "..."}}, ...]}}; fix it or move it away')
-        return cls(path, peers)
+        return cls(path, _read_peers(path))
 
     def add(self, addr: str, name: str | None = None) -> bool:
         """Remember a peer address; False when it was already known."""
         addr = check_multiaddr(addr)
-        if any(p["addr"] == addr for p in self.peers):
-            return False
-        self.peers.append({"addr": addr, "peer_id": addr.rsplit("/", 1)[1], "name": name,
-                           "added_ms": time.time_ns() // 1_000_000})
-        self.save()
-        return True
+        entry = {"addr": addr, "peer_id": addr.rsplit("/", 1)[1], "name": name,
+                 "added_ms": time.time_ns() // 1_000_000}
+
+        def change(peers: list[dict[str, Any]]) -> bool:
+            if any(p["addr"] == addr for p in peers):
+                return False
+            peers.append(entry)
+            return True
+        return self._update(change)
 
     def record(self, name: str, public_key: str, peer_id: str, addresses: Sequence[str]) -> None:
         """Remember a peer whose signed descriptor was verified: marks it verified and seen now.
 
-        An entry added by hand for the same peer ID keeps its address and gains the key; a peer met
-        only through discovery is added with its first announced address.
+        The peer's entries gain its key. A discovered entry whose address the peer no longer announces moves
+        to the first address it announces (a peer restarted elsewhere); an entry added by hand keeps its
+        address (it may be the public address of a peer behind NAT, which announces its private one), and
+        the announced address is added beside it when no entry has it. A peer met only through discovery is
+        added with that address. Addresses that cannot be dialled from here (0.0.0.0, port 0) are passed over.
         """
         now = time.time_ns() // 1_000_000
-        entry = next((p for p in self.peers if p.get("peer_id") == peer_id), None)
-        if entry is None:
-            if not addresses:
-                return
-            entry = {"addr": f"{addresses[0]}/p2p/{peer_id}", "peer_id": peer_id, "name": name, "added_ms": now,
-                     "source": "discovered"}
-            self.peers.append(entry)
-        entry.update({"name": entry.get("name") or name, "public_key": public_key, "verified": True,
-                      "last_seen_ms": now})
-        self.save()
+        announced = [f"{a}/p2p/{peer_id}" for a in addresses if _dialable_announced(a)]
+
+        def change(peers: list[dict[str, Any]]) -> bool:
+            entries = [p for p in peers if p.get("peer_id") == peer_id]
+            if not entries and not announced:
+                return False
+            if announced and not any(e["addr"] in announced or e.get("source") == "discovered" for e in entries):
+                entries.append({"addr": announced[0], "peer_id": peer_id, "name": name, "added_ms": now,
+                                "source": "discovered"})
+                peers.append(entries[-1])
+            for entry in entries:
+                if announced and entry["addr"] not in announced and entry.get("source") == "discovered":
+                    entry["addr"] = announced[0]
+                entry.update({"name": entry.get("name") or name, "public_key": public_key, "verified": True,
+                              "last_seen_ms": now})
+            for twin in [e for i, e in enumerate(entries) if e["addr"] in (d["addr"] for d in entries[:i])]:
+                peers.remove(twin)  # two entries moved to the same address: keep the first
+            return True
+        self._update(change)
+
+    def mark_seen(self, addrs: Sequence[str]) -> None:
+        """Record that the peers at `addrs` answered just now (`peers --probe`)."""
+        now = time.time_ns() // 1_000_000
+
+        def change(peers: list[dict[str, Any]]) -> bool:
+            seen = [p for p in peers if p["addr"] in addrs]
+            for p in seen:
+                p["last_seen_ms"] = max(now, p.get("last_seen_ms") or 0)
+            return bool(seen)
+        self._update(change)
 
     @property
     def addrs(self) -> list[str]:
         return [p["addr"] for p in self.peers]
 
     def save(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        """Write this book's peers into the file, merged by peer ID and address with what is there now:
+        peers another process added since `load` are kept. Prefer add/record/mark_seen."""
+        mine = [dict(p) for p in self.peers]
+
+        def change(peers: list[dict[str, Any]]) -> bool:
+            for entry in mine:
+                match = next((p for p in peers if (p.get("peer_id"), p["addr"]) == (entry.get("peer_id"),
+                                                                                  entry["addr"])), None)
+                if match is None:
+                    peers.append(entry)
+                    continue
+                seen = max(match.get("last_seen_ms") or 0, entry.get("last_seen_ms") or 0)
+                match.update({k: v for k, v in entry.items() if v is not None})
+                if seen:
+                    match["last_seen_ms"] = seen
+            return True
+        self._update(change)
+
+    def _update(self, change: Callable[[list[dict[str, Any]]], bool]) -> bool:
+        """Apply `change` to the peers in the file, under the lock; write them back when it returns True."""
+        with _locked(self.path):
+            peers = _read_peers(self.path)
+            changed = change(peers)
+            if changed:
+                self._replace_file(peers)
+            self.peers = peers
+        return changed
+
+    def _replace_file(self, peers: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # one writer at a time: the lock
         try:
-            tmp.write_text(json.dumps({"peers": self.peers}, indent=2) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps({"peers": peers}, indent=2) + "\n", encoding="utf-8")
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # no half-written .tmp left in the home
             raise
+
+
+def _read_peers(path: Path) -> list[dict[str, Any]]:
+    """The peers in a peers.json ([] when there is none); NodeError naming the fix when it is damaged."""
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NodeError(f"{path}: not readable JSON ({exc}); fix it or move it away") from None
+    peers = data.get("peers") if isinstance(data, dict) else None
+    if not isinstance(peers, list) or not all(isinstance(p, dict) and isinstance(p.get("addr"), str)
+                                              for p in peers):
+        raise NodeError(f'{path}: expected {{"peers": [{{"addr": "..."}}, ...]}}; fix it or move it away')
+    return peers
 
 
 FederationHook = Callable[[Any, Any], None]
@@ -266,7 +346,7 @@ class NodeP2P:
     def _on_peer(self, descriptor: Any) -> None:
         try:
             self.peer_book.record(descriptor.name, descriptor.public_key, descriptor.peer_id, descriptor.addresses)
-        except OSError as exc:  # a read-only home must not stop discovery
+        except (OSError, NodeError) as exc:  # a read-only home or a damaged file must not stop discovery
             log.warning("could not update %s: %s", self.peer_book.path, exc)
 
     def _on_federation(self, message: Any, env: Any) -> None:

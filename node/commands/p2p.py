@@ -52,7 +52,7 @@ def run_peers(args: argparse.Namespace) -> int:
         if args.multiaddr:
             raise UsageError("a multiaddr is only taken by `peers add`")
         config = P2PConfig.from_table(node.config.table("p2p"))
-        rows = [dict(p, source="peers.json") for p in book.peers]
+        rows = [{"source": "peers.json", **p} for p in book.peers]  # "discovered" ones say so
         rows += [{"addr": a, "peer_id": a.rsplit("/", 1)[-1], "name": None, "source": "node.toml"}
                  for a in config.bootstrap]
         if args.probe:
@@ -69,14 +69,15 @@ def run_peers(args: argparse.Namespace) -> int:
                         row["reachable"] = True
                     except Exception as exc:  # noqa: BLE001 - reported per peer
                         row["reachable"], row["error"] = False, str(exc)
-                        continue
-                    known = next((p for p in book.peers if p["addr"] == row["addr"]), None)
-                    if known is not None:
-                        known["last_seen_ms"] = row["last_seen_ms"] = time.time_ns() // 1_000_000
+                up = [row for row in rows if row["reachable"] and row["addr"] in book.addrs]
+                for row in up:
+                    row["last_seen_ms"] = time.time_ns() // 1_000_000
                 try:
-                    book.save()
-                except OSError as exc:  # the probe itself worked: report it, say what was not recorded
-                    print(f"warning: {_not_saved(book, exc)} (last-seen times not recorded)", file=sys.stderr)
+                    if up:  # re-reads peers.json under its lock: a running node may be writing it too
+                        book.mark_seen([row["addr"] for row in up])
+                except (OSError, NodeError) as exc:  # the probe worked: report it, say what was not recorded
+                    reason = _not_saved(book, exc) if isinstance(exc, OSError) else str(exc)
+                    print(f"warning: {reason} (last-seen times not recorded)", file=sys.stderr)
     if args.json:
         print(json.dumps({"peers": rows}, indent=2))
     elif not rows:

@@ -2,9 +2,11 @@
 
 1. `bootstrap()` dials the configured bootstrap multiaddrs (`/ip4/H/tcp/P/p2p/ID`).
 2. Every node publishes its signed `NodeDescriptor` on `TOPIC_NODES` once it has a gossip peer, and
-   again (debounced) whenever it sees a node it did not know, so a newcomer that only knows a
-   bootstrap node learns everyone, and everyone learns it. A descriptor is dialed only after the
-   gossip validator checked its signature and that its key matches its peer ID.
+   again (debounced) whenever it sees a node it did not know or one that moved to new addresses, so a
+   newcomer that only knows a bootstrap node learns everyone, and everyone learns it. A descriptor is
+   dialed only after the gossip validator checked its signature and that its key matches its peer ID.
+   `on_peer` hears every verified descriptor: at once when the peer is new or announces other
+   addresses, otherwise at most once per `report_every_s` (gossip repeats descriptors often).
 3. With the DHT on, `advertise(federation_id)` stores a provider record under the federation's key
    and `find_members(federation_id)` looks providers up and dials them: members found without any
    gossip path between them.
@@ -41,7 +43,11 @@ class Discovery:
 
     def __init__(self, host: P2PHost, gossip: Gossip, *, name: str, capabilities: Sequence[str] = (),
                  bootstrap: Sequence[str] = (), max_peers: int = 64, reannounce_s: float = 2.0,
-                 on_peer: Callable[[NodeDescriptor], None] | None = None) -> None:
+                 on_peer: Callable[[NodeDescriptor], None] | None = None,
+                 report_every_s: float = 60.0) -> None:
+        if report_every_s < 0:
+            raise ValueError(f"report_every_s must be >= 0 (seconds between on_peer calls for one peer), "
+                             f"got {report_every_s}")
         self.host = host
         self.gossip = gossip
         self.name = name
@@ -50,8 +56,11 @@ class Discovery:
         self.max_peers = max_peers
         self.reannounce_s = reannounce_s
         self.on_peer = on_peer
+        self.report_every_s = report_every_s
         self.known: dict[str, NodeDescriptor] = {}
-        """Verified descriptors by peer ID."""
+        """Verified descriptors by peer ID (the latest one of each peer)."""
+        self._reported: dict[str, float] = {}
+        """When (monotonic) `on_peer` last heard of each peer ID."""
         self._lock = threading.Lock()
         self._last_announce = 0.0
         self._announce_pending = False
@@ -95,13 +104,20 @@ class Discovery:
     def _on_descriptor(self, message: Message, env: Envelope) -> None:
         if not isinstance(message, NodeDescriptor) or message.peer_id == self.host.peer_id:
             return
+        now = time.monotonic()
         with self._lock:
-            new = message.peer_id not in self.known
+            before = self.known.get(message.peer_id)
             self.known[message.peer_id] = message
-            schedule = new and not self._announce_pending
+            # New, or restarted elsewhere: dial it, tell it about us, record it now.
+            moved = before is None or before.addresses != message.addresses
+            last = self._reported.get(message.peer_id)
+            report = self.on_peer is not None and (moved or last is None or now - last >= self.report_every_s)
+            if report:
+                self._reported[message.peer_id] = now
+            schedule = moved and not self._announce_pending
             if schedule:
                 self._announce_pending = True
-        if new:
+        if moved:
             connected = set(self.host.connected_peers())
             if message.peer_id not in connected and len(connected) < self.max_peers:
                 for addr in message.addresses:
@@ -110,8 +126,8 @@ class Discovery:
                         break
                     except HostError as exc:
                         log.info("could not dial announced peer %s at %s: %s", message.name, addr, exc)
-            if self.on_peer is not None:
-                self.on_peer(message)
+        if report and self.on_peer is not None:
+            self.on_peer(message)
         if schedule:
             # Let the newcomer know about us; debounced so a burst of newcomers costs one announce.
             threading.Timer(self._debounce(), self._reannounce).start()

@@ -169,6 +169,58 @@ def test_rl_names_an_empty_prompts_file(home: Path, tmp_path: Path, capsys: pyte
     assert f"--prompts {empty} holds no prompts" in line and "or pass --prompts" not in line
 
 
+@pytest.mark.parametrize(("line", "needle"), [
+    ('{"prompt": ""}', ":2: 'prompt' is empty; give the prompt's text or remove the line"),
+    ('{"prompt": " \\n\\t"}', ":2: 'prompt' is only whitespace"),
+    ('{"prompt": null}', ":2: 'prompt' must be a string, not null; write the prompt's text in quotes"),
+    ('{"prompt": ["a", "b"]}', ":2: 'prompt' must be a string, not a list"),
+    ('{"prompt": 7}', ":2: 'prompt' must be a string, not a number"),
+    ('{"text": "good cat"}', ":2: no 'prompt' key (keys: 'text'); give each line a \"prompt\""),
+    ('["good cat"]', ":2: a list, not a JSON object; write one object per line"),
+    ('"good cat"', ":2: a string, not a JSON object"),
+    ("{bad", ":2: invalid JSON (Expecting property name"),
+    ('{"prompt": "a\\u0000b"}', ":2: the prompt holds a NUL character; remove it"),
+])
+@pytest.mark.parametrize("command", ["rl", "best-of-n", "generate"])
+def test_a_bad_prompt_line_is_named_before_loading(home: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch, command: str, line: str,
+                                                   needle: str) -> None:
+    """A blank prompt crashed best-of-n (IndexError) and rl (reshape error, after making the run folder); a
+    non-string one was sampled as its repr ("None", "['a', 'b']")."""
+    forbid_model_loading(monkeypatch)
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "good cat"}\n' + line + '\n\n{"prompt": "bad dog"}\n', encoding="utf-8")
+    out = tmp_path / "run"
+    assert f"rewardnode: error: {path}{needle}" in fails(capsys, home, command, "--prompts", str(path),
+                                                         *(["--out", str(out)] if command == "rl" else []))
+    assert not out.exists() and not (home / "rl").exists()
+
+
+def test_blank_lines_of_a_prompt_file_are_skipped(home: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blank lines are no prompts, in .txt and .jsonl alike: the file's prompts reach the reward model."""
+    import node.commands.rl as rl
+
+    class Stop(Exception):
+        pass
+
+    def reward(*_args: object, **_kwargs: object) -> None:
+        raise Stop
+
+    monkeypatch.setattr(rl, "_reward", reward)
+    seen: list[list[str]] = []
+    real = rl._read_prompts
+    monkeypatch.setattr(rl, "_read_prompts", lambda args, node: seen.append(real(args, node)) or seen[-1])
+    txt, jsonl = tmp_path / "p.txt", tmp_path / "p.jsonl"
+    txt.write_text("good cat\n\n   \nbad dog\r\n", encoding="utf-8")
+    jsonl.write_text('{"prompt": "good cat"}\n\n  \n{"prompt": " bad dog "}\n', encoding="utf-8")
+    for path in (txt, jsonl):
+        with pytest.raises(Stop):
+            main(["--home", str(home), "best-of-n", "--prompts", str(path)])
+    assert seen == [["good cat", "bad dog"], ["good cat", " bad dog "]]
+
+
 def _prompts_file(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.txt"
     path.write_text("good cat\nbad dog\n", encoding="utf-8")
@@ -422,10 +474,10 @@ def test_peers_add_on_a_read_only_home_changes_nothing(home: Path, capsys: pytes
 
     from node.p2p import PeerBook
 
-    def read_only(self: PeerBook) -> None:
+    def read_only(self: PeerBook, peers: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(PeerBook, "save", read_only)
+    monkeypatch.setattr(PeerBook, "_replace_file", read_only)
     line = fails(capsys, home, "peers", "add", PEER, code=1)
     assert "peers.json (Read-only file system)" in line and "is not writable" in line
     assert "nothing was changed" in line
