@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,10 @@ _RL_FLAGS: dict[str, tuple[str, type, str]] = {
 
 
 def _add_prompts(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompts", metavar="FILE", help="prompts: .jsonl with a 'prompt' key, or one per line")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help="prompts: .jsonl, one object per line with a non-blank string 'prompt'; any "
+                             "other file: one prompt per line. Blank lines are skipped; a bad line is an "
+                             "error naming it")
     parser.add_argument("--source", metavar="NAME", help="prompts stored under this source (default: all stored)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many prompts")
 
@@ -91,7 +96,10 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--campaign", metavar="NAME",
                             help="labeling campaign opened on every within-prompt pair (default: gen-<time>)")
         parser.add_argument("--overlap", type=int, default=1, help="labels wanted per pair in the campaign")
-        parser.add_argument("--out", metavar="FILE", help="also write the samples to a JSONL file (multi format)")
+        parser.add_argument("--out", metavar="FILE",
+                            help="also write the samples with their model to a JSONL file, to label "
+                                 "elsewhere (multi records without votes: add votes or rankings to "
+                                 "`rewardnode import` it)")
     elif name == "sft":
         parser.add_argument("--source", metavar="NAME", help="demonstrations of this source (default: all)")
         parser.add_argument("--epochs", type=int, default=1)
@@ -106,26 +114,19 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _read_prompts(args: argparse.Namespace, node: Node) -> list[str]:
+    from node.rl.prompts import read_prompt_file, usable_text
+
     prompts: list[str] = []
     if args.prompts:
         path = Path(args.prompts)
         if not path.is_file():
             raise UsageError(f"--prompts {path} does not exist; pass a .jsonl or .txt file of prompts")
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    prompts.append(str(json.loads(line)["prompt"]))
-                except (ValueError, KeyError, TypeError) as e:
-                    raise UsageError(f"{path}:{line_no}: not a JSON object with a 'prompt' ({e}); fix the line") from e
-            else:
-                prompts.append(line)
+        prompts = read_prompt_file(path)
     else:
         seen: set[str] = set()
         for record in node.store.iter_records(sources=[args.source] if args.source else None):
             prompt = getattr(record, "prompt", None)
-            if isinstance(prompt, str) and prompt not in seen:
+            if isinstance(prompt, str) and usable_text(prompt) and prompt not in seen:
                 seen.add(prompt)
                 prompts.append(prompt)
     if args.limit:
@@ -187,8 +188,11 @@ def _check_device(device: str, flag: bool) -> None:
         raise UsageError(f"{where}: torch sees no MPS device on this machine; use --device cpu")
 
 
-def _load(policy: str, *, lora: bool, value_head: bool, seed: int, lora_r: int = 16) -> tuple[Any, Any]:
-    """The policy (with its LoRA adapter and value head, initialized from `seed`) and its tokenizer."""
+def _load(policy: str, *, lora: bool, value_head: bool, seed: int, lora_r: int = 16,
+          reference: bool = True) -> tuple[Any, Any]:
+    """The policy (with its LoRA adapter and value head, initialized from `seed`) and its tokenizer.
+
+    reference=False: no frozen copy of a full policy, for what never compares against it (sampling, SFT)."""
     import torch
 
     from node.rl.policy import PolicyWithValue, load_policy
@@ -198,7 +202,8 @@ def _load(policy: str, *, lora: bool, value_head: bool, seed: int, lora_r: int =
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load --policy {policy}: {e}") from e
     torch.manual_seed(seed)  # LoRA's A matrices and the value head: the same run twice gives the same policy
-    return PolicyWithValue(model, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, value_head=value_head), tokenizer
+    return PolicyWithValue(model, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, value_head=value_head,
+                           reference=reference), tokenizer
 
 
 def _reward(spec: str, node: Node, device: str = "cpu") -> Any:
@@ -282,12 +287,50 @@ def _rl_setting_error(e: Exception, overrides: dict[str, Any]) -> UsageError:
 # ---- commands ---------------------------------------------------------------------------------
 
 
+def _save_run(policy: Any, tokenizer: Any, out: Path, config: Any, args: argparse.Namespace, reward: Any,
+              result: Any, interrupted: int | None = None) -> tuple[dict[str, str], dict[str, float]]:
+    """Write the run's policy, summary.json and report.html; the policy's paths and the first step's log.
+
+    `interrupted`: the step Ctrl-C cut short (the policy is as of the one before), marked in the summary."""
+    from node.rl.policy import save_policy
+    from node.rl.report import write_report
+
+    paths = save_policy(policy, tokenizer, out / "policy")
+    first, last = result.history[0], result.history[-1]
+    summary = {"algo": config.algo, "policy": args.policy, "reward": reward.name,
+               "steps_run": len(result.history), "stopped": result.stopped,
+               "interrupted": interrupted is not None, "reward_first": first["reward"],
+               "reward_last": last["reward"], "kl_last": last["kl"], "audit_first": first.get("audit_reward"),
+               "audit_last": last.get("audit_reward"), **paths}
+    if interrupted is not None:
+        summary["interrupted_step"] = interrupted
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(result.history, out / "report.html", title=f"rewardnode rl ({config.algo})", summary=summary)
+    return paths, first
+
+
+def _save_interrupted(policy: Any, tokenizer: Any, out: Path, config: Any, args: argparse.Namespace,
+                      reward: Any, result: Any) -> int:
+    """Ctrl-C after a completed step: save the run so far, exit 130; Ctrl-C again while saving exits now."""
+    from node.cli import PROG
+
+    done = len(result.history)
+    try:
+        paths, _ = _save_run(policy, tokenizer, out, config, args, reward, result, interrupted=done + 1)
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted again while saving; {out} may hold a partial policy: delete it",
+              file=sys.stderr)
+        return 130
+    print(f"{PROG}: error: interrupted in step {done + 1}; saved the policy as of step {done} in "
+          f"{paths['merged']}, with summary.json and report.html in {out}", file=sys.stderr)
+    return 130
+
+
 def run_rl(args: argparse.Namespace) -> int:
     from node.progress import bar as progress_bar
     from node.rl.config import RLConfig
-    from node.rl.policy import save_policy
-    from node.rl.ppo import train
-    from node.rl.report import StepLog, write_report
+    from node.rl.ppo import TrainingInterrupted, train
+    from node.rl.report import StepLog
 
     overrides: dict[str, Any] = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in
                                  _RL_FLAGS.items()}
@@ -328,19 +371,20 @@ def run_rl(args: argparse.Namespace) -> int:
         bar.set_postfix(post, refresh=False)
         bar.update(1)
 
+    interrupted = False
     try:
         result = train(policy, tokenizer, reward, prompts, config, audit=audit, on_step=on_step)
+    except TrainingInterrupted as e:
+        if not e.result.history:
+            raise  # nothing completed: nothing to save
+        result, interrupted = e.result, True
     finally:
         bar.close()
         log.close()
-    paths = save_policy(policy, tokenizer, out / "policy")
-    first, last = result.history[0], result.history[-1]
-    summary = {"algo": config.algo, "policy": args.policy, "reward": reward.name, "steps_run": len(result.history),
-               "stopped": result.stopped, "reward_first": first["reward"], "reward_last": last["reward"],
-               "kl_last": last["kl"], "audit_first": first.get("audit_reward"), "audit_last": last.get("audit_reward"),
-               **paths}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_report(result.history, out / "report.html", title=f"rewardnode rl ({config.algo})", summary=summary)
+    if interrupted:
+        return _save_interrupted(policy, tokenizer, out, config, args, reward, result)
+    paths, first = _save_run(policy, tokenizer, out, config, args, reward, result)
+    last = result.history[-1]
     if result.stopped:
         print(f"stopped early: {result.stopped}")
     print(f"reward {first['reward']:.4f} -> {last['reward']:.4f}, KL {last['kl']:.3f}; policy in {paths['merged']}, "
@@ -370,16 +414,17 @@ def run_best_of_n(args: argparse.Namespace) -> int:
     with Node.open(args.home, db=args.db) as node:
         prompts = _read_prompts(args, node)
         reward = _reward(args.reward, node)
-    policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed)
+    policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed, reference=False)
     candidates = _sample(policy, tokenizer, prompts, args)
     flat_prompts = [p for p, group in zip(prompts, candidates, strict=True) for _ in group]
-    scores = reward(flat_prompts, [c for group in candidates for c in group]).scores
-    chosen = best_of_n(candidates, scores)
-    first = sum(scores[i * args.n] for i in range(len(prompts))) / len(prompts)
-    best = sum(s for _, s in chosen) / len(chosen)
+    scored = reward(flat_prompts, [c for group in candidates for c in group])
+    chosen = [i for i, _ in best_of_n(candidates, scored.scores)]  # an ensemble: by its standardized scores
+    shown = [scored.reported[k * args.n + i] for k, i in enumerate(chosen)]  # and shows its members' raw mean
+    first = sum(scored.reported[k * args.n] for k in range(len(prompts))) / len(prompts)
+    best = sum(shown) / len(shown)
     if out is not None:
         _write_jsonl(out, [{"prompt": prompt, "response": group[i], "score": s, "n": args.n}
-                           for prompt, group, (i, s) in zip(prompts, candidates, chosen, strict=True)],
+                           for prompt, group, i, s in zip(prompts, candidates, chosen, shown, strict=True)],
                      "free disk space or pass another --out, and run again")
     print(f"best-of-{args.n} over {len(prompts)} prompts: mean reward {first:.4f} (1 sample) -> {best:.4f} (best)")
     return 0
@@ -387,6 +432,8 @@ def run_best_of_n(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     import torch
+
+    from node.rl.prompts import usable_text
 
     _check_sampling(args)
     out = _out_file(args)
@@ -404,24 +451,38 @@ def run_generate(args: argparse.Namespace) -> int:
                                              for c in node.store.list_campaigns()):
             raise UsageError(f"campaign {args.campaign!r} already exists; pick another --campaign name "
                              "(nothing was sampled)")
-    policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed)
+    policy, tokenizer = _load(args.policy, lora=False, value_head=False, seed=args.seed, reference=False)
     model_name = args.model_name or str(args.policy)
     candidates = _sample(policy, tokenizer, prompts, args)
-    groups = [[(t, model_name) for t in group] for group in candidates]
+    sampled = sum(len(group) for group in candidates)
+    kept = [(prompt, [t for t in group if usable_text(t)])
+            for prompt, group in zip(prompts, candidates, strict=True) if usable_text(prompt)]
+    kept = [(prompt, group) for prompt, group in kept if group]
+    left_out = sampled - sum(len(group) for _, group in kept)
+    if not kept:
+        raise NodeError(f"all {sampled} samples were empty or held a NUL character, so nothing was stored; "
+                        "raise --max-new-tokens or --temperature, or try another --policy")
+    if left_out:
+        print(f"left out {left_out} of {sampled} samples: empty, only whitespace or holding a NUL character")
     campaign = args.campaign or "gen-" + time.strftime("%Y%m%d-%H%M%S")
     if out is not None:  # before storing: a file that cannot be written leaves the store unchanged
         _write_jsonl(out, [{"prompt": prompt, "responses": [{"text": t, "model": model_name} for t in group],
-                            "votes": []} for prompt, group in zip(prompts, candidates, strict=True)],
+                            "votes": []} for prompt, group in kept],
                      "nothing was stored; free disk space or pass another --out, and run again")
     with Node.open(args.home, db=args.db) as node:
-        ids = node.store.add_samples(args.store_as, list(zip(prompts, groups, strict=True)))
-        pairs = [(g[i], g[j]) for g in ids for i in range(len(g)) for j in range(i + 1, len(g)) if g[i] != g[j]]
+        ids = node.store.add_samples(args.store_as, [(prompt, [(t, model_name) for t in group])
+                                                     for prompt, group in kept])
+        # each distinct within-prompt pair once: a prompt given twice or a sample repeated gives the same ids
+        pairs = list(dict.fromkeys((min(a, b), max(a, b)) for g in ids for a, b in combinations(g, 2)
+                                   if a != b))
+        n_pairs = 0
         if pairs:
-            node.store.create_campaign(campaign, pairs=pairs, overlap=args.overlap)
-    stored = f"stored {len(prompts) * args.n} responses ({args.n} per prompt, model {model_name!r}) as source " \
-             f"{args.store_as!r}"
-    if pairs:
-        print(f"{stored}; campaign {campaign!r} has {len(pairs)} pairs to label "
+            n_pairs = node.store.create_campaign(campaign, pairs=pairs, overlap=args.overlap).pairs
+    responses = len({r for g in ids for r in g})
+    stored = f"stored {responses} distinct responses to {len(kept)} prompts (of {sampled} sampled, model " \
+             f"{model_name!r}) as source {args.store_as!r}"
+    if n_pairs:
+        print(f"{stored}; campaign {campaign!r} has {n_pairs} pairs to label "
               f"(invite labelers: rewardnode campaign invite {campaign} --labeler NAME)")
     else:
         print(f"{stored}; every prompt got identical samples, so there is nothing to compare (raise --temperature)")
@@ -447,7 +508,8 @@ def run_sft(args: argparse.Namespace) -> int:
             raise UsageError("no demonstrations stored; import some with `rewardnode import FILE --format "
                              "demonstrations`")
         out = _run_dir(args, node, "sft")
-    policy, tokenizer = _load(args.policy, lora=not args.full, value_head=False, seed=args.seed)
+    policy, tokenizer = _load(args.policy, lora=not args.full, value_head=False, seed=args.seed,
+                              reference=False)
     config = SFTConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     steps = config.epochs * -(-len(pairs) // config.batch_size)
     with progress_bar(total=steps, desc="sft", unit="step") as bar:

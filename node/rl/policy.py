@@ -89,12 +89,16 @@ def load_policy(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
 
 class PolicyWithValue(nn.Module):
     """A causal LM (LoRA-wrapped or fully trainable), a scalar value head on its last hidden state,
-    and the frozen reference policy: the same weights with adapters off, or a frozen copy."""
+    and the frozen reference policy: the same weights with adapters off, or a frozen copy.
+
+    `reference=False` leaves the frozen copy out of a full (non-LoRA) policy, for what needs no reference
+    (sampling, SFT): with `lora=False, value_head=False` it is the bare model, at no extra memory."""
 
     def __init__(self, model: PreTrainedModel, *, lora: bool = True, lora_r: int = 16, lora_alpha: int = 32,
-                 lora_dropout: float = 0.0, value_head: bool = True) -> None:
+                 lora_dropout: float = 0.0, value_head: bool = True, reference: bool = True) -> None:
         super().__init__()
         self.ref: nn.Module | None = None
+        self._lora = lora
         if lora:
             from peft import LoraConfig
 
@@ -105,7 +109,8 @@ class PolicyWithValue(nn.Module):
             self.lm: nn.Module = wrap_lora(model, config)
         else:
             self.lm = model
-            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+            if reference:
+                self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         hidden = int(model.config.hidden_size)
         self.value_head = nn.Linear(hidden, 1) if value_head else None
         if self.value_head is not None:
@@ -114,7 +119,7 @@ class PolicyWithValue(nn.Module):
 
     @property
     def is_lora(self) -> bool:
-        return self.ref is None
+        return self._lora
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -139,9 +144,12 @@ class PolicyWithValue(nn.Module):
         """The reference policy as a module (adapters disabled inside the block for LoRA)."""
         if self.ref is not None:
             yield self.ref
-        else:
+        elif self.is_lora:
             with self.lm.disable_adapter():  # type: ignore[operator]
                 yield self.lm
+        else:
+            raise ValueError("this policy was built without a reference (reference=False); build it with "
+                             "reference=True, or with lora=True, to compare against the reference")
 
     @property
     def generator(self) -> Any:

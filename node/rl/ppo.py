@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,40 @@ class RLResult:
     stopped: str | None = None
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: `result` holds the completed steps, and the policy is as of the last of them
+    (an update the interrupt cut short is undone). Uncaught, it ends the program like any Ctrl-C."""
+
+    def __init__(self, result: RLResult) -> None:
+        super().__init__(f"interrupted after {len(result.history)} completed steps")
+        self.result = result
+
+
+class _UpdateBackup:
+    """The trainable weights before the current step's update, on the CPU (a few MB for LoRA, a copy of the
+    model for full fine-tuning), so that an interrupt mid-update can put them back."""
+
+    def __init__(self, policy: PolicyWithValue) -> None:
+        self.policy = policy
+        self.params: list[torch.nn.Parameter] = []
+        self.step = 0
+        self.weights: list[torch.Tensor] | None = None
+
+    def take(self, step: int) -> None:
+        self.weights = None  # an interrupt while copying finds no stale copy (and untouched weights)
+        self.step = step
+        self.params = self.policy.trainable_parameters()
+        self.weights = [p.detach().to("cpu", copy=True) for p in self.params]
+
+    @torch.no_grad()
+    def restore_unless_logged(self, result: RLResult) -> None:
+        """Undo the update of a step that is not in `result.history` (appending a log is one operation,
+        so the weights and the history always agree)."""
+        if self.weights is not None and len(result.history) < self.step:
+            for p, w in zip(self.params, self.weights, strict=True):
+                p.copy_(w)
+
+
 def _response_forward(policy: PolicyWithValue, sequences: torch.Tensor, attention_mask: torch.Tensor, width: int,
                       temperature: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Response log-probs (n, R), values (n, R) and response logits (n, R, V) of the current policy."""
@@ -152,7 +187,24 @@ def _rollout_forward(policy: PolicyWithValue, sequences: torch.Tensor, attention
 def train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase, reward: RewardSource | Callable[..., Any],
           prompts: Sequence[str], config: RLConfig, *, audit: RewardSource | Callable[..., Any] | None = None,
           on_step: Callable[[dict[str, float]], None] | None = None) -> RLResult:
-    """Fine-tune `policy` in place for config.steps steps; `on_step` gets each step's log."""
+    """Fine-tune `policy` in place for config.steps steps; `on_step` gets each step's log.
+
+    Ctrl-C raises TrainingInterrupted with the completed steps, the policy as of the last of them."""
+    result = RLResult()
+    backup = _UpdateBackup(policy)
+    try:
+        return _train(policy, tokenizer, reward, prompts, config, audit, on_step, result, backup)
+    except KeyboardInterrupt:
+        backup.restore_unless_logged(result)
+        raise TrainingInterrupted(result) from None
+
+
+def _train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase,
+           reward: RewardSource | Callable[..., Any], prompts: Sequence[str], config: RLConfig,
+           audit: RewardSource | Callable[..., Any] | None,
+           on_step: Callable[[dict[str, float]], None] | None, result: RLResult,
+           backup: _UpdateBackup) -> RLResult:
+    """The loop of `train`: each step's log goes to `result`; `backup` keeps the weights before an update."""
     if not prompts:
         raise ValueError("no prompts to train on; pass --prompts FILE or --source NAME with stored prompts")
     if not isinstance(reward, RewardSource):
@@ -171,7 +223,6 @@ def train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase, reward: R
     encoded = encode_prompts(tokenizer, prompts, chat_template=config.chat_template,
                              max_tokens=config.max_prompt_tokens)
     order: list[int] = []
-    result = RLResult()
 
     for step in range(1, config.steps + 1):
         t0 = time.perf_counter()
@@ -191,7 +242,7 @@ def train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase, reward: R
         texts_prompts = [prompts[i] for i in idx]
         scored = reward(texts_prompts, samples.texts)
         raw = torch.tensor(scored.scores, dtype=torch.float32, device=device)  # (N,)
-        audit_scores = audit(texts_prompts, samples.texts).scores if audit is not None else None
+        audit_scores = audit(texts_prompts, samples.texts).reported if audit is not None else None
         t_rollout = time.perf_counter() - t0
 
         # ---- rewards & KL: guards, whitening, clipping, per-token KL penalty -----------------------
@@ -226,6 +277,7 @@ def train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase, reward: R
         n_rows = b_sequences.shape[0]
 
         # ---- minibatch update: ppo_epochs passes, num_minibatches each ------------------------------
+        backup.take(step)
         clipfracs, pg_losses, v_losses, entropies, approx_kls = [], [], [], [], []
         for _epoch in range(config.ppo_epochs):
             perm = torch.randperm(n_rows, device=device)
@@ -260,7 +312,7 @@ def train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase, reward: R
         kl_ctl.update(kl_mean, n_rows)
         log: dict[str, float] = {
             "step": step,
-            "reward": float(raw.mean()),
+            "reward": statistics.fmean(scored.reported),  # an ensemble's raw mean, not its standardized 0
             "reward_shaped": float(scores.mean()),
             "kl": kl_mean,
             "kl_coef": beta,

@@ -28,10 +28,18 @@ KINDS = ("personal", "federated")
 
 @dataclass(frozen=True)
 class Scored:
-    """Scores of one batch: the reward per response and, for ensembles, the members' spread."""
+    """Scores of one batch: the reward per response (what RL optimizes) and, for ensembles, the members'
+    spread and their unstandardized mean (what a run logs and reports)."""
 
     scores: list[float]
     spread: list[float] | None = None  # (N,) std over ensemble members; None for a single model
+    unstandardized: list[float] | None = None  # (N,) mean of the members' raw scores; None for a single model
+
+    @property
+    def reported(self) -> list[float]:
+        """The scores to log and show: the members' raw mean for an ensemble (its `scores` are standardized
+        over the batch, so their batch mean is 0 by construction), else the scores themselves."""
+        return self.unstandardized if self.unstandardized is not None else self.scores
 
 
 class RewardSource:
@@ -70,17 +78,63 @@ class ModelReward(RewardSource):
         return Scored(self.scorer.score(list(prompts), list(responses)))
 
 
-class HttpReward(RewardSource):
-    """A node's scoring API: POST {url} {"model"?, "items": [{"prompt", "response"}]} -> {"scores": [...]}."""
+SERVER_MAX_ITEMS = 256
+"""Most items a node's POST /v1/score takes in one request (the default `max_items` of node/http/config.py's
+ServerConfig, which imports aiohttp, so it is mirrored here); HttpReward sends no more per request."""
+SERVER_MAX_BODY_BYTES = 1 << 20
+"""Largest /v1/score request body (ServerConfig's default `max_body_bytes`); HttpReward stays under it."""
+BLANK_FLOOR = 0.0
+"""HttpReward's score for a blank response in a batch where every response is blank."""
 
-    def __init__(self, url: str, token: str | None = None, model: str | None = None, timeout: float = 60.0):
-        self.url, self.model, self.timeout = url, model, timeout
+
+class HttpReward(RewardSource):
+    """A node's scoring API: POST {url} {"model"?, "items": [{"prompt", "response"}]} -> {"scores": [...]}.
+
+    A batch is sent in requests of at most `max_items` items (SERVER_MAX_ITEMS) and SERVER_MAX_BODY_BYTES.
+    Blank (empty or whitespace-only) responses are not sent, since the server refuses them (422); what a
+    remote reward model would give them cannot be asked, so each gets the lowest score of its batch (the
+    worst of what was scored: a policy is never rewarded for saying nothing), or BLANK_FLOOR (0.0) when
+    every response of the batch is blank. A reward-model folder scores blank responses itself.
+    """
+
+    def __init__(self, url: str, token: str | None = None, model: str | None = None, timeout: float = 60.0,
+                 *, max_items: int = SERVER_MAX_ITEMS) -> None:
+        if max_items < 1:
+            raise ValueError(f"max_items {max_items}: send at least 1 item per request")
+        self.url, self.model, self.timeout, self.max_items = url, model, timeout, max_items
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.name = url
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Scored:
-        body: dict[str, object] = {"items": [{"prompt": p, "response": r} for p, r in zip(prompts, responses,
-                                                                                           strict=True)]}
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses; pass one prompt per "
+                             "response")
+        sent = [i for i, r in enumerate(responses) if r.strip()]  # the server refuses blank responses
+        scores: list[float] = []
+        for chunk in self._chunks([{"prompt": prompts[i], "response": responses[i]} for i in sent]):
+            scores += self._post(chunk)
+        out = [min(scores, default=BLANK_FLOOR)] * len(responses)
+        for i, s in zip(sent, scores, strict=True):
+            out[i] = s
+        return Scored(out)
+
+    def _chunks(self, items: list[dict[str, str]]) -> list[list[dict[str, str]]]:
+        """`items` in order, in requests of at most max_items items and about SERVER_MAX_BODY_BYTES."""
+        budget = SERVER_MAX_BODY_BYTES - 1024  # {"model": ..., "items": []} and the separators
+        chunks: list[list[dict[str, str]]] = []
+        size = 0
+        for item in items:
+            n = len(json.dumps(item).encode()) + 2
+            if not chunks or len(chunks[-1]) >= self.max_items or size + n > budget:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(item)
+            size += n
+        return chunks
+
+    def _post(self, items: list[dict[str, str]]) -> list[float]:
+        """One POST /v1/score of `items`; their scores in order."""
+        body: dict[str, object] = {"items": items}
         if self.model:
             body["model"] = self.model
         headers = {"Content-Type": "application/json"}
@@ -95,15 +149,18 @@ class HttpReward(RewardSource):
                             f"and the bearer token in ${TOKEN_ENV}") from e
         except (urllib.error.URLError, TimeoutError, KeyError, ValueError) as e:
             raise NodeError(f"scoring at {self.url} failed ({e}); is `rewardnode serve` running there?") from e
-        if len(scores) != len(responses):
-            raise NodeError(f"{self.url} returned {len(scores)} scores for {len(responses)} items; check the server")
-        return Scored([float(s) for s in scores])
+        if len(scores) != len(items):
+            raise NodeError(f"{self.url} returned {len(scores)} scores for {len(items)} items; check the "
+                            "server")
+        return [float(s) for s in scores]
 
 
 class EnsembleReward(RewardSource):
     """The mean of several reward sources; `spread` (their std) feeds the disagreement guard.
 
-    Each member's scores are standardized over the batch first, so members on different scales weigh the same.
+    Each member's scores are standardized over the batch first, so members on different scales weigh the same:
+    RL optimizes those. Their batch mean is 0 by construction, so `unstandardized`, the mean of the members'
+    raw scores, is what a run logs, reports and feeds to the audit guard.
     """
 
     def __init__(self, members: Sequence[RewardSource]) -> None:
@@ -114,14 +171,16 @@ class EnsembleReward(RewardSource):
         self.name = "ensemble(" + ",".join(m.name for m in members) + ")"
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Scored:
-        columns = []
+        columns, raw = [], []
         for member in self.members:
-            s = member.score(prompts, responses).scores
+            s = member.score(prompts, responses).reported
             mu = statistics.fmean(s)
             sd = statistics.pstdev(s) if len(s) > 1 else 0.0
             columns.append([(x - mu) / (sd + 1e-6) for x in s])
+            raw.append(s)
         rows = list(zip(*columns, strict=True))  # (N, M)
-        return Scored([statistics.fmean(r) for r in rows], [statistics.pstdev(r) for r in rows])
+        return Scored([statistics.fmean(r) for r in rows], [statistics.pstdev(r) for r in rows],
+                      [statistics.fmean(r) for r in zip(*raw, strict=True)])
 
 
 def _registered(store: Store, model_id: str, home: Path | None, device: str) -> ModelReward:

@@ -26,8 +26,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
+from node.errors import UsageError
 from node.rm.data import PairEncoder, pad_batch
 from node.rm.evaluate import forward_context
 from node.rm.model import rewards, unwrap
@@ -154,6 +161,21 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(card_path.read_text()) if card_path.is_file() else {}
 
 
+class NotARewardModelError(UsageError, ValueError):
+    """A folder given as a reward model holds another kind of model (a causal LM, a multi-label classifier).
+    A bad argument (ValueError) that the CLI reports in one line, as a usage error."""
+
+
+def reward_model_problem(config: PretrainedConfig) -> str | None:
+    """Why a model config is not a reward model's (a sequence classifier with one output), or None."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return f"holds a {architectures[0]}"
+    if config.num_labels != 1:
+        return f"holds a classifier with {config.num_labels} labels"
+    return None
+
+
 class RewardScorer:
     """Scores (prompt, response) pairs with a saved reward model, truncating as in training."""
 
@@ -168,6 +190,11 @@ class RewardScorer:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is not a reward-model folder (no config.json); pass a save_reward_model folder")
+        problem = reward_model_problem(AutoConfig.from_pretrained(path, local_files_only=True))
+        if problem is not None:
+            raise NotARewardModelError(f"{path} {problem}, not a reward model; pass a reward-model folder "
+                                       "(`rewardnode train` writes one; any Hugging Face sequence classifier "
+                                       "with num_labels = 1, such as a TRL reward model, works too)")
         if expected_sha256 is not None:
             actual = file_sha256(path / WEIGHTS_FILE)
             if actual != expected_sha256:

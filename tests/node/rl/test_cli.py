@@ -118,3 +118,185 @@ def test_sft_runs_twice_the_same(home: Path, policy_dir: Path, tmp_path: Path,
     first, again, other = run("a", 0), run("b", 0), run("c", 1)
     assert first == again
     assert first != other
+
+
+def _prompt_file(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _fake_sampling(monkeypatch: pytest.MonkeyPatch, samples: dict[str, list[str]]) -> None:
+    """generate without a model: `samples` maps each prompt to its responses."""
+    import node.commands.rl as rl
+
+    monkeypatch.setattr(rl, "_load", lambda *_args, **_kwargs: (None, None))
+    monkeypatch.setattr(rl, "_sample", lambda _policy, _tok, prompts, _args: [samples[p] for p in prompts])
+
+
+def test_generate_leaves_out_blank_and_nul_samples(home: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty sample used to abort generate after all the sampling (the store refuses it), with --out
+    already written; now it is left out of --out and the store, and the rest is stored."""
+    from storage.hashing import prompt_id, response_id
+
+    _fake_sampling(monkeypatch, {"good cat": ["good", "", "bad"], "bad dog": [" \n", "a\x00b", "  "]})
+    out = tmp_path / "gen.jsonl"
+    prompt_file = _prompt_file(tmp_path, ["good cat", "bad dog"])
+    assert main(["--home", str(home), "generate", "--prompts", str(prompt_file), "--n", "3", "--campaign",
+                 "c1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "left out 4 of 6 samples: empty, only whitespace or holding a NUL character" in printed
+    assert "stored 2 distinct responses to 1 prompts" in printed and "campaign 'c1' has 1 pairs" in printed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["prompt"], [x["text"] for x in r["responses"]]) for r in rows] == \
+        [("good cat", ["good", "bad"])]
+    with Node.open(home) as node:
+        ids = [response_id(prompt_id("good cat"), t) for t in ("good", "bad")]
+        assert set(node.store.response_texts(ids)) == set(ids)
+        assert node.store.get_campaign("c1").pairs == 1
+
+
+def test_generate_with_only_blank_samples_stores_nothing(home: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    _fake_sampling(monkeypatch, {"good cat": ["", " "]})
+    out = tmp_path / "gen.jsonl"
+    assert main(["--home", str(home), "generate", "--prompts", str(_prompt_file(tmp_path, ["good cat"])),
+                 "--n", "2", "--campaign", "c1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rewardnode: error: all 2 samples were empty") and "--max-new-tokens" in err
+    assert not out.exists()
+    with Node.open(home) as node:
+        assert node.store.list_campaigns() == []
+
+
+def test_generate_counts_distinct_responses_and_the_campaigns_pairs(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A prompt given twice and a repeated sample used to give duplicate pairs and a count of prompts x n."""
+    _fake_sampling(monkeypatch, {"good cat": ["x", "y", "x", "z"], "bad dog": ["u", "v", "u", "u"]})
+    prompt_file = _prompt_file(tmp_path, ["good cat", "bad dog", "good cat"])
+    assert main(["--home", str(home), "generate", "--prompts", str(prompt_file), "--n", "4",
+                 "--campaign", "c1"]) == 0
+    printed = capsys.readouterr().out
+    # good cat: x, y, z -> 3 pairs; bad dog: u, v -> 1 pair
+    assert "stored 5 distinct responses to 3 prompts (of 12 sampled" in printed
+    assert "campaign 'c1' has 4 pairs to label" in printed
+    with Node.open(home) as node:
+        assert node.store.get_campaign("c1").pairs == 4
+
+
+def test_sampling_commands_and_sft_keep_no_reference_copy(home: Path, policy_dir: Path, rm_dir: Path,
+                                                          tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """best-of-n, generate and sft --full used to deep-copy the policy as a frozen reference they never
+    use."""
+    import node.commands.rl as rl
+    import node.rl.sft
+
+    seen: list[object] = []
+    real_sample, real_sft = rl._sample, node.rl.sft.train_sft
+
+    def sample(policy, *args):  # type: ignore[no-untyped-def]
+        seen.append(policy)
+        return real_sample(policy, *args)
+
+    def train_sft(policy, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(policy)
+        return real_sft(policy, *args, **kwargs)
+
+    monkeypatch.setattr(rl, "_sample", sample)
+    monkeypatch.setattr(node.rl.sft, "train_sft", train_sft)
+    base = ["--home", str(home)]
+    sampling = ["--policy", str(policy_dir), "--source", "demos", "--limit", "2", "--n", "2",
+                "--max-new-tokens", "3"]
+    assert main([*base, "best-of-n", *sampling, "--reward", str(rm_dir)]) == 0
+    assert main([*base, "generate", *sampling]) == 0
+    assert main([*base, "sft", "--policy", str(policy_dir), "--full", "--out", str(tmp_path / "sft")]) == 0
+    assert len(seen) == 3
+    for policy in seen:
+        assert policy.ref is None and policy.value_head is None  # type: ignore[attr-defined]
+        assert sum(p.numel() for p in policy.parameters()) == \
+            sum(p.numel() for p in policy.lm.parameters())  # type: ignore[attr-defined]
+    assert (tmp_path / "sft" / "merged" / "config.json").is_file()
+    assert not (tmp_path / "sft" / "adapter").exists()
+
+
+def _rl_args(home: Path, policy_dir: Path, rm_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(4)))
+    return ["--home", str(home), "rl", "--policy", str(policy_dir), "--reward", str(rm_dir),
+            "--batch-prompts", "2", "--max-new-tokens", "4", "--prompts", str(prompt_file), "--threads", "1",
+            "--no-chat-template", *extra]
+
+
+def test_rl_interrupted_saves_the_completed_steps(home: Path, policy_dir: Path, rm_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C in step 3 used to lose the run: now the policy of step 2, summary.json and report.html are
+    saved."""
+    import node.rl.ppo as ppo
+
+    real, calls = ppo.sample, [0]
+
+    def sample(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt  # as Ctrl-C while step 3 samples
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "sample", sample)
+    out = tmp_path / "run"
+    assert main(_rl_args(home, policy_dir, rm_dir, tmp_path, "--steps", "5", "--out", str(out))) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"rewardnode: error: interrupted in step 3; saved the policy as of step 2 in "
+                       f"{out / 'policy' / 'merged'}, with summary.json and report.html in {out}")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["interrupted_step"] == 3 and summary["steps_run"] == 2
+    assert (out / "policy" / "merged" / "config.json").is_file() and (out / "policy" / "adapter").is_dir()
+    assert "<svg" in (out / "report.html").read_text()
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_rl_interrupted_again_while_saving_exits_at_once(home: Path, policy_dir: Path, rm_dir: Path,
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import node.rl.policy
+    import node.rl.ppo as ppo
+
+    real, calls = ppo.sample, [0]
+
+    def sample(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    def save_policy(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # the second Ctrl-C
+
+    monkeypatch.setattr(ppo, "sample", sample)
+    monkeypatch.setattr(node.rl.policy, "save_policy", save_policy)
+    out = tmp_path / "run"
+    assert main(_rl_args(home, policy_dir, rm_dir, tmp_path, "--steps", "3", "--out", str(out))) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"rewardnode: error: interrupted again while saving; {out} may hold a partial policy: "
+                       "delete it")
+    assert not (out / "summary.json").exists()
+
+
+def test_rl_refuses_a_folder_that_is_not_a_reward_model(home: Path, policy_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The policy's own folder as --reward used to load a random 2-label head and crash mid-run."""
+    out = tmp_path / "run"
+    assert main(_rl_args(home, policy_dir, policy_dir, tmp_path, "--steps", "1", "--out", str(out))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"rewardnode: error: --reward {policy_dir}: {policy_dir} holds a LlamaForCausalLM, not a reward "
+        "model; pass a reward-model folder")
+    assert not out.exists()
+    assert main(["--home", str(home), "best-of-n", "--policy", str(policy_dir), "--reward", str(policy_dir),
+                 "--source", "demos"]) == 2
+    assert "not a reward model" in capsys.readouterr().err

@@ -9,13 +9,14 @@ import torch
 
 from node.rl.config import RLConfig
 from node.rl.policy import PolicyWithValue, load_policy, save_policy
-from node.rl.ppo import train
-from node.rl.rewards import ModelReward
+from node.rl.ppo import TrainingInterrupted, train
+from node.rl.rewards import EnsembleReward, FunctionReward, ModelReward
 from tests.node.rl.conftest import TARGET, count_target, prompts
 
 
 def _policy(policy_dir: Path, algo: str) -> tuple[PolicyWithValue, object]:
     model, tokenizer = load_policy(policy_dir)
+    torch.manual_seed(0)  # the value head's initialization, whatever tests ran before
     return PolicyWithValue(model, lora=False, value_head=algo == "ppo"), tokenizer
 
 
@@ -86,6 +87,71 @@ def test_audit_stop_fires_on_a_hacked_reward(policy_dir: Path) -> None:
     assert result.stopped is not None and "audit stop" in result.stopped
     assert len(result.history) < config.steps
     assert result.history[-1].get("audit_alarm") == 1.0
+
+
+def test_audit_stop_fires_with_an_ensemble_reward(policy_dir: Path) -> None:
+    """An ensemble's standardized scores average 0 over every batch: logged as the training reward, it never
+    rose, so the audit guard could not fire. The log shows the members' raw mean, and the guard fires."""
+    policy, tokenizer = _policy(policy_dir, "ppo")
+
+    def scaled(p: list[str], r: list[str]) -> list[float]:  # a second member on another scale
+        return [2.0 * x + 1.0 for x in count_target(p, r)]
+
+    def audit(_p: list[str], responses: list[str]) -> list[float]:
+        return [-r.split().count(TARGET) / max(len(r.split()), 1) for r in responses]
+
+    ensemble = EnsembleReward([FunctionReward(count_target, "count"), FunctionReward(scaled, "scaled")])
+    config = RLConfig(steps=40, batch_prompts=8, max_new_tokens=12, learning_rate=3e-3, kl_coef=0.02,
+                      missing_eos_penalty=0.0, chat_template=False, kl_budget=0.0, audit_window=4,
+                      audit_patience=2, disagreement_coef=0.0)
+    result = train(policy, tokenizer, ensemble, prompts(), config, audit=audit)
+    rewards = [h["reward"] for h in result.history]
+    assert all(r >= 0.5 for r in rewards)  # (c + 2c + 1) / 2 = 1.5 c + 0.5, not the standardized 0
+    assert result.stopped is not None and "audit stop" in result.stopped
+    assert result.history[-1].get("audit_alarm") == 1.0
+
+
+def _trainable(policy: PolicyWithValue) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+
+def test_an_interrupt_mid_update_leaves_the_policy_of_the_last_completed_step(
+        policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.rl.ppo as ppo
+
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    config = RLConfig(steps=3, batch_prompts=4, max_new_tokens=6, learning_rate=1e-2, chat_template=False)
+    per_step = config.ppo_epochs * config.num_minibatches  # minibatch updates per step
+    after: list[dict[str, torch.Tensor]] = []
+    real, calls = ppo.clipped_policy_loss, [0]
+
+    def loss_then_ctrl_c(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == per_step + 2:  # step 2, after its first optimizer step changed the weights
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "clipped_policy_loss", loss_then_ctrl_c)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(policy, tokenizer, count_target, prompts(4), config,
+              on_step=lambda _log: after.append(_trainable(policy)))
+    assert isinstance(caught.value, KeyboardInterrupt)  # uncaught, it ends a program like Ctrl-C
+    assert [h["step"] for h in caught.value.result.history] == [1] and len(after) == 1
+    now = _trainable(policy)
+    assert now.keys() == after[0].keys()
+    for name, weights in after[0].items():
+        torch.testing.assert_close(now[name], weights, rtol=0, atol=0)
+
+
+def test_a_policy_without_reference_is_the_bare_model(policy_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = load_policy(policy_dir)
+    policy = PolicyWithValue(model, lora=False, value_head=False, reference=False)
+    assert policy.ref is None and policy.value_head is None and not policy.is_lora
+    assert sum(p.numel() for p in policy.parameters()) == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="built without a reference"):
+        policy.ref_logits(torch.tensor([[1, 5]]), torch.ones(1, 2, dtype=torch.long))
+    paths = save_policy(policy, tokenizer, tmp_path / "out")
+    assert set(paths) == {"merged"} and (tmp_path / "out" / "merged" / "config.json").is_file()
 
 
 def test_sampling_reports_each_batch_and_keeps_the_order(policy_dir: Path) -> None:
