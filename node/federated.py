@@ -240,7 +240,8 @@ def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict
     agreement, every manifest and contribution signature, the shared arrays against the last manifest and
     (check_merge) the weights against the arrays. Raises `ChainBroken` naming the first break.
 
-    A model registered before per-file hashes were recorded has only its weights checked (logged)."""
+    A model registered before per-file hashes were recorded has only its weights checked: the result's
+    "files_checked" is False for it."""
     from federation.agreement import verify_agreement
 
     entry = node.store.get_model(model_id)
@@ -253,13 +254,10 @@ def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict
         raise ChainBroken(f"{weights} is missing or does not hash to the registered sha256 {entry.sha256[:16]}...")
     prov = entry.provenance
     files = prov.get(FILES_KEY)
-    if files is None:
-        log.warning("model %s was registered without per-file hashes: only its weights file is checked, "
-                    "not its tokenizer, config or card", entry.id)
-    elif not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+    if files is not None and (not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values())):
         raise ChainBroken(f"the registry's {FILES_KEY} of model {entry.id} is not a {{file: sha256}} object; "
                           "the registry entry was altered: restore the node's store from a backup")
-    else:
+    if files is not None:  # None: registered before per-file hashes; the result's "files_checked" says so
         changed = changed_files(path, files)
         if changed:
             raise ChainBroken(f"files of {path} differ from those registered: {', '.join(changed)}; the "
@@ -295,6 +293,7 @@ def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict
                 raise ChainBroken(f"weight {key} of {weights} differs from base + the federated shared arrays")
     return {"model": entry.id, "federation": agreement.name, "rounds": len(manifests),
             "files": sorted(files) if isinstance(files, dict) else [WEIGHTS_FILE],
+            "files_checked": isinstance(files, dict),
             "contributors": sorted({c["sender"] for m in manifests for c in m.contributions}),
             "rejections": sum(len(m.rejections) for m in manifests)}
 

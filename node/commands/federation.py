@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from node.errors import NodeError, UsageError
@@ -414,4 +415,7 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         print(f"model {result['model']} verifies: federation {result['federation']!r}, {result['rounds']} round(s), "
               f"{len(result['contributors'])} contributor(s), {result['rejections']} rejection(s) recorded")
+    if not result["files_checked"]:
+        print(f"note: model {result['model']} was registered without per-file hashes: only its weights file "
+              "was checked, not its tokenizer, config or card", file=sys.stderr)
     return 0

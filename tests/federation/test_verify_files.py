@@ -92,8 +92,8 @@ def test_a_model_registered_before_file_hashes_has_its_weights_checked_only(make
 
     done = verify()
     assert done.returncode == 0 and "verifies" in done.stdout
-    assert done.stderr.strip() == (f"model {model_id} was registered without per-file hashes: only its "
-                                   "weights file is checked, not its tokenizer, config or card")
+    assert done.stderr.strip() == (f"note: model {model_id} was registered without per-file hashes: only its "
+                                   "weights file was checked, not its tokenizer, config or card")
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
