@@ -25,6 +25,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def interrupt(proc: subprocess.Popen[str]) -> str:
+    """Stop a `serve` process as Ctrl-C would (killed if it takes over 30 s); its stderr."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return str(err)
+
+
 def test_serve_runs_http_and_the_p2p_host(tmp_path: Path) -> None:
     home = tmp_path / "node"
     assert rn("init", "--name", "org-serve", home=home).returncode == 0
@@ -48,12 +59,7 @@ def test_serve_runs_http_and_the_p2p_host(tmp_path: Path) -> None:
         assert health is not None, proc.stderr.read() if proc.poll() is not None else "no answer on /healthz"
         identity = json.loads(rn("identity", "--json", home=home).stdout)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = interrupt(proc)
     assert f"p2p: peer {identity['peer_id']} listening on /ip4/127.0.0.1/tcp/" in err, err
     assert proc.returncode == 0, err
 

@@ -376,10 +376,11 @@ def test_resume_reuses_the_interrupted_runs_snapshot(bert_dir: Path, tmp_path: P
 
 
 def test_serve_loads_a_model_without_a_progress_bar_in_the_log(trained: Trained) -> None:
-    import signal
     import socket
     import time
     import urllib.request
+
+    from tests.node.test_serve import interrupt
 
     config = trained.home / "node.toml"
     before = config.read_text(encoding="utf-8")
@@ -406,11 +407,6 @@ def test_serve_loads_a_model_without_a_progress_bar_in_the_log(trained: Trained)
                 time.sleep(0.3)
     finally:
         config.write_text(before, encoding="utf-8")
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = interrupt(proc)
     assert answer is not None and answer["model"] == trained.model_id, err
     assert "Loading weights" not in err and "it/s" not in err, err
