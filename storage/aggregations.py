@@ -86,7 +86,8 @@ def _annotator_ids(conn: Connection, names: Sequence[str]) -> dict[str, int]:
 def save(conn: Connection, summary: Mapping[str, Any], strengths: Sequence[tuple[str, float]],
          pair_labels: Sequence[PairLabel], reliability: Sequence[tuple[str, float, int]],
          ambiguous: Sequence[AmbiguousItem], method: str = DEFAULT_METHOD) -> int:
-    """Store one run (inside the caller's write transaction); the new run id."""
+    """Store one run (inside the caller's write transaction); the new run id. Open queue entries the run
+    does not flag again are resolved."""
     _check(strengths, pair_labels, reliability, ambiguous)
     pair_labels, ambiguous = _canonical(pair_labels, ambiguous)
     now = datetime.now(UTC)
@@ -118,6 +119,10 @@ def save(conn: Connection, summary: Mapping[str, Any], strengths: Sequence[tuple
              "reason": a.reason, "score": float(a.score), "status": "open", "run_id": run_id, "created_at": now,
              "resolved_at": None}
             for a in ambiguous])
+    # An open entry this run no longer flags was settled by the labels since (a 2:1 pair now 6:2): closed,
+    # so the dashboard and the labeling pages show the queue of the latest run only.
+    conn.execute(update(_queue).where(_queue.c.status == "open", _queue.c.run_id != run_id)
+                 .values(status="resolved", resolved_at=now))
     return run_id
 
 

@@ -1,4 +1,5 @@
-"""Aggregation outputs: runs, strengths, pair labels, reliability, and an ambiguity queue that keeps status."""
+"""Aggregation outputs: runs, strengths, pair labels, reliability, and an ambiguity queue that keeps status
+(an entry a new run no longer flags is resolved)."""
 
 from __future__ import annotations
 
@@ -58,9 +59,11 @@ def test_ambiguity_status_survives_a_new_run(store: Store) -> None:
     assert (cycle.status, cycle.score, cycle.run_id, cycle.id) == ("resolved", 0.2, second, queue[0].id)
     assert cycle.resolved_at is not None and cycle.resolved_at >= cycle.created_at
     assert everything[(r2, r3, "both_bad")].status == "open"
-    assert everything[(r1, r2, "low_agreement")].run_id == first  # not flagged again: left as it was
-    assert [q.reason for q in store.ambiguity_queue()] == ["both_bad", "low_agreement"]
-    assert [q.reason for q in store.ambiguity_queue(status="resolved")] == ["cycle"]
+    settled = everything[(r1, r2, "low_agreement")]  # not flagged again: the labels since settled it
+    assert (settled.status, settled.run_id, settled.score) == ("resolved", first, 0.4)
+    assert settled.resolved_at is not None
+    assert [q.reason for q in store.ambiguity_queue()] == ["both_bad"]  # the latest run's queue only
+    assert [q.reason for q in store.ambiguity_queue(status="resolved")] == ["low_agreement", "cycle"]  # by score
     assert len(store.ambiguity_queue(limit=1)) == 1
 
 
