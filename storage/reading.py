@@ -193,35 +193,52 @@ def texts(conn: Connection, table: Table, ids: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def stats(conn: Connection) -> dict[str, SourceStats]:
-    """Per source name: records per kind and the distinct prompts, responses and annotators they use."""
+def _used_ids(by_source: bool) -> dict[str, list[AnySelect]]:
+    """Selects of the prompt, response and annotator ids the label tables use (with their source_id first
+    when `by_source`), one per table and column: their union is the distinct set."""
     c, rk, ri = m.table_of(m.Comparison), m.table_of(m.Ranking), m.table_of(m.RankingItem)
     rt, fb, dm = m.table_of(m.Rating), m.table_of(m.Feedback), m.table_of(m.Demonstration)
-    labels = (c, rk, rt, fb, dm)
-    counts: dict[str, dict[int, int]] = {}
-    for t in labels:
-        counts[t.name] = dict(conn.execute(select(t.c.source_id, func.count()).group_by(t.c.source_id)).all())
 
-    def distinct_per_source(*selects: AnySelect) -> dict[int, int]:
+    def sel(table: Any, column: Any) -> Any:
+        return select(table.c.source_id, column) if by_source else select(column)
+
+    return {
+        "prompts": [sel(t, t.c.prompt_id) for t in (c, rk, rt, fb, dm)],
+        "responses": [sel(c, c.c.response_a_id), sel(c, c.c.response_b_id),
+                      sel(rk, ri.c.response_id).join_from(rk, ri, ri.c.ranking_id == rk.c.id),
+                      sel(rt, rt.c.response_id), sel(fb, fb.c.response_id)],
+        "annotators": [sel(t, t.c.annotator_id).where(t.c.annotator_id.is_not(None)) for t in (c, rk, rt, fb, dm)],
+    }
+
+
+def stats(conn: Connection) -> dict[str, SourceStats]:
+    """Per source name: records per kind and the distinct prompts, responses and annotators they use."""
+    counts: dict[str, dict[int, int]] = {}
+    for kind in m.KINDS:
+        t = m.Base.metadata.tables[kind]
+        counts[kind] = dict(conn.execute(select(t.c.source_id, func.count()).group_by(t.c.source_id)).all())
+
+    def distinct_per_source(selects: list[AnySelect]) -> dict[int, int]:
         u = union(*selects).subquery()
         cols = list(u.c)
         return dict(conn.execute(select(cols[0], func.count()).group_by(cols[0])).all())
 
-    prompts = distinct_per_source(*(select(t.c.source_id, t.c.prompt_id) for t in labels))
-    responses = distinct_per_source(
-        select(c.c.source_id, c.c.response_a_id), select(c.c.source_id, c.c.response_b_id),
-        select(rk.c.source_id, ri.c.response_id).join_from(rk, ri, ri.c.ranking_id == rk.c.id),
-        select(rt.c.source_id, rt.c.response_id), select(fb.c.source_id, fb.c.response_id))
-    annotators = distinct_per_source(*(select(t.c.source_id, t.c.annotator_id).where(t.c.annotator_id.is_not(None))
-                                       for t in labels))
+    used = {what: distinct_per_source(selects) for what, selects in _used_ids(by_source=True).items()}
     out: dict[str, SourceStats] = {}
     for id_, name in sorted(names(conn, "sources").items(), key=lambda kv: kv[1]):
-        out[name] = SourceStats(
-            prompts=prompts.get(id_, 0), responses=responses.get(id_, 0),
-            comparisons=counts["comparisons"].get(id_, 0), rankings=counts["rankings"].get(id_, 0),
-            ratings=counts["ratings"].get(id_, 0), feedback=counts["feedback"].get(id_, 0),
-            demonstrations=counts["demonstrations"].get(id_, 0), annotators=annotators.get(id_, 0))
+        out[name] = SourceStats(**{what: n.get(id_, 0) for what, n in used.items()},
+                                **{kind: counts[kind].get(id_, 0) for kind in m.KINDS})
     return out
+
+
+def totals(conn: Connection) -> SourceStats:
+    """The whole store's counts: records per kind, and the distinct prompts, responses and annotators the
+    records use (one shared by two sources counts once, unlike a sum of `stats`)."""
+    kinds = {kind: int(conn.execute(select(func.count()).select_from(m.Base.metadata.tables[kind])).scalar_one())
+             for kind in m.KINDS}
+    used = {what: int(conn.execute(select(func.count()).select_from(union(*selects).subquery())).scalar_one())
+            for what, selects in _used_ids(by_source=False).items()}
+    return SourceStats(**used, **kinds)
 
 
 def table_counts(conn: Connection) -> dict[str, int]:

@@ -155,6 +155,10 @@ class Store:
         """Per source name: records per kind and distinct prompts, responses and annotators they use."""
         return self._read("computing stats", reading.stats, repeatable=True)
 
+    def totals(self) -> SourceStats:
+        """The whole store's counts: records per kind and distinct prompts, responses and annotators."""
+        return self._read("computing stats", reading.totals, repeatable=True)
+
     def table_counts(self) -> dict[str, int]:
         """Rows in every table (a cheap fingerprint of the whole store)."""
         return self._read("counting rows", reading.table_counts, repeatable=True)

@@ -292,13 +292,10 @@ async def get_stats(request: web.Request) -> web.Response:
     """GET /v1/stats."""
     service = request.config_dict[SERVICE_KEY]
     stats = await service.call(service.store.stats)
+    totals = await service.call(service.store.totals)  # distinct: a prompt two sources share counts once
     campaigns = await service.call(service.store.list_campaigns)
     sources = {name: asdict(s) for name, s in stats.items()}
-    totals: dict[str, int] = {}
-    for s in sources.values():
-        for k, v in s.items():
-            totals[k] = totals.get(k, 0) + v
-    return json_response({"sources": sources, "totals": totals, "campaigns": [
+    return json_response({"sources": sources, "totals": asdict(totals), "campaigns": [
         {"name": c.name, "overlap": c.overlap, "pairs": c.pairs, "labels": c.labels, "complete": c.complete,
          "labelers": c.labelers} for c in campaigns]})
 

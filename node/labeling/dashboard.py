@@ -114,7 +114,8 @@ def _agreement(data: dict[str, Any]) -> str:
     if run is None:
         return none_yet("Aggregation runs (run `rewardnode aggregate`)")
     alpha = run.summary.get("alpha") or {}
-    rows = [("overall", _fmt(alpha.get("overall")))] + [(k, _fmt(v)) for k, v in (alpha.get("by_source") or {}).items()]
+    by_source = sorted((alpha.get("by_source") or {}).items())  # PostgreSQL JSONB keeps no key order
+    rows = [("overall", _fmt(alpha.get("overall")))] + [(k, _fmt(v)) for k, v in by_source]
     head = f"<p>Latest aggregation: run {run.id} at {h(run.created_at.isoformat(timespec='seconds'))}.</p>"
     return head + table(("Krippendorff's alpha (nominal)", "value"), rows)
 

@@ -70,6 +70,14 @@ async def test_stats_counts_sources_and_campaigns(client: TestClient) -> None:
     assert resp.status == 200
     assert body["sources"]["api"]["comparisons"] == 1 and body["sources"]["pool"]["comparisons"] == 8
     assert body["totals"]["comparisons"] == 9
+    # the same prompt and responses under a second source: its counts show there, the totals count them once
+    await post(client, "/v1/comparisons", {**COMPARISON, "source": "other", "annotator": "carol"}, ADMIN)
+    again = await (await client.get("/v1/stats", headers=ADMIN)).json()
+    assert again["sources"]["other"]["prompts"] == again["sources"]["api"]["prompts"] == 1
+    assert again["totals"]["comparisons"] == 10
+    for what in ("prompts", "responses"):
+        assert again["totals"][what] == body["totals"][what] == sum(s[what] for s in body["sources"].values())
+    assert again["totals"]["annotators"] == body["totals"]["annotators"] + 1  # carol
     assert body["campaigns"] == [{"name": "helpful", "overlap": 1, "pairs": 12, "labels": 0, "complete": 0,
                                   "labelers": 0}]
 

@@ -210,3 +210,16 @@ def test_line_chart_scales_each_series_and_marks_single_points() -> None:
     assert "<circle cx='225.6' cy='107.0'" in svg
     assert "data-series='empty'" not in svg and "step 0" in svg and "step 5" in svg
     assert line_chart("t", [("a", [])]) == none_yet("t")
+
+
+def test_alpha_by_source_is_listed_by_name() -> None:
+    """PostgreSQL's JSONB reorders a summary's keys (shortest first): the dashboard sorts them itself."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from node.labeling.dashboard import _agreement
+
+    run = SimpleNamespace(id=1, created_at=datetime.now(UTC),
+                          summary={"alpha": {"overall": 0.5, "by_source": {"src-z": 0.1, "src-a": 0.2, "src-mm": 0.3}}})
+    html = _agreement({"run": run})
+    assert html.index("src-a") < html.index("src-mm") < html.index("src-z")
