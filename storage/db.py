@@ -172,6 +172,11 @@ def read_transaction(engine: Engine, *, repeatable: bool = False) -> Iterator[Co
             yield conn
 
 
+_UNREACHABLE: Final = ("connection refused", "could not connect", "connection failed", "timeout expired",
+                       "server closed the connection", "no route to host", "could not translate host name")
+"""Lowercase fragments of the drivers' messages for a database server that cannot be reached."""
+
+
 def translate(exc: BaseException, doing: str) -> StorageError:
     """A database (DBAPI or SQLAlchemy) error raised while `doing` something, as a StorageError."""
     detail = _first_line(exc)
@@ -186,6 +191,10 @@ def translate(exc: BaseException, doing: str) -> StorageError:
         return ConstraintError(f"the database refused {doing}: {detail}",
                                "the data breaks a rule of the schema; fix the input (or report a bug "
                                "if the store should have caught it first)")
+    if isinstance(exc, DBAPIError) and not exc.connection_invalidated and any(
+            marker in lowered for marker in _UNREACHABLE):
+        return StoreUnavailableError(f"{doing} failed: the database cannot be reached ({detail})",
+                                     "check that the database server is running and reachable, then retry")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return StoreUnavailableError(f"{doing} failed: the connection to the database was lost ({detail})",
                                      "check that the database server is running, then retry")

@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from storage.errors import ConstraintError, StorageError
+
 log = logging.getLogger("rewardnode.http")
 
 # Wire keys of the error body.
@@ -148,11 +150,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         kept = {k: v for k in _KEPT_HEADERS if (v := e.headers.get(k)) is not None}
         return error_response(e.status, _describe_aiohttp_error(request, e), kept)
+    except StorageError as e:
+        if isinstance(e, ConstraintError):  # the store refused data the code should have checked: a bug
+            return _internal_error(request)
+        # the database is down, locked or full (a token check in the middleware reaches it too)
+        return error_response(503, f"the store could not serve the request: {e.cause}; {e.fix}")
     except Exception:  # noqa: BLE001 - the last line of defense: never leak a traceback to the client
-        request_id = secrets.token_hex(6)
-        # The message and traceback go to the server log only; headers (tokens) are never logged.
-        log.exception("internal error %s in %s %s", request_id, request.method, request.path)
-        return error_response(
-            500, f"internal server error (request id {request_id}); the server log has the details",
-            {REQUEST_ID_HEADER: request_id},
-        )
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """A 500 with a request id; the message and traceback go to the server log only (headers, which hold
+    tokens, are never logged). Call it inside an `except` block."""
+    request_id = secrets.token_hex(6)
+    log.exception("internal error %s in %s %s", request_id, request.method, request.path)
+    return error_response(
+        500, f"internal server error (request id {request_id}); the server log has the details",
+        {REQUEST_ID_HEADER: request_id},
+    )

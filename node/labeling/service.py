@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
+from node.http import ServiceUnavailable
 from node.importing import SOURCE_NAME_MAX, source_name_problem
 from storage.store import Store
 
@@ -96,6 +97,10 @@ def campaign_name_problem(name: str, prefix: str = LabelingSettings.source_prefi
     return source_name_problem(name)
 
 
+STORE_CALL_TIMEOUT_S = 60.0
+"""The longest a request waits for its store call (LabelingService.call) before answering 503."""
+
+
 class LabelingService:
     """The store behind one worker thread (the event loop never blocks on SQL), plus the optional
     reward model that ranks a campaign's pairs by uncertainty."""
@@ -111,9 +116,15 @@ class LabelingService:
         self._lock = threading.Lock()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking store call on the worker thread."""
+        """Run a blocking store call on the worker thread; 503 when it does not finish within
+        STORE_CALL_TIMEOUT_S (a database server that hangs must not hang every request with it)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        future = loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(future, STORE_CALL_TIMEOUT_S)
+        except TimeoutError:
+            raise ServiceUnavailable(f"the store did not answer within {STORE_CALL_TIMEOUT_S:g} s (the database "
+                                     "server is unreachable or overloaded); retry later") from None
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

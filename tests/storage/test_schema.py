@@ -164,3 +164,20 @@ def test_a_store_from_a_newer_rewardnode_is_refused(db_url: str) -> None:
     engine.dispose()
     with pytest.raises(MigrationError, match="newer rewardnode"):
         Store.open(db_url)
+
+
+@pytest.mark.parametrize("message", [
+    'connection failed: connection to server at "127.0.0.1", port 5 failed: Connection refused',
+    "could not connect to server: No such file or directory",
+    "server closed the connection unexpectedly",
+])
+def test_a_database_that_cannot_be_reached_is_store_unavailable(message: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from storage.db import translate
+    from storage.errors import StoreUnavailableError
+
+    err = translate(OperationalError("SELECT 1", {}, Exception(message)), "checking a token")
+    assert isinstance(err, StoreUnavailableError) and "cannot be reached" in err.cause
+    other = translate(OperationalError("SELECT 1", {}, Exception("syntax error at or near")), "reading")
+    assert not isinstance(other, StoreUnavailableError)

@@ -166,3 +166,28 @@ async def test_redirects_raised_by_handlers_pass_through(make_client) -> None:
     resp = await client.get("/busy")
     assert resp.status == 503 and resp.headers["Retry-After"] == "60"
     assert_error(await resp.json(), 503, "busy")
+
+
+async def test_a_store_that_cannot_serve_is_503_and_a_constraint_error_500(make_client) -> None:
+    """A database that is down fails the token check in the middleware too: 503 with the store's words."""
+    from storage.errors import ConstraintError, StoreUnavailableError
+
+    async def down(request: web.Request) -> web.Response:
+        raise StoreUnavailableError("checking a token failed: the database cannot be reached (refused)",
+                                    "check that the database server is running and reachable, then retry")
+
+    async def refused(request: web.Request) -> web.Response:
+        raise ConstraintError("the database refused storing: CHECK failed", "fix the input")
+
+    feature = Feature("store", (
+        Endpoint(method="GET", path="/down", handler=down, role=None, summary="d", operation_id="down"),
+        Endpoint(method="GET", path="/refused", handler=refused, role=None, summary="r", operation_id="refused"),
+    ))
+    client = await make_client(features=(feature,))
+    resp = await client.get("/down")
+    assert resp.status == 503
+    assert_error(await resp.json(), 503, "the store could not serve the request", "cannot be reached",
+                 "database server is running")
+    resp = await client.get("/refused")
+    assert resp.status == 500 and "X-Request-Id" in resp.headers
+    assert "CHECK" not in (await resp.text())

@@ -184,3 +184,24 @@ def test_submit_is_all_or_nothing_on_every_database(db_url: str) -> None:  # noq
         assert sorted(api_keys(s)) == ["admin:ops/k", "labeler:alice/k"]
     finally:
         s.close()
+
+
+async def test_a_store_call_that_hangs_is_a_503_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung database server (SIGSTOPped, partitioned) must not hang every request with it."""
+    import asyncio
+    import time
+
+    from node.http import ServiceUnavailable
+    from node.labeling import service as svc
+
+    monkeypatch.setattr(svc, "STORE_CALL_TIMEOUT_S", 0.1)
+    labeling = svc.LabelingService(store=None)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(ServiceUnavailable, match="did not answer within 0.1 s"):
+            await labeling.call(time.sleep, 0.5)
+        with pytest.raises(ServiceUnavailable):  # queued behind the hung call: it times out as well
+            await labeling.call(lambda: 7)
+        await asyncio.sleep(0.6)
+        assert await labeling.call(lambda: 7) == 7  # the worker is free again once the hung call returns
+    finally:
+        labeling.close()
