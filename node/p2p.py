@@ -357,6 +357,8 @@ class NodeP2P:
                 log.exception("federation hook %r failed", hook)
 
     def stop(self) -> None:
+        if self.discovery is not None:
+            self.discovery.stop()
         if self.host is not None:
             self.host.stop()
 

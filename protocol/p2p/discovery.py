@@ -44,10 +44,15 @@ class Discovery:
     def __init__(self, host: P2PHost, gossip: Gossip, *, name: str, capabilities: Sequence[str] = (),
                  bootstrap: Sequence[str] = (), max_peers: int = 64, reannounce_s: float = 2.0,
                  on_peer: Callable[[NodeDescriptor], None] | None = None,
-                 report_every_s: float = 60.0) -> None:
+                 report_every_s: float = 60.0, heartbeat_s: float = 300.0) -> None:
         if report_every_s < 0:
             raise ValueError(f"report_every_s must be >= 0 (seconds between on_peer calls for one peer), "
                              f"got {report_every_s}")
+        if heartbeat_s < 0:
+            raise ValueError(f"heartbeat_s must be >= 0 (seconds between announcements; 0 = only on change), "
+                             f"got {heartbeat_s}")
+        self.heartbeat_s = heartbeat_s
+        self._stopped = threading.Event()
         self.host = host
         self.gossip = gossip
         self.name = name
@@ -76,7 +81,27 @@ class Discovery:
         self.gossip.subscribe(TOPIC_NODES, self._on_descriptor)
         failed = self.bootstrap(self.bootstrap_addrs)
         self.announce(wait_s=wait_s)
+        self.start_heartbeat()
         return failed
+
+    def start_heartbeat(self) -> None:
+        """Announce again every `heartbeat_s` until `stop`: peers refresh when they last saw this node, and
+        one that missed the first announcement (no gossip mesh yet) learns of it (0: announce on change only)."""
+        if self.heartbeat_s > 0:
+            threading.Thread(target=self._beat, name="rewardnode-p2p-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        """End the heartbeat (the host is stopped by its owner)."""
+        self._stopped.set()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.heartbeat_s):
+            if not self.host.running:
+                continue
+            try:
+                self.announce(wait_s=0.0)
+            except HostError as exc:
+                log.info("heartbeat announce failed: %s", exc)
 
     def bootstrap(self, addrs: Sequence[str]) -> list[str]:
         """Dial each address; returns those that could not be reached (logged, not raised)."""

@@ -269,3 +269,28 @@ def test_cli_peers_add_and_probe_beside_a_running_node_and_json_keeps_the_source
     listed = json.loads(_cli(home, "peers", "--json").stdout)["peers"]
     assert [(p["addr"], p["source"]) for p in listed] == [(by_hand, "peers.json"), (met_addr, "discovered")]
     assert listed[0]["last_seen_ms"] >= probed[0]["last_seen_ms"]  # the probe's result was kept
+
+
+def test_discovery_announces_again_on_a_heartbeat_until_stopped() -> None:
+    """A node re-announces itself, so its peers' last-seen times stay fresh and a peer that missed the first
+    announcement still learns of it."""
+    import time
+
+    from protocol.p2p.discovery import Discovery
+
+    host = _FakeHost()
+    host.running = True
+    announced: list[float] = []
+    disco = Discovery(host, None, name="me", heartbeat_s=0.05)  # type: ignore[arg-type]
+    disco.announce = lambda wait_s=5.0: announced.append(wait_s) or True  # type: ignore[method-assign]
+    disco.start_heartbeat()
+    deadline = time.monotonic() + 5
+    while len(announced) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    disco.stop()
+    time.sleep(0.15)  # a beat already waiting may still fire once
+    n = len(announced)
+    time.sleep(0.2)
+    assert n >= 3 and len(announced) == n  # beats, then none after stop
+    with pytest.raises(ValueError, match="heartbeat_s must be >= 0"):
+        Discovery(host, None, name="me", heartbeat_s=-1)  # type: ignore[arg-type]
