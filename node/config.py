@@ -123,11 +123,16 @@ def sqlite_file(url: str) -> Path | None:
     >>> str(sqlite_file("sqlite:////srv/a.db")), sqlite_file("sqlite://"), sqlite_file("postgresql://h/db")
     ('/srv/a.db', None, None)
     """
-    scheme, sep, rest = url.strip().partition(":///")
-    path = rest.split("?", 1)[0]
-    if not sep or scheme not in ("sqlite", "sqlite+pysqlite") or path in ("", ":memory:"):
+    from storage.db import normalize_url
+    from storage.errors import StorageError
+
+    try:
+        parsed = normalize_url(url)
+    except StorageError:  # a malformed URL: opening the store reports it, with its fix
         return None
-    return Path(path)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _check_store_file(url: str, config_path: Path, *, from_flag: bool, initialized: bool) -> None:

@@ -176,12 +176,11 @@ def run_export_data(args: argparse.Namespace) -> int:
 
 def _refuse_store_file(path: Path, db_url: str) -> None:
     """UsageError when `path` is the node's SQLite database or one of its companion files."""
-    from storage.db import normalize_url
+    from node.config import sqlite_file
 
-    url = normalize_url(db_url)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+    database = sqlite_file(db_url)
+    if database is None:
         return  # PostgreSQL, or a database in memory: no file to overwrite
-    database = Path(url.database)
     target = path.resolve()
     for suffix in SQLITE_FILE_SUFFIXES:
         store_file = database.with_name(database.name + suffix)
