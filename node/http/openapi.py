@@ -44,9 +44,10 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": endpoint.operation_id, "summary": endpoint.summary}
     if endpoint.tags:
         op["tags"] = list(endpoint.tags)
-    params = _PATH_PARAM_RE.findall(endpoint.path)
+    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+              for p in _PATH_PARAM_RE.findall(endpoint.path)] + [dict(p) for p in endpoint.parameters]
     if params:
-        op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+        op["parameters"] = params
     if endpoint.role is None:
         op["security"] = []  # public
     else:

@@ -65,6 +65,8 @@ class Endpoint:
     errors: tuple[int, ...] = ()
     """Statuses besides the automatic ones (401/403 for non-public routes, 400/413/415/422 with a body)."""
     tags: tuple[str, ...] = ()
+    parameters: tuple[dict[str, Any], ...] = ()
+    """OpenAPI parameter objects besides the path's (e.g. a request header the route reads)."""
     in_openapi: bool = True
     """False for routes that are not API (HTML pages, static files)."""
 

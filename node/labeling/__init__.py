@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from node.http import Endpoint, Feature
-from node.http.app import OPENAPI_KEY
-from node.labeling.api import api_endpoints, document_idempotency_header
+from node.labeling.api import api_endpoints
 from node.labeling.auth import (
     SessionAuthenticator,
     StoreBearerAuthenticator,
@@ -56,17 +55,12 @@ def labeling_feature(store: Store, *, settings: LabelingSettings | None = None,
         yield
         service.close()
 
-    async def document(app: web.Application) -> None:  # create_app builds /openapi.json after every setup
-        if (doc := app.get(OPENAPI_KEY)) is not None:
-            document_idempotency_header(doc)
-
     def setup(app: web.Application) -> None:
         app[SERVICE_KEY] = service
         if home is not None:
             app[HOME_KEY] = home
         install_authenticators(app, authenticators)
         app.cleanup_ctx.append(lifecycle)
-        app.on_startup.append(document)
 
     endpoints = (
         _page("GET", "/login", login_form, "Sign-in page (invite links land here)", "loginPage"),

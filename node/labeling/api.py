@@ -309,30 +309,19 @@ IDEMPOTENCY_PARAMETER: dict[str, Any] = {
 }
 
 
-def document_idempotency_header(doc: dict[str, Any]) -> None:
-    """Add the Idempotency-Key header to the ingestion POSTs of the app's OpenAPI document (which
-    node.http builds with path parameters only)."""
-    for ep in api_endpoints():
-        operation = doc.get("paths", {}).get(ep.path, {}).get("post") if ep.method == "POST" else None
-        if operation is not None:
-            params = operation.setdefault("parameters", [])
-            if all(p.get("name") != IDEMPOTENCY_HEADER for p in params):
-                params.append(dict(IDEMPOTENCY_PARAMETER))
-
-
 def api_endpoints() -> tuple[Endpoint, ...]:
     """The ingestion API's endpoints (labelers and admins may post; stats are admin only)."""
-    tags = ("ingestion",)
+    tags, keyed = ("ingestion",), (IDEMPOTENCY_PARAMETER,)
     return (
         Endpoint(method="POST", path="/v1/comparisons", handler=post_comparison, role=Role.LABELER,
                  summary="Store one pairwise comparison", operation_id="postComparison", request=COMPARISON_IN,
-                 response=STORED, errors=(409, 503), tags=tags),
+                 response=STORED, errors=(409, 503), tags=tags, parameters=keyed),
         Endpoint(method="POST", path="/v1/rankings", handler=post_ranking, role=Role.LABELER,
                  summary="Store one ranking (best first)", operation_id="postRanking", request=RANKING_IN,
-                 response=STORED, errors=(409, 503), tags=tags),
+                 response=STORED, errors=(409, 503), tags=tags, parameters=keyed),
         Endpoint(method="POST", path="/v1/feedback", handler=post_feedback, role=Role.LABELER,
                  summary="Store thumbs up/down or a rating on one response", operation_id="postFeedback",
-                 request=FEEDBACK_IN, response=STORED, errors=(409, 503), tags=tags),
+                 request=FEEDBACK_IN, response=STORED, errors=(409, 503), tags=tags, parameters=keyed),
         Endpoint(method="GET", path="/v1/stats", handler=get_stats, role=Role.ADMIN,
                  summary="Records per source and campaign progress", operation_id="getStats", response=STATS,
                  tags=tags),
