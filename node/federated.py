@@ -200,10 +200,10 @@ def register_federated(node: Node, agreement: Agreement, global_arrays: Arrays, 
     card = {"kind": MODEL_KIND, "federation": agreement.name, "federation_id": agreement.federation_id,
             "rounds": len(chain), "scoring": scoring_config(agreement)}
     if not out.exists():
-        sha = save_reward_model(model, tokenizer, out, card)
+        save_reward_model(model, tokenizer, out, card)
         (out / SHARED_ARRAYS_FILE).write_bytes(encode_arrays(global_arrays))
-    else:
-        sha = file_sha256(out / WEIGHTS_FILE)
+    files = artifact_files_sha256(out)
+    sha = files[WEIGHTS_FILE]
     agreement_env = (federation_dir(node.config.home, agreement.name) / AGREEMENT_FILE).read_text()
     return node.store.register_model(
         name=f"federated-{agreement.name}", kind=MODEL_KIND, path=str(out), sha256=sha,
@@ -211,7 +211,7 @@ def register_federated(node: Node, agreement: Agreement, global_arrays: Arrays, 
         metrics={"rounds": len(chain)},
         provenance={"federation": agreement.name, "federation_id": agreement.federation_id,
                     "agreement": agreement_env, "manifests": list(chain), "shared_arrays_sha256": digest,
-                    FILES_KEY: artifact_files_sha256(out), "registered_at": int(time.time())},
+                    FILES_KEY: files, "registered_at": int(time.time())},
     )
 
 
@@ -226,10 +226,9 @@ def artifact_files_sha256(folder: Path) -> dict[str, str]:
     return out
 
 
-def changed_files(folder: Path, registered: dict[str, str]) -> list[str]:
-    """What differs between an artifact folder and the sha256 of its files at registration, one item per file:
-    "changed NAME", "missing NAME" or "added NAME" (empty when nothing did)."""
-    now = artifact_files_sha256(folder)
+def changed_files(now: dict[str, str], registered: dict[str, str]) -> list[str]:
+    """What differs between an artifact folder's files (`artifact_files_sha256` now) and their sha256 at
+    registration, one item per file: "changed NAME", "missing NAME" or "added NAME" (empty when nothing did)."""
     return ([f"changed {n}" for n in sorted(set(now) & set(registered)) if now[n] != registered[n]]
             + [f"missing {n}" for n in sorted(set(registered) - set(now))]
             + [f"added {n}" for n in sorted(set(now) - set(registered))])
@@ -250,15 +249,17 @@ def verify_model(node: Node, model_id: str, *, check_merge: bool = True) -> dict
                           "only federated models carry one: `rewardnode models` lists them (kind 'federated')")
     path = Path(entry.path)
     weights = path / WEIGHTS_FILE
-    if not weights.is_file() or file_sha256(weights) != entry.sha256:
-        raise ChainBroken(f"{weights} is missing or does not hash to the registered sha256 {entry.sha256[:16]}...")
     prov = entry.provenance
-    files = prov.get(FILES_KEY)
+    files = prov.get(FILES_KEY)  # None: registered before per-file hashes; the result's "files_checked" says so
+    now = artifact_files_sha256(path) if files is not None else {}  # the weights are hashed once
+    weights_sha = now.get(WEIGHTS_FILE) or (file_sha256(weights) if weights.is_file() else None)
+    if weights_sha != entry.sha256:
+        raise ChainBroken(f"{weights} is missing or does not hash to the registered sha256 {entry.sha256[:16]}...")
     if files is not None and (not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values())):
         raise ChainBroken(f"the registry's {FILES_KEY} of model {entry.id} is not a {{file: sha256}} object; "
                           "the registry entry was altered: restore the node's store from a backup")
-    if files is not None:  # None: registered before per-file hashes; the result's "files_checked" says so
-        changed = changed_files(path, files)
+    if files is not None:
+        changed = changed_files(now, files)
         if changed:
             raise ChainBroken(f"files of {path} differ from those registered: {', '.join(changed)}; the "
                               "artifact was altered after registration: restore it from a trusted copy "
