@@ -21,13 +21,18 @@ Sample = tuple[str, Sequence[tuple[str, str | None]]]
 """(prompt text, [(response text, producing model or None), ...])."""
 
 
+def usable_text(text: str) -> bool:
+    """True when the store keeps `text` as a sample's prompt or response: not blank, no NUL character."""
+    return bool(text.strip()) and "\x00" not in text
+
+
 def add_samples(conn: Connection, source: str, samples: Sequence[Sample], now: datetime) -> list[list[str]]:
     """Store prompts and their responses under `source`; the response ids, per prompt, in order."""
     if not source:
         raise InvalidRecordError("the source name is empty", "name the source the samples are stored under")
     for prompt, responses in samples:
         texts = [prompt, *(text for text, _ in responses)]
-        if any(not isinstance(t, str) or not t.strip() or "\x00" in t for t in texts):
+        if any(not isinstance(t, str) or not usable_text(t) for t in texts):
             raise InvalidRecordError(f"a prompt or response of {prompt[:60]!r} is empty or holds a NUL character",
                                      "leave such samples out")
     source_id = name_id(conn, m.table_of(m.Source), source, now)

@@ -114,7 +114,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _read_prompts(args: argparse.Namespace, node: Node) -> list[str]:
-    from node.rl.prompts import read_prompt_file, usable_text
+    from node.rl.prompts import read_prompt_file
+    from storage.samples import usable_text
 
     prompts: list[str] = []
     if args.prompts:
@@ -433,7 +434,7 @@ def run_best_of_n(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from node.rl.prompts import usable_text
+    from storage.samples import usable_text
 
     _check_sampling(args)
     out = _out_file(args)

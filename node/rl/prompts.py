@@ -1,4 +1,4 @@
-"""Prompt files for rl, best-of-n and generate, and the samples a store can hold.
+"""Prompt files for rl, best-of-n and generate.
 
     .jsonl   one JSON object per line with a non-blank string "prompt" (other keys are ignored)
     .txt     (any other suffix) one prompt per line
@@ -15,11 +15,6 @@ from pathlib import Path
 from node.errors import UsageError
 
 PROMPT_KEY = "prompt"
-
-
-def usable_text(text: str) -> bool:
-    """True when the store keeps `text` as a prompt or response: not blank, no NUL character."""
-    return bool(text.strip()) and "\x00" not in text
 
 
 def _json_type(value: object) -> str:
