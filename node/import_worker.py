@@ -24,11 +24,14 @@ import sys
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from node.errors import ImportFormatError, NodeError
 from storage.records import Record
 from storage.rows import RowBatch, RowBuilder, build_batches
+
+if TYPE_CHECKING:
+    from node.importing import Reject  # which imports this module
 
 WORKER_MIN_BYTES: Final = 4 << 20
 """Files smaller than this (on disk) are read in this process: a worker would not pay for itself."""
@@ -38,7 +41,7 @@ fits the pipe, so the worker builds the next one while this process inserts the 
 PIPE_BYTES: Final = 1 << 20
 """Pipe buffer asked for (Linux's default 64 KiB would make the worker wait on every batch it sends)."""
 
-Rejects = Callable[[int, str, str], None]
+Rejects = Callable[["Reject"], None]
 OpenRecords = Callable[[Rejects | None], Iterator[Record]]
 """open_records(rejects) -> the file's records, reporting skipped lines to `rejects`."""
 
@@ -81,8 +84,8 @@ def worker_batches(open_records: OpenRecords, rejects: Rejects | None, builder: 
                 raise NodeError(f"the import's reader process ended unexpectedly (exit code {worker.exitcode}); "
                                 "nothing was stored: run the import again") from None
             if rejects is not None:
-                for line, raw, reason in rejected:
-                    rejects(line, raw, reason)
+                for reject in rejected:
+                    rejects(reject)
             if kind == "batch":
                 yield payload
             elif kind == "done":
@@ -102,14 +105,12 @@ def _work(open_records: OpenRecords, report_rejects: bool, builder: RowBuilder, 
     gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent too; it ends this process
     receive.close()
-    rejected: list[tuple[int, str, str]] = []
-
-    def collect(line: int, raw: str, reason: str) -> None:
-        rejected.append((line, raw, reason))
+    rejected: list[Reject] = []
 
     try:
         try:
-            for batch in build_batches(open_records(collect if report_rejects else None), builder, batch_size):
+            for batch in build_batches(open_records(rejected.append if report_rejects else None), builder,
+                                       batch_size):
                 send.send(("batch", batch, rejected[:]))
                 rejected.clear()
             send.send(("done", None, rejected))

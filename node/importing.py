@@ -38,6 +38,7 @@ import json
 import os
 import zlib
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, Any, Final, cast
@@ -71,8 +72,29 @@ SOURCE_NAME_RULE: Final = (f"1-{SOURCE_NAME_MAX} characters, not only spaces, wi
                            "(no newline or tab; e.g. hh-rlhf, org-a/harmless-base, OpenAssistant oasst1)")
 """What a source name may be, in words for error messages and --help."""
 
-Rejects = Callable[[int, str, str], None]
-"""rejects(line, raw_text_truncated, reason) is called for each record skipped with skip_invalid."""
+REJECT_LINE: Final = "line"
+"""Reject.unit of a JSONL or CSV file: the 1-based physical line (the error says "FILE:N")."""
+REJECT_RECORD: Final = "record"
+"""Reject.unit of a JSON file: the 1-based record number (the error says "FILE: record N")."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record skipped under skip_invalid: where it is (`unit` `number`), its raw text (cut) and why."""
+
+    unit: str  # REJECT_LINE or REJECT_RECORD
+    number: int
+    raw: str
+    reason: str
+
+    @property
+    def where(self) -> str:
+        """'line 3' or 'record 3', as the import's errors name it."""
+        return f"{self.unit} {self.number}"
+
+
+Rejects = Callable[[Reject], None]
+"""rejects(reject) is called for each record skipped with skip_invalid."""
 
 _CHUNK: Final = 1 << 20  # bytes per readline call; longer lines are assembled from pieces
 _BOM: Final = b"\xef\xbb\xbf"
@@ -255,7 +277,7 @@ class _Reader:
             located = JsonRecordError if record else ImportFormatError
             raise located(self.path, line, exc.problem, exc.fix) from None
         if self.rejects is not None:
-            self.rejects(line, _preview(raw), str(exc))
+            self.rejects(Reject(REJECT_RECORD if record else REJECT_LINE, line, _preview(raw), str(exc)))
 
     def unreadable(self, line: int, exc: BaseException) -> ImportFormatError:
         if self.gzip:

@@ -95,7 +95,7 @@ def _rejects_path(args: argparse.Namespace, path: Path) -> Path:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from node.importing import iter_records
+    from node.importing import Reject, iter_records
 
     path = _input_file(args.file)
     if args.max_line_bytes <= 0:
@@ -107,7 +107,7 @@ def run_import(args: argparse.Namespace) -> int:
     n_rejected = 0
     rejects_file = None
 
-    def reject(line: int, raw: str, reason: str) -> None:
+    def reject(skipped: Reject) -> None:
         nonlocal n_rejected, rejects_file
         if rejects_file is None:
             try:
@@ -115,7 +115,9 @@ def run_import(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise NodeError(f"cannot create the reject file {rejects_path} ({exc.strerror or exc}); pass "
                                 "another --rejects path; nothing was imported from this file") from None
-        rejects_file.write(json.dumps({"line": line, "reason": reason, "raw": raw}, ensure_ascii=False) + "\n")
+        # "line": N, or "record": N in a JSON file, as the import's errors name it
+        entry = {skipped.unit: skipped.number, "reason": skipped.reason, "raw": skipped.raw}
+        rejects_file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         n_rejected += 1
 
     from node.progress import bar as progress_bar

@@ -15,6 +15,7 @@ from node.app import Node
 from node.errors import NodeError, UsageError
 
 if TYPE_CHECKING:
+    from node.importing import Reject
     from node.rm.data import PreferencePair
     from storage.types import ModelEntry
 
@@ -162,15 +163,16 @@ def resolve_model(node: Node, ref: str | None) -> tuple[Path, ModelEntry | None]
 
 
 class _Skipped:
-    """The records --skip-invalid left out: how many, and the first one's line and reason."""
+    """The records --skip-invalid left out: how many, and the first one's line (record in JSON) and reason."""
 
     def __init__(self) -> None:
         self.count = 0
         self.first = ""
 
-    def __call__(self, line: int, _raw: str, reason: str) -> None:
+    def __call__(self, reject: Reject) -> None:
         self.count += 1
-        self.first = self.first or f"line {line}: {reason.removesuffix(' (or skip bad lines with --skip-invalid)')}"
+        reason = reject.reason.removesuffix(" (or skip bad lines with --skip-invalid)")
+        self.first = self.first or f"{reject.where}: {reason}"  # "record N" in a JSON file
 
     def report(self, path: str) -> str:
         return f"skipped {self.count:,} invalid record(s) of {path} (first: {self.first})"

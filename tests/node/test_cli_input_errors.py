@@ -355,6 +355,13 @@ def test_eval_skip_invalid_skips_and_counts(home: Path, rm_dir: Path, tmp_path: 
     report = json.loads(capsys.readouterr().out)
     assert report["n_skipped_invalid"] == 1 and report["n_total"] == 4
 
+    array = tmp_path / "bad.json"  # a JSON file counts records, as its errors do: "record 3", not a line
+    array.write_text(json.dumps([json.loads(x) if x != "{bad" else {"prompt": "q"}
+                                 for x in data.read_text().splitlines()], indent=2), encoding="utf-8")
+    assert main(["--home", str(home), "eval", "--model", str(rm_dir), "--data", str(array),
+                 "--skip-invalid"]) == 0
+    assert "(first: record 3: " in capsys.readouterr().out
+
 
 def test_eval_rejects_a_bad_source_name(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _pairs_file(tmp_path / "ok.jsonl")

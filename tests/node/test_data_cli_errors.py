@@ -167,6 +167,21 @@ def test_a_record_with_a_bad_source_fails_naming_the_line_or_goes_to_rejects(cli
     assert list(cli.stats()) == ["good-1"]
 
 
+def test_the_reject_file_of_a_json_file_names_the_record_as_its_error_does(cli: Cli, tmp_path: Path) -> None:
+    records: list[dict[str, object]] = [dict(r) for r in RECORDS[:4]]
+    records[2] = {"prompt": "p", "chosen": "c"}  # record 3, on lines 14-17 of the indented file
+    data = tmp_path / "arr.json"
+    data.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    assert f"{data}: record 3: missing required field 'rejected'" in cli.error(1, "import", str(data))
+
+    code, out, _ = cli("import", str(data), "--skip-invalid")
+    assert code == 0 and "3 comparisons added" in out
+    (rejected,) = [json.loads(x) for x in (tmp_path / "arr.json.rejects.jsonl").read_text().splitlines()]
+    assert list(rejected) == ["record", "reason", "raw"] and rejected["record"] == 3
+    assert "missing required field 'rejected'" in rejected["reason"]
+    assert json.loads(rejected["raw"]) == {"prompt": "p", "chosen": "c"}
+
+
 def test_other_datasets_source_names_are_kept(cli: Cli, tmp_path: Path) -> None:
     records = [{**r, "source": "OpenAssistant oasst1"} for r in RECORDS]
     assert cli("import", str(write_jsonl(tmp_path / "my data (v2).jsonl", records)))[0] == 0

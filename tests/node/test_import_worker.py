@@ -17,7 +17,7 @@ import pytest
 from node import import_worker
 from node.errors import ImportFormatError, NodeError
 from node.exporting import write_records
-from node.importing import JsonRecordError, iter_records
+from node.importing import JsonRecordError, Reject, iter_records
 from storage.errors import InvalidRecordError
 from storage.records import Comparison, Record
 from storage.rows import RowBuilder
@@ -98,12 +98,12 @@ def test_skipped_lines_reach_the_rejects_callback_here_in_order(store: Store, tm
     lines.insert(20, "{not json")
     lines.append("{not json")  # after the last batch
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    here: list[tuple[int, str, str]] = []
-    there: list[tuple[int, str, str]] = []
-    in_worker = iter_records(path, parallel=True, skip_invalid=True, rejects=lambda *a: there.append(a))
+    here: list[Reject] = []
+    there: list[Reject] = []
+    in_worker = iter_records(path, parallel=True, skip_invalid=True, rejects=there.append)
     result = store.import_records(in_worker, batch_size=4)
-    list(iter_records(path, parallel=False, skip_invalid=True, rejects=lambda *a: here.append(a)))
-    assert there == here and [line for line, _, _ in there] == [4, 21, len(lines)]
+    list(iter_records(path, parallel=False, skip_invalid=True, rejects=here.append))
+    assert there == here and [r.number for r in there] == [4, 21, len(lines)]
     assert result.added["comparisons"] + result.duplicates["comparisons"] == 60 + 8  # no line lost
 
 
@@ -194,5 +194,5 @@ def test_when_fork_fails_the_file_is_read_here(store: Store, tmp_path: Path,  # 
     path = _file(tmp_path)
     path.write_text(path.read_text(encoding="utf-8") + "{bad\n", encoding="utf-8")
     result = store.import_records(iter_records(path, parallel=True, skip_invalid=True,
-                                               rejects=lambda line, raw, reason: rejected.append(line)))
+                                               rejects=lambda r: rejected.append(r.number)))
     assert result.added["comparisons"] == 67 and rejected == [len(path.read_text().splitlines())]

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.errors import ImportFormatError
-from node.importing import default_source, iter_records
+from node.importing import Reject, default_source, iter_records
 from storage.records import Comparison, Demonstration, Feedback, Ranking, Rating
 
 SAMPLES = Path(__file__).resolve().parents[2] / "node" / "samples"
@@ -268,7 +268,7 @@ def test_skip_invalid_reports_every_reject_and_keeps_the_rest(tmp_path: Path) ->
                         {**GOOD, "prompt": "last"}]
     rejected: list[tuple[int, str, str]] = []
     records = list(iter_records(write_lines(tmp_path / "in.jsonl", lines), skip_invalid=True,
-                                rejects=lambda line, raw, reason: rejected.append((line, raw, reason))))
+                                rejects=lambda r: rejected.append((r.number, r.raw, r.reason))))
     assert [r.prompt for r in records] == ["p", "last"]
     assert [(line, raw[:10]) for line, raw, _ in rejected] == [(2, "not json"), (3, '{"prompt":'), (5, '{"prompt":')]
     assert "malformed JSON" in rejected[0][2] and "identical" in rejected[1][2]
@@ -295,7 +295,7 @@ def test_a_100_mb_line_fails_without_being_read_into_memory(tmp_path: Path) -> N
                           "split the record or raise --max-line-bytes")
     assert peak < 24 * 2**20, f"peak {peak / 2**20:.1f} MiB"
     rejected: list[int] = []
-    kept = list(iter_records(path, skip_invalid=True, rejects=lambda line, raw, reason: rejected.append(line)))
+    kept = list(iter_records(path, skip_invalid=True, rejects=lambda r: rejected.append(r.number)))
     assert [r.prompt for r in kept] == ["p", "after"] and rejected == [2]
 
 
@@ -356,9 +356,10 @@ def test_json_file_errors(tmp_path: Path) -> None:
     path.write_text(json.dumps([GOOD, GOOD, {"prompt": "p", "chosen": "c"}], indent=2))
     error = import_error(path)
     assert error.line == 3 and "missing required field 'rejected'" in error.problem
-    rejected: list[tuple[int, str, str]] = []
-    assert len(list(iter_records(path, skip_invalid=True, rejects=lambda *a: rejected.append(a)))) == 2
-    assert rejected[0][0] == 3 and json.loads(rejected[0][1]) == {"prompt": "p", "chosen": "c"}
+    rejected: list[Reject] = []
+    assert len(list(iter_records(path, skip_invalid=True, rejects=rejected.append))) == 2
+    assert (rejected[0].unit, rejected[0].number, rejected[0].where) == ("record", 3, "record 3")
+    assert json.loads(rejected[0].raw) == {"prompt": "p", "chosen": "c"}
     path.write_text('[\n  {"prompt": "p",\n   "chosen": }\n]')
     broken = import_error(path)
     assert broken.line == 0 and "malformed JSON: Expecting value at line 3 column 14" in broken.problem

@@ -13,7 +13,7 @@ import pytest
 from node.exporting import write_records
 from node.formats import ParseContext, RecordError, parser_for
 from node.formats.decoding import check_surrogates
-from node.importing import JsonRecordError, _preview, iter_records
+from node.importing import JsonRecordError, Reject, _preview, iter_records
 from storage.records import Comparison, Demonstration, Feedback, Ranking, Rating, Record
 from tests.node.test_importing import import_error, write_lines
 
@@ -26,7 +26,10 @@ DEEP = "[" * 100_000 + "]" * 100_000  # far past the JSON decoder's recursion li
 def skipped(path: Path, **kwargs: Any) -> tuple[list[Record], list[tuple[int, str, str]]]:
     """The records of `path` read with skip_invalid, and the (line, raw, reason) of every skipped one."""
     rejected: list[tuple[int, str, str]] = []
-    records = list(iter_records(path, skip_invalid=True, rejects=lambda *a: rejected.append(a), **kwargs))
+    def collect(r: Reject) -> None:
+        rejected.append((r.number, r.raw, r.reason))
+
+    records = list(iter_records(path, skip_invalid=True, rejects=collect, **kwargs))
     return records, rejected
 
 
