@@ -2,7 +2,9 @@
 
 Every failure, whoever raises it (a handler, the router, aiohttp's body-size check, a bug), leaves
 the server as `{"ok": false, "error": "<what is wrong and how to fix it>", "status": N}` with HTTP
-status N (Datasette's shape). Handlers raise `HttpError` subclasses; nothing builds error bodies by
+status N (Datasette's shape). A request over one of the server's limits also gets that limit, under its
+config name, so a client can adapt without parsing the message: `"max_body_bytes": 1048576` with 413,
+`"max_items": 256` with 422. Handlers raise `HttpError` subclasses; nothing builds error bodies by
 hand. Internal errors become a 500 that names a request id and leaks no traceback or secret.
 """
 
@@ -24,6 +26,7 @@ log = logging.getLogger("rewardnode.http")
 KEY_OK = "ok"
 KEY_ERROR = "error"
 KEY_STATUS = "status"
+KEY_MAX_BODY_BYTES = "max_body_bytes"  # ServerConfig's name for the limit, with a 413
 REQUEST_ID_HEADER = "X-Request-Id"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,10 +37,12 @@ class HttpError(Exception):
 
     status = 500
 
-    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None,
+                 limits: Mapping[str, int] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = dict(headers or {})
+        self.limits: dict[str, int] = dict(limits or {})  # limits it went over, by ServerConfig name
 
 
 class BadRequest(HttpError):
@@ -75,9 +80,12 @@ class Conflict(HttpError):
 
 
 class PayloadTooLarge(HttpError):
-    """413: the body is larger than `max_body_bytes`."""
+    """413: the body is larger than `max_body_bytes`; the body of the error says that limit."""
 
     status = 413
+
+    def __init__(self, message: str, max_body_bytes: int) -> None:
+        super().__init__(message, limits={KEY_MAX_BODY_BYTES: max_body_bytes})
 
 
 class UnsupportedMediaType(HttpError):
@@ -91,8 +99,8 @@ class ValidationError(HttpError):
 
     status = 422
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field} {problem}" if field else problem)
+    def __init__(self, field: str, problem: str, *, limits: Mapping[str, int] | None = None) -> None:
+        super().__init__(f"{field} {problem}" if field else problem, limits=limits)
         self.field = field
 
 
@@ -102,19 +110,22 @@ class ServiceUnavailable(HttpError):
     status = 503
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
-    """The one error shape.
+def error_body(status: int, message: str, limits: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The one error shape, plus the server limits a request went over.
 
     >>> error_body(404, "no model 'x'")
     {'ok': False, 'error': "no model 'x'", 'status': 404}
+    >>> error_body(413, "too large", {"max_body_bytes": 1000})["max_body_bytes"]
+    1000
     """
-    return {KEY_OK: False, KEY_ERROR: message, KEY_STATUS: status}
+    return {KEY_OK: False, KEY_ERROR: message, KEY_STATUS: status, **(limits or {})}
 
 
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
+                   limits: Mapping[str, int] | None = None) -> web.Response:
     """A JSON response in the error shape."""
     return web.Response(
-        status=status, text=json.dumps(error_body(status, message)), content_type="application/json",
+        status=status, text=json.dumps(error_body(status, message, limits)), content_type="application/json",
         headers=dict(headers or {}),
     )
 
@@ -144,7 +155,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except HttpError as e:
-        return error_response(e.status, e.message, e.headers)
+        return error_response(e.status, e.message, e.headers, e.limits)
     except web.HTTPException as e:
         if e.status < 400:  # redirects and "success" exceptions are not errors: let aiohttp send them
             raise

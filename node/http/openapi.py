@@ -24,6 +24,9 @@ ERROR_SCHEMA_BODY: dict[str, Any] = {
         KEY_ERROR: {"type": "string"},
         KEY_STATUS: {"type": "integer", "description": "The HTTP status, repeated."},
     },
+    "additionalProperties": {"type": "integer", "minimum": 1,
+                             "description": "A server limit the request went over, under its config name: "
+                                            "max_body_bytes with 413, max_items with 422."},
 }
 
 

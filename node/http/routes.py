@@ -109,7 +109,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
                                    f"with 'Content-Type: {JSON_CONTENT_TYPE}'")
     limit = request.config_dict[CONFIG_KEY].max_body_bytes
     too_large = PayloadTooLarge(f"request body is larger than the limit of {limit} bytes; send fewer or shorter "
-                                "items per request, or raise max_body_bytes in the server config")
+                                "items per request, or raise max_body_bytes in the server config", limit)
     if request.content_length is not None and request.content_length > limit:
         raise too_large  # refuse before reading a byte
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -191,7 +191,8 @@ def expect_array(value: Any, where: str, *, min_len: int, max_len: int, limit_na
         raise ValidationError(where, f"has {len(value)} entries; send at least {min_len}")
     if len(value) > max_len:
         raise ValidationError(where, f"has {len(value)} entries, more than the limit of {max_len}; split the "
-                                     f"request, or raise {limit_name} in the server config")
+                                     f"request, or raise {limit_name} in the server config",
+                              limits={limit_name: max_len})  # e.g. "max_items": 256 in the error body
     return value
 
 

@@ -71,9 +71,15 @@ async def client(make_client: ClientFactory) -> TestClient:
     return await make_client()
 
 
+LIMIT_KEYS = frozenset({"max_body_bytes", "max_items", "max_compare_responses"})
+"""Extra keys of an error over a server limit: the limit, under its ServerConfig name."""
+
+
 def assert_error(body: Any, status: int, *fragments: str) -> None:
-    """The one error shape, with `fragments` in the message."""
-    assert set(body) == {"ok", "error", "status"}, body
+    """The one error shape (plus, past a server limit, that limit), with `fragments` in the message."""
+    extra = set(body) - {"ok", "error", "status"}
+    assert {"ok", "error", "status"} <= set(body) and extra <= LIMIT_KEYS, body
+    assert all(type(body[k]) is int and body[k] >= 1 for k in extra), body
     assert body["ok"] is False and body["status"] == status, body
     for fragment in fragments:
         assert fragment in body["error"], (fragment, body["error"])

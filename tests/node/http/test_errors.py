@@ -39,7 +39,11 @@ async def test_score_validation(make_client, scorers, body, status, fragments) -
     client = await make_client(max_items=8, max_text_chars=40)
     resp = await client.post("/v1/score", json=body, headers=SCORER)
     assert resp.status == status
-    assert_error(await resp.json(), status, *fragments)
+    refused = await resp.json()
+    assert_error(refused, status, *fragments)
+    over_limit = "more than the limit of 8" in refused["error"]
+    limits = {k: v for k, v in refused.items() if k.startswith("max_")}
+    assert limits == ({"max_items": 8} if over_limit else {})
     assert scorers["rm-a"].calls == []
 
 
@@ -57,7 +61,9 @@ async def test_compare_validation(make_client, body, fragments) -> None:
     client = await make_client(max_compare_responses=4)
     resp = await client.post("/v1/compare", json=body, headers=SCORER)
     assert resp.status == 422
-    assert_error(await resp.json(), 422, *fragments)
+    refused = await resp.json()
+    assert_error(refused, 422, *fragments)
+    assert refused.get("max_compare_responses") == (4 if "more than the limit" in refused["error"] else None)
 
 
 @pytest.mark.parametrize("raw", [b'{"items": [', b"", b"{'items': []}", b"\xff\xfe{}"])
@@ -80,7 +86,9 @@ async def test_oversized_body_is_413_with_or_without_content_length(make_client,
     body = json.dumps({"items": [{"prompt": "p", "response": "x" * 2000}]}).encode()
     resp = await client.post("/v1/score", data=body, headers={**SCORER, "Content-Type": "application/json"})
     assert resp.status == 413
-    assert_error(await resp.json(), 413, "larger than the limit of 1000 bytes", "max_body_bytes")
+    refused = await resp.json()
+    assert_error(refused, 413, "larger than the limit of 1000 bytes", "max_body_bytes")
+    assert refused["max_body_bytes"] == 1000  # the limit, for a client to adapt to (HttpReward does)
 
     async def chunks():  # chunked transfer: no Content-Length, so the limit trips while reading
         for i in range(0, len(body), 100):
@@ -88,7 +96,9 @@ async def test_oversized_body_is_413_with_or_without_content_length(make_client,
 
     resp = await client.post("/v1/score", data=chunks(), headers={**SCORER, "Content-Type": "application/json"})
     assert resp.status == 413
-    assert_error(await resp.json(), 413, "limit of 1000 bytes")
+    refused = await resp.json()
+    assert_error(refused, 413, "limit of 1000 bytes")
+    assert refused["max_body_bytes"] == 1000
     assert scorers["rm-a"].calls == []
 
 
