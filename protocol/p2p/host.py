@@ -269,20 +269,23 @@ class P2PHost:
         self._stop = trio.Event()
         self.libp2p_host, self.pubsub, self.gossipsub = host, pubsub, gossipsub
         async with host.run(listen_addrs=listen):
-            async with background_trio_service(pubsub), background_trio_service(gossipsub):
-                await pubsub.wait_until_ready()
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self.config.enable_dht:
-                        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+            try:
+                async with background_trio_service(pubsub), background_trio_service(gossipsub):
+                    await pubsub.wait_until_ready()
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        if self.config.enable_dht:
+                            from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 
-                        self.dht = KadDHT(host, DHTMode.SERVER)
-                        nursery.start_soon(_run_service, self.dht)
-                    for hook in self._startup_hooks:
-                        await hook(self)
-                    self._ready.set()
-                    await self._stop.wait()
-                    nursery.cancel_scope.cancel()
+                            self.dht = KadDHT(host, DHTMode.SERVER)
+                            nursery.start_soon(_run_service, self.dht)
+                        for hook in self._startup_hooks:
+                            await hook(self)
+                        self._ready.set()
+                        await self._stop.wait()
+                        nursery.cancel_scope.cancel()
+            finally:
+                await _close_host(host)
         self._nursery = None
 
     def _dispatch(self) -> None:
@@ -324,6 +327,37 @@ def _quiet_shutdown_race() -> None:
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
         if name.startswith("libp2p") and isinstance(logger, logging.Logger) and _SHUTDOWN_FILTER not in logger.filters:
             logger.addFilter(_SHUTDOWN_FILTER)
+
+
+CLOSE_TIMEOUT_S = 5.0
+"""How long stop() lets the host close its connections and listeners."""
+
+
+async def _close_host(host: Any) -> None:
+    """Close the host's connections, listeners and transports, shielded from the cancellation under way.
+
+    Leaving `host.run()` only stops the swarm's service: py-libp2p (0.8.1) then closes the connections in
+    `Swarm.run`'s `finally`, inside the scope being cancelled, so the first await of `SwarmConn.close`
+    raises `Cancelled` and the sockets stay open. Peers keep the dead connection (one per peer, by
+    `max_connections_per_peer=1`), so a node restarted with the same identity is not gossiped with.
+    Here they are closed before the service stops: all at once (each close waits 0.1 s), then
+    `host.close()` (`Swarm.close`: listeners, transports, anything left; idempotent).
+    """
+    with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
+        scope.shield = True
+        async with trio.open_nursery() as nursery:
+            for conn in host.get_network().get_connections():
+                nursery.start_soon(_close_quietly, conn.close, "a connection")
+        await _close_quietly(host.close, "the host")
+    if scope.cancelled_caught:
+        log.warning("p2p host: closing its connections took over %gs; some may stay open", CLOSE_TIMEOUT_S)
+
+
+async def _close_quietly(close: Callable[[], Awaitable[None]], what: str) -> None:
+    try:
+        await close()
+    except Exception:  # noqa: BLE001 - one that fails to close must not keep the others open
+        log.warning("p2p host: closing %s failed", what, exc_info=True)
 
 
 async def _run_service(service: Any) -> None:
