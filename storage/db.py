@@ -39,7 +39,7 @@ from storage.errors import (
 )
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
-SCHEMA_HEAD: Final = "0003"
+SCHEMA_HEAD: Final = "0004"
 """The newest migration's revision; update it with every new migration (a test checks they agree)."""
 WRITE_OPTION: Final = "rewardnode_write"
 """Execution option: on SQLite, a connection carrying it begins with BEGIN IMMEDIATE."""

@@ -1,7 +1,8 @@
 """Content hashes: the ids of prompts and responses and the dedup keys of records.
 
 These definitions are part of the stored data (snapshot ids are hashes over record keys), so they
-never change. Every hash is the lowercase hex SHA-256 of UTF-8 bytes:
+change only with a migration that rewrites the stored keys (0004 did, for comparisons). Every hash
+is the lowercase hex SHA-256 of UTF-8 bytes:
 
 - prompt id:   sha256(prompt_text)
 - response id: sha256(prompt_id + "\\x00" + response_text)  (the same text under two prompts is
@@ -10,7 +11,11 @@ never change. Every hash is the lowercase hex SHA-256 of UTF-8 bytes:
   other fields that make the record itself). The JSON is a list written by
   `json.dumps(..., separators=(",", ":"))` with ASCII escapes; it starts with "[", which no hex id
   does, so the text is unambiguous:
-  comparisons    "comparison:" prompt_id a_id b_id [source, outcome, annotator, external_id, campaign]
+  comparisons    "comparison:" prompt_id lo_id hi_id [source, outcome, annotator, external_id, campaign]
+                 with the two responses in id order (lo_id < hi_id) and the outcome as seen from lo: a
+                 comparison written the other way round (b against a, "A" <-> "B", tie and both_bad as
+                 they are) is the same vote and has the same key. For a comparison written lo first
+                 it is the key the rule before gave too; migration 0004 rekeyed the stored others.
   rankings       "ranking:" prompt_id ids-best-first... [source, annotator, external_id, campaign]
   ratings        "rating:" response_id [source, value, scale_min, scale_max, annotator, external_id, campaign]
   feedback       "feedback:" response_id [source, thumbs_up, annotator, external_id, campaign]
@@ -35,7 +40,7 @@ from hashlib import sha256
 from json import encoder as _json_encoder
 from typing import Any, Final
 
-from storage.records import Comparison, Demonstration, Feedback, Ranking, Rating
+from storage.records import MIRRORED, Comparison, Demonstration, Feedback, Ranking, Rating
 
 HASH_HEX_LEN: Final = 64
 
@@ -73,8 +78,21 @@ def record_key(kind: str, ids: Sequence[str], fields: Sequence[object]) -> str:
 
 
 def comparison_key(r: Comparison, pid: str, aid: str, bid: str) -> str:
-    """The dedup key of a comparison whose prompt and responses have ids pid, aid, bid."""
-    return record_key("comparison", (pid, aid, bid), [r.source, r.outcome, r.annotator, r.external_id, r.campaign])
+    """The dedup key of a comparison whose prompt and responses have ids pid, aid, bid; the same for the
+    comparison with its sides swapped (bid, aid and the mirrored outcome).
+
+    >>> pid, x, y = "0" * 64, "1" * 64, "2" * 64
+    >>> c, swapped = Comparison("s", "p", "x", "y", "A"), Comparison("s", "p", "y", "x", "B")
+    >>> comparison_key(c, pid, x, y) == comparison_key(swapped, pid, y, x)
+    True
+    """
+    outcome: str = r.outcome
+    if outcome not in MIRRORED:
+        raise ValueError(f"outcome {outcome!r} is not one of {', '.join(MIRRORED)}")
+    if aid > bid:
+        aid, bid, outcome = bid, aid, MIRRORED[outcome]
+    return record_key("comparison", (pid, aid, bid),
+                      [r.source, outcome, r.annotator, r.external_id, r.campaign])
 
 
 def ranking_key(r: Ranking, pid: str, response_ids: Sequence[str]) -> str:

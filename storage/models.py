@@ -182,6 +182,9 @@ def label_indexes(table: str) -> tuple[Index, ...]:
                   postgresql_where=where),)
 
 
+_LEGACY_SET: Final = sql_text("legacy_key IS NOT NULL")
+
+
 class Comparison(LabelColumns, Base):
     __tablename__ = "comparisons"
     prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"), index=True)
@@ -191,8 +194,17 @@ class Comparison(LabelColumns, Base):
     confidence: Mapped[float | None] = mapped_column(Double)
     comment: Mapped[str | None] = mapped_column(Text)
     agreement: Mapped[float | None] = mapped_column(Double)
+    # migration 0004 (comparison keys became symmetric, storage/hashing.py): `legacy_key` is the key a
+    # row had before it, where 0004 changed it (snapshots made before 0004 list that key);
+    # `duplicate_of` marks a row 0004 found to repeat another row's vote with the sides swapped: the
+    # key of that row. Such a row keeps its old key, is read only through the snapshots that list it
+    # and counts nowhere else. Both are NULL for every row stored since 0004.
+    legacy_key: Mapped[str | None] = mapped_column(hash_type())
+    duplicate_of: Mapped[str | None] = mapped_column(hash_type())
     __table_args__ = (
         *label_indexes("comparisons"),
+        Index("uq_comparisons_legacy_key", "legacy_key", unique=True, sqlite_where=_LEGACY_SET,
+              postgresql_where=_LEGACY_SET),
         CheckConstraint(f"outcome IN ({OUTCOMES_SQL})", name="outcome"),
         CheckConstraint("response_a_id <> response_b_id", name="distinct_responses"),
         CheckConstraint("confidence IS NULL OR (confidence >= 0 AND confidence <= 1)", name="confidence"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Connection, Select, Table, func, select, union
+from sqlalchemy import ColumnElement, Connection, Select, Table, func, or_, select, union
 
 from storage import models as m
 from storage.errors import NotFoundError
@@ -48,14 +48,25 @@ def source_ids(conn: Connection, sources: Sequence[str] | None) -> list[int] | N
 
 
 def label_filter(t: Table, kind: str, sources: list[int] | None, snapshot_id: str | None) -> list[ColumnElement[bool]]:
-    """WHERE clauses selecting the rows of label table `t` in the given sources / snapshot."""
+    """WHERE clauses selecting the rows of label table `t` in the given sources / snapshot.
+
+    Without a snapshot, the comparisons that migration 0004 marked as a repeat of another one's vote
+    (duplicate_of) are left out; a snapshot made before 0004 lists a comparison by the key it had then
+    (legacy_key where 0004 changed it) and reads it back, repeat or not, as it read it then."""
     where: list[ColumnElement[bool]] = []
     if sources is not None:
         where.append(t.c.source_id.in_(sources))
-    if snapshot_id is not None:
-        where.append(t.c.key.in_(select(_items.c.item_key).where(_items.c.snapshot_id == snapshot_id,
-                                                                  _items.c.kind == kind)))
+    if snapshot_id is None:
+        return where + live(t, kind)
+    listed = select(_items.c.item_key).where(_items.c.snapshot_id == snapshot_id, _items.c.kind == kind)
+    where.append(or_(t.c.key.in_(listed), t.c.legacy_key.in_(listed)) if kind == "comparisons"
+                 else t.c.key.in_(listed))
     return where
+
+
+def live(t: Table, kind: str) -> list[ColumnElement[bool]]:
+    """WHERE clauses selecting the rows of label table `t` that count: all but 0004's repeated votes."""
+    return [t.c.duplicate_of.is_(None)] if kind == "comparisons" else []
 
 
 def _stream(conn: Connection, stmt: AnySelect) -> Iterator[Any]:
@@ -216,7 +227,8 @@ def stats(conn: Connection) -> dict[str, SourceStats]:
     counts: dict[str, dict[int, int]] = {}
     for kind in m.KINDS:
         t = m.Base.metadata.tables[kind]
-        counts[kind] = dict(conn.execute(select(t.c.source_id, func.count()).group_by(t.c.source_id)).all())
+        counts[kind] = dict(conn.execute(select(t.c.source_id, func.count()).where(*live(t, kind))
+                                         .group_by(t.c.source_id)).all())
 
     def distinct_per_source(selects: list[AnySelect]) -> dict[int, int]:
         u = union(*selects).subquery()
@@ -234,7 +246,9 @@ def stats(conn: Connection) -> dict[str, SourceStats]:
 def totals(conn: Connection) -> SourceStats:
     """The whole store's counts: records per kind, and the distinct prompts, responses and annotators the
     records use (one shared by two sources counts once, unlike a sum of `stats`)."""
-    kinds = {kind: int(conn.execute(select(func.count()).select_from(m.Base.metadata.tables[kind])).scalar_one())
+    tables = m.Base.metadata.tables
+    kinds = {kind: int(conn.execute(select(func.count()).select_from(tables[kind])
+                                    .where(*live(tables[kind], kind))).scalar_one())
              for kind in m.KINDS}
     used = {what: int(conn.execute(select(func.count()).select_from(union(*selects).subquery())).scalar_one())
             for what, selects in _used_ids(by_source=False).items()}
@@ -247,4 +261,5 @@ def table_counts(conn: Connection) -> dict[str, int]:
     return {t.name: int(conn.execute(p).scalar_one()) for t, p in zip(m.TABLES, parts, strict=True)}
 
 
-__all__ = ["comparison_rows", "iter_records", "names", "ranking_rows", "source_ids", "stats", "table_counts", "texts"]
+__all__ = ["comparison_rows", "iter_records", "label_filter", "live", "names", "ranking_rows", "source_ids",
+           "stats", "table_counts", "texts"]

@@ -12,6 +12,8 @@ from typing import Final, Literal
 
 Outcome = Literal["A", "B", "tie", "both_bad"]
 OUTCOMES: Final[tuple[str, ...]] = ("A", "B", "tie", "both_bad")
+MIRRORED: Final[dict[str, str]] = {"A": "B", "B": "A", "tie": "tie", "both_bad": "both_bad"}
+"""Each outcome as read with the comparison's two sides swapped (A = response_a preferred)."""
 
 
 @dataclass(frozen=True, slots=True)

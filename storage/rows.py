@@ -23,7 +23,7 @@ from typing import Any, Final, NoReturn, Protocol, runtime_checkable
 from storage import hashing
 from storage import models as m
 from storage.errors import InvalidRecordError
-from storage.records import OUTCOMES, Comparison, Demonstration, Feedback, Ranking, Rating, Record
+from storage.records import MIRRORED, OUTCOMES, Comparison, Demonstration, Feedback, Ranking, Rating, Record
 
 CACHE_LIMIT: Final = 300_000
 """Entries per text-to-id cache; past it the cache is emptied (bounded memory, same result)."""
@@ -168,6 +168,7 @@ class RowBuilder:
         comparisons = out["comparisons"]
         ranking_items: dict[str, list[str]] = {}
         sha_prompt, sha_response, cjson = hashing.prompt_id, hashing.response_id, hashing.canonical_json
+        mirrored = MIRRORED
 
         named: dict[str, str] = {}  # response id -> model (RowBatch.models)
 
@@ -191,7 +192,7 @@ class RowBuilder:
                     pid = prompt_ids[prompt] = sha_prompt(prompt)
                     prompts.append((pid, prompt, r.source, now))
                 created = now if (at := r.created_at) is None else ts(at)
-                if type(r) is Comparison:  # the hot path: response_id and comparison_key inlined
+                if type(r) is Comparison:  # the hot path: response_id and hashing.comparison_key inlined
                     a, b = r.response_a, r.response_b
                     known = response_ids.get(pid)
                     if known is None:
@@ -209,9 +210,13 @@ class RowBuilder:
                     if r.model_b is not None and bid not in named:
                         named[bid] = r.model_b
                     source, outcome, ann, ext, camp = r.source, r.outcome, r.annotator, r.external_id, r.campaign
+                    if aid < bid:  # the vote's key: the responses in id order (hashing.comparison_key)
+                        hashed = "comparison:" + pid + aid + bid + cjson([source, outcome, ann, ext, camp])
+                    else:  # sides swapped: the key of the same vote written the other way round
+                        mirror = mirrored[outcome]
+                        hashed = "comparison:" + pid + bid + aid + cjson([source, mirror, ann, ext, camp])
                     comparisons.append((
-                        sha256(("comparison:" + pid + aid + bid + cjson([source, outcome, ann, ext, camp])).encode()
-                               ).hexdigest(),
+                        sha256(hashed.encode()).hexdigest(),
                         pid, aid, bid, outcome, r.confidence, r.comment, r.agreement, source, ann, r.subset, camp,
                         ext, r.idempotency_key, created))
                     continue

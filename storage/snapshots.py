@@ -5,6 +5,10 @@ of later imports. Its id is sha256 over the lines "kind<TAB>key<LF>" (storage/ha
 snapshot_line), kinds in KINDS order, keys sorted bytewise within a kind; the same content always
 gets the same id, and creating it again returns the stored one. There is no update API;
 `verify` recomputes the hash from the stored items and checks the records still exist.
+
+Migration 0004 changed the keys of comparisons stored with their sides in the other order (keys
+became symmetric); a snapshot made before it still lists their old keys, which the rows keep in
+`legacy_key`, and reads them (storage/reading.py label_filter) with the same items and the same id.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Row, func, insert, literal, select
+from sqlalchemy import ColumnElement, Connection, Engine, Row, func, insert, literal, select
 
 from storage import models as m
 from storage import reading
@@ -107,10 +111,12 @@ def verify(conn: Connection, snapshot_id: str) -> Snapshot:
                                      f"{snap.counts}", fix)
     for kind in m.KINDS:
         t = m.Base.metadata.tables[kind]
+        stored: ColumnElement[bool] = select(t.c.id).where(t.c.key == _items.c.item_key).exists()
+        if kind == "comparisons":  # or by the key it had before migration 0004 changed it
+            stored = stored | select(t.c.id).where(t.c.legacy_key == _items.c.item_key).exists()
         missing = conn.execute(
             select(func.count()).select_from(_items)
-            .where(_items.c.snapshot_id == snap.id, _items.c.kind == kind,
-                   ~select(t.c.id).where(t.c.key == _items.c.item_key).exists())).scalar_one()
+            .where(_items.c.snapshot_id == snap.id, _items.c.kind == kind, ~stored)).scalar_one()
         if missing:
             raise SnapshotIntegrityError(
                 f"snapshot {snap.id[:12]} lists {missing} {kind} that are no longer stored",

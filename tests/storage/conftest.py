@@ -23,7 +23,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
 
+from storage.db import MIGRATIONS_DIR, WRITE_OPTION, make_engine, normalize_url
 from storage.records import Comparison, Demonstration, Feedback, Ranking, Rating, Record
 from storage.store import Store
 
@@ -144,6 +147,21 @@ def store(db_url: str) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+def migrate(url: str, revision: str, *, down: bool = False) -> None:
+    """`alembic upgrade REVISION` (or downgrade) on the database at `url`, as Store.open runs it."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = make_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            config.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(config, revision)
+            conn.commit()
+    finally:
+        engine.dispose()
 
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)

@@ -10,19 +10,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from storage import models as m
 from storage.aggregations import DEFAULT_METHOD
-from storage.db import MIGRATIONS_DIR, SCHEMA_HEAD, WRITE_OPTION, make_engine, normalize_url
+from storage.db import SCHEMA_HEAD
 from storage.errors import AlreadyExistsError, InvalidRecordError, NotFoundError
 from storage.hashing import prompt_id, response_id
 from storage.records import Comparison, Demonstration, Record
 from storage.store import Store
 from storage.types import AmbiguousItem
+from tests.storage.conftest import migrate
 
 api_keys = m.ApiIdempotencyKey.__table__
 
@@ -34,9 +33,8 @@ def pool(source: str = "pool", n_prompts: int = 3) -> list[Record]:
 
 
 def test_labeling_migrations_match_the_models(store: Store) -> None:
-    assert SCHEMA_HEAD == "0003"
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == SCHEMA_HEAD
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(ctx, m.Base.metadata) == []
     assert {"campaign_pairs", "campaign_labels", "access_tokens", "api_idempotency_keys"} <= set(
@@ -223,20 +221,6 @@ def test_file_keys_that_look_scoped_do_not_block_the_api(store: Store) -> None:
     assert sorted(str(r.idempotency_key) for r in store.iter_records()) == ["None", "labeler:carol/k9"]
 
 
-def _migrate(url: str, revision: str, *, down: bool = False) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    engine = make_engine(normalize_url(url))
-    try:
-        with engine.connect() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})
-            config.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(config, revision)
-            conn.commit()
-    finally:
-        engine.dispose()
-
-
 def test_migration_0003_moves_the_api_keys_and_keeps_the_token_checks(db_url: str) -> None:
     with Store.open(db_url) as store:  # rows as the API stored them before 0003: the scoped key on the row
         store.import_records([
@@ -247,8 +231,8 @@ def test_migration_0003_moves_the_api_keys_and_keeps_the_token_checks(db_url: st
         store.submit(Comparison("api", "p2", "a", "b", "B", annotator="ops", idempotency_key="k2"),
                      scope="admin:ops")
         session = store.add_token("c" * 64, kind="session", role="labeler", name="alice")
-    _migrate(db_url, "0002", down=True)  # the key submitted after 0003 goes back onto its row
-    _migrate(db_url, "head")
+    migrate(db_url, "0002", down=True)  # the key submitted after 0003 goes back onto its row
+    migrate(db_url, "head")
     with Store.open(db_url) as store:
         on_rows = sorted(str(r.idempotency_key) for r in store.iter_records())
         assert on_rows == ["Admin:x/not-a-role", "None", "None", "plain-file-key"]
