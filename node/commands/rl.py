@@ -292,15 +292,17 @@ def _save_run(policy: Any, tokenizer: Any, out: Path, config: Any, args: argpars
               result: Any, interrupted: int | None = None) -> tuple[dict[str, str], dict[str, float]]:
     """Write the run's policy, summary.json and report.html; the policy's paths and the first step's log.
 
-    `interrupted`: the step Ctrl-C cut short (the policy is as of the one before), marked in the summary."""
+    `interrupted`: the step Ctrl-C cut short (the policy is as of the one before), marked in the summary.
+    `policy` None: a policy that matches no step, not saved (`"policy_saved": false` in the summary)."""
     from node.rl.policy import save_policy
     from node.rl.report import write_report
 
-    paths = save_policy(policy, tokenizer, out / "policy")
+    paths = save_policy(policy, tokenizer, out / "policy") if policy is not None else {}
     first, last = result.history[0], result.history[-1]
     summary = {"algo": config.algo, "policy": args.policy, "reward": reward.name,
                "steps_run": len(result.history), "stopped": result.stopped,
-               "interrupted": interrupted is not None, "reward_first": first["reward"],
+               "policy_saved": policy is not None, "interrupted": interrupted is not None,
+               "reward_first": first["reward"],
                "reward_last": last["reward"], "kl_last": last["kl"], "audit_first": first.get("audit_reward"),
                "audit_last": last.get("audit_reward"), **paths}
     if interrupted is not None:
@@ -311,16 +313,26 @@ def _save_run(policy: Any, tokenizer: Any, out: Path, config: Any, args: argpars
 
 
 def _save_interrupted(policy: Any, tokenizer: Any, out: Path, config: Any, args: argparse.Namespace,
-                      reward: Any, result: Any) -> int:
-    """Ctrl-C after a completed step: save the run so far, exit 130; Ctrl-C again while saving exits now."""
+                      reward: Any, result: Any, consistent: bool) -> int:
+    """Ctrl-C after a completed step: save the run so far, exit 130; Ctrl-C again while saving exits now.
+
+    Not `consistent` (a second Ctrl-C stopped an update midway): the weights match no step, so only the
+    summary and report of the completed steps are written, no policy."""
     from node.cli import PROG
 
     done = len(result.history)
     try:
-        paths, _ = _save_run(policy, tokenizer, out, config, args, reward, result, interrupted=done + 1)
+        paths, _ = _save_run(policy if consistent else None, tokenizer, out, config, args, reward, result,
+                             interrupted=done + 1)
     except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted again while saving; {out} may hold a partial policy: delete it",
+        partial = "a partial policy" if consistent else "a partial summary.json or report.html"
+        print(f"{PROG}: error: interrupted again while saving; {out} may hold {partial}: delete it",
               file=sys.stderr)
+        return 130
+    if not consistent:
+        print(f"{PROG}: error: interrupted in step {done + 1}; the policy was not saved because it was "
+              f"stopped mid-update (its weights match no step); summary.json and report.html of the {done} "
+              f"completed steps are in {out}", file=sys.stderr)
         return 130
     print(f"{PROG}: error: interrupted in step {done + 1}; saved the policy as of step {done} in "
           f"{paths['merged']}, with summary.json and report.html in {out}", file=sys.stderr)
@@ -372,18 +384,18 @@ def run_rl(args: argparse.Namespace) -> int:
         bar.set_postfix(post, refresh=False)
         bar.update(1)
 
-    interrupted = False
+    interrupted: TrainingInterrupted | None = None
     try:
         result = train(policy, tokenizer, reward, prompts, config, audit=audit, on_step=on_step)
     except TrainingInterrupted as e:
         if not e.result.history:
             raise  # nothing completed: nothing to save
-        result, interrupted = e.result, True
+        result, interrupted = e.result, e
     finally:
         bar.close()
         log.close()
-    if interrupted:
-        return _save_interrupted(policy, tokenizer, out, config, args, reward, result)
+    if interrupted is not None:
+        return _save_interrupted(policy, tokenizer, out, config, args, reward, result, interrupted.consistent)
     paths, first = _save_run(policy, tokenizer, out, config, args, reward, result)
     last = result.history[-1]
     if result.stopped:

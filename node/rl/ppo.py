@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import statistics
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
@@ -126,37 +130,57 @@ class RLResult:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `train`: `result` holds the completed steps, and the policy is as of the last of them
-    (an update the interrupt cut short is undone). Uncaught, it ends the program like any Ctrl-C."""
+    """Ctrl-C during `train`: `result` holds the completed steps. `consistent`: the policy is as of the last
+    of them; False when a second Ctrl-C stopped an update midway, so the weights match no step (do not save
+    them as the run's policy). Uncaught, it ends the program like any Ctrl-C."""
 
-    def __init__(self, result: RLResult) -> None:
-        super().__init__(f"interrupted after {len(result.history)} completed steps")
+    def __init__(self, result: RLResult, *, consistent: bool = True) -> None:
+        done = len(result.history)
+        super().__init__(f"interrupted after {done} completed steps" if consistent else
+                         f"interrupted mid-update after {done} completed steps; the weights match no step")
         self.result = result
+        self.consistent = consistent
 
 
-class _UpdateBackup:
-    """The trainable weights before the current step's update, on the CPU (a few MB for LoRA, a copy of the
-    model for full fine-tuning), so that an interrupt mid-update can put them back."""
+class _DeferredInterrupt:
+    """Holds Ctrl-C off while a step changes the weights, from `hold` (before its update) to `release` (after
+    its log's append): a first SIGINT is only recorded (`requested`), and `train` stops once the step is
+    logged; a second raises at once, mid-update. Undoing a cut-short update instead would take a copy of the
+    weights every step: of the whole model with full fine-tuning.
 
-    def __init__(self, policy: PolicyWithValue) -> None:
-        self.policy = policy
-        self.params: list[torch.nn.Parameter] = []
-        self.step = 0
-        self.weights: list[torch.Tensor] | None = None
+    It holds off only in the main thread while Python's default SIGINT handler is installed: in another
+    thread KeyboardInterrupt never arrives, and a handler someone installed is theirs, left alone. Either way
+    a KeyboardInterrupt while `held` means weights that match no step. `release` puts the replaced handler
+    back; `train` calls it again however the step ends."""
 
-    def take(self, step: int) -> None:
-        self.weights = None  # an interrupt while copying finds no stale copy (and untouched weights)
-        self.step = step
-        self.params = self.policy.trainable_parameters()
-        self.weights = [p.detach().to("cpu", copy=True) for p in self.params]
+    NOTICE = ("Ctrl-C: stopping after this step's update "
+              "(press Ctrl-C again to stop now without saving this run's policy)")
 
-    @torch.no_grad()
-    def restore_unless_logged(self, result: RLResult) -> None:
-        """Undo the update of a step that is not in `result.history` (appending a log is one operation,
-        so the weights and the history always agree)."""
-        if self.weights is not None and len(result.history) < self.step:
-            for p, w in zip(self.params, self.weights, strict=True):
-                p.copy_(w)
+    def __init__(self) -> None:
+        self.held = False
+        self.requested = False
+        self._previous: Any = None
+
+    def hold(self) -> None:
+        self.held = True
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def release(self) -> None:
+        self.held = False
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        try:
+            print(self.NOTICE, file=sys.stderr, flush=True)
+        except (OSError, RuntimeError, ValueError):  # a closed stderr, or one this signal cut mid-write
+            pass
 
 
 def _response_forward(policy: PolicyWithValue, sequences: torch.Tensor, attention_mask: torch.Tensor, width: int,
@@ -189,22 +213,26 @@ def train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase, reward: R
           on_step: Callable[[dict[str, float]], None] | None = None) -> RLResult:
     """Fine-tune `policy` in place for config.steps steps; `on_step` gets each step's log.
 
-    Ctrl-C raises TrainingInterrupted with the completed steps, the policy as of the last of them."""
-    result = RLResult()
-    backup = _UpdateBackup(policy)
+    Ctrl-C raises TrainingInterrupted with the completed steps, the policy as of the last of them: during a
+    step's update (main thread, default SIGINT handler) it waits until the step is logged and on_step called,
+    and a second Ctrl-C there raises at once with `consistent=False` (the weights match no step)."""
+    result, deferred = RLResult(), _DeferredInterrupt()
     try:
-        return _train(policy, tokenizer, reward, prompts, config, audit, on_step, result, backup)
+        return _train(policy, tokenizer, reward, prompts, config, audit, on_step, result, deferred)
+    except TrainingInterrupted:
+        raise
     except KeyboardInterrupt:
-        backup.restore_unless_logged(result)
-        raise TrainingInterrupted(result) from None
+        raise TrainingInterrupted(result, consistent=not deferred.held) from None
+    finally:
+        deferred.release()
 
 
 def _train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase,
            reward: RewardSource | Callable[..., Any], prompts: Sequence[str], config: RLConfig,
            audit: RewardSource | Callable[..., Any] | None,
            on_step: Callable[[dict[str, float]], None] | None, result: RLResult,
-           backup: _UpdateBackup) -> RLResult:
-    """The loop of `train`: each step's log goes to `result`; `backup` keeps the weights before an update."""
+           deferred: _DeferredInterrupt) -> RLResult:
+    """The loop of `train`: each step's log goes to `result`; `deferred` holds Ctrl-C off during updates."""
     if not prompts:
         raise ValueError("no prompts to train on; pass --prompts FILE or --source NAME with stored prompts")
     if not isinstance(reward, RewardSource):
@@ -277,7 +305,7 @@ def _train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase,
         n_rows = b_sequences.shape[0]
 
         # ---- minibatch update: ppo_epochs passes, num_minibatches each ------------------------------
-        backup.take(step)
+        deferred.hold()  # until the log's append below: a Ctrl-C meanwhile waits for the step's end
         clipfracs, pg_losses, v_losses, entropies, approx_kls = [], [], [], [], []
         for _epoch in range(config.ppo_epochs):
             perm = torch.randperm(n_rows, device=device)
@@ -336,9 +364,13 @@ def _train(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase,
                 stop = stop or (f"audit stop at step {step}: the training reward rose while the audit reward fell "
                                 f"over {config.audit_window}-step windows")
         result.history.append(log)
+        deferred.release()
         if on_step is not None:
             on_step(log)
         if stop:
             result.stopped = stop
+        if deferred.requested and step < config.steps:  # the Ctrl-C held off during the update (in the
+            raise TrainingInterrupted(result)  # last step's, the run is complete: it ends as usual)
+        if stop:
             break
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -285,6 +286,62 @@ def test_rl_interrupted_again_while_saving_exits_at_once(home: Path, policy_dir:
     assert err[-1] == (f"rewardnode: error: interrupted again while saving; {out} may hold a partial policy: "
                        "delete it")
     assert not (out / "summary.json").exists()
+
+
+def _sigint_in_step_2s_update(monkeypatch: pytest.MonkeyPatch, presses: int) -> None:
+    """Ctrl-C `presses` times after step 2's first optimizer step (`rl`: 2 epochs x 2 minibatches)."""
+    import node.rl.ppo as ppo
+
+    real, calls = ppo.clipped_policy_loss, [0]
+
+    def loss(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 4 + 2:
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "clipped_policy_loss", loss)
+
+
+def test_rl_ctrl_c_during_an_update_saves_that_step(home: Path, policy_dir: Path, rm_dir: Path,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _sigint_in_step_2s_update(monkeypatch, presses=1)
+    out = tmp_path / "run"
+    args = _rl_args(home, policy_dir, rm_dir, tmp_path, "--full", "--steps", "4", "--out", str(out))
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.count("Ctrl-C: stopping after this step's update (press Ctrl-C again to stop now without "
+                     "saving this run's policy)") == 1
+    assert err.strip().splitlines()[-1] == (
+        f"rewardnode: error: interrupted in step 3; saved the policy as of step 2 in "
+        f"{out / 'policy' / 'merged'}, with summary.json and report.html in {out}")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps_run"] == 2 and summary["policy_saved"] is True and summary["interrupted_step"] == 3
+    assert (out / "policy" / "merged" / "config.json").is_file()
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_rl_a_second_ctrl_c_mid_update_saves_no_policy(home: Path, policy_dir: Path, rm_dir: Path,
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The weights are half-updated: saving them as `the policy as of step 1` would be a lie."""
+    _sigint_in_step_2s_update(monkeypatch, presses=2)
+    out = tmp_path / "run"
+    args = _rl_args(home, policy_dir, rm_dir, tmp_path, "--full", "--steps", "4", "--out", str(out))
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("rewardnode: error: interrupted in step 2; the policy was not saved because it was "
+                       "stopped mid-update (its weights match no step); summary.json and report.html of "
+                       f"the 1 completed steps are in {out}")
+    assert not (out / "policy").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policy_saved"] is False and summary["interrupted"] is True
+    assert summary["steps_run"] == 1 and summary["interrupted_step"] == 2 and "merged" not in summary
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_rl_refuses_a_folder_that_is_not_a_reward_model(home: Path, policy_dir: Path, tmp_path: Path,

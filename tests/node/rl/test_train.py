@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,32 +117,175 @@ def _trainable(policy: PolicyWithValue) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
 
 
-def test_an_interrupt_mid_update_leaves_the_policy_of_the_last_completed_step(
-        policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+_INTERRUPT_CONFIG = {"steps": 3, "batch_prompts": 4, "max_new_tokens": 6, "learning_rate": 1e-2,
+                     "chat_template": False}
+
+
+def _ctrl_c_in_update(monkeypatch: pytest.MonkeyPatch, config: RLConfig, presses: int,
+                      signal_it: bool = True) -> list[int]:
+    """Ctrl-C `presses` times in step 2, after its first optimizer step changed the weights (a real SIGINT in
+    this, the main thread, or a bare KeyboardInterrupt); returns the counter of minibatch losses."""
     import node.rl.ppo as ppo
 
-    policy, tokenizer = _policy(policy_dir, "ppo")
-    config = RLConfig(steps=3, batch_prompts=4, max_new_tokens=6, learning_rate=1e-2, chat_template=False)
     per_step = config.ppo_epochs * config.num_minibatches  # minibatch updates per step
-    after: list[dict[str, torch.Tensor]] = []
     real, calls = ppo.clipped_policy_loss, [0]
 
     def loss_then_ctrl_c(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls[0] += 1
-        if calls[0] == per_step + 2:  # step 2, after its first optimizer step changed the weights
-            raise KeyboardInterrupt
+        if calls[0] == per_step + 2:
+            for _ in range(presses):
+                if not signal_it:
+                    raise KeyboardInterrupt
+                signal.raise_signal(signal.SIGINT)  # the handler runs before this returns
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ppo, "clipped_policy_loss", loss_then_ctrl_c)
+    return calls
+
+
+def test_no_copy_of_the_trainable_weights_is_taken_per_step(policy_dir: Path) -> None:
+    """Ctrl-C safety used to copy every trainable weight to the CPU before each step's update: the whole
+    model, every step, with --full. No op may copy a trainable weight's values during a run."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    weights = {p.untyped_storage().data_ptr() for p in policy.trainable_parameters()}
+    copy_ops = {torch.ops.aten._to_copy.default, torch.ops.aten.clone.default, torch.ops.aten.copy_.default,
+                torch.ops.aten.lift_fresh_copy.default}
+
+    seen: list[str] = []
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            source = args[1] if func is torch.ops.aten.copy_.default else args[0] if args else None
+            if func in copy_ops and isinstance(source, torch.Tensor) and \
+                    source.untyped_storage().data_ptr() in weights:
+                seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Copies():
+        result = train(policy, tokenizer, count_target, prompts(4), RLConfig(**_INTERRUPT_CONFIG))
+    assert len(result.history) == 3
+    assert seen == []  # the old per-step backup: aten._to_copy of each of the 23 weights, every step
+
+
+def test_ctrl_c_during_the_update_finishes_and_logs_the_step_then_stops(
+        policy_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    config = RLConfig(**_INTERRUPT_CONFIG)
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    _ctrl_c_in_update(monkeypatch, config, presses=1)
+    logged: list[int] = []
     with pytest.raises(TrainingInterrupted) as caught:
         train(policy, tokenizer, count_target, prompts(4), config,
-              on_step=lambda _log: after.append(_trainable(policy)))
+              on_step=lambda log: logged.append(int(log["step"])))
     assert isinstance(caught.value, KeyboardInterrupt)  # uncaught, it ends a program like Ctrl-C
-    assert [h["step"] for h in caught.value.result.history] == [1] and len(after) == 1
+    assert caught.value.consistent and [h["step"] for h in caught.value.result.history] == [1, 2]
+    assert logged == [1, 2]  # on_step saw step 2 before the interrupt
+    assert capsys.readouterr().err.count("Ctrl-C: stopping after this step's update") == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    monkeypatch.undo()  # the same seed for 2 steps, uninterrupted: the same weights
+    uninterrupted, _ = _policy(policy_dir, "ppo")
+    train(uninterrupted, tokenizer, count_target, prompts(4), RLConfig(**{**_INTERRUPT_CONFIG, "steps": 2}))
+    expected, now = _trainable(uninterrupted), _trainable(policy)
+    assert now.keys() == expected.keys()
+    for name, weights in expected.items():
+        torch.testing.assert_close(now[name], weights, rtol=0, atol=0)
+
+
+def test_ctrl_c_during_the_last_steps_update_ends_the_run_as_usual(
+        policy_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every step is done once the last one is logged: the run completes (no step left to interrupt)."""
+    config = RLConfig(**{**_INTERRUPT_CONFIG, "steps": 2})
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    _ctrl_c_in_update(monkeypatch, config, presses=1)
+    result = train(policy, tokenizer, count_target, prompts(4), config)
+    assert [h["step"] for h in result.history] == [1, 2] and result.stopped is None
+    assert capsys.readouterr().err.count("Ctrl-C: stopping after this step's update") == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("signal_it", [True, False], ids=["second-sigint", "keyboard-interrupt"])
+def test_a_second_ctrl_c_during_the_update_stops_at_once_inconsistent(
+        policy_dir: Path, monkeypatch: pytest.MonkeyPatch, signal_it: bool) -> None:
+    """Two SIGINTs, or a KeyboardInterrupt from anywhere else mid-update: the weights match no step."""
+    config = RLConfig(**_INTERRUPT_CONFIG)
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    calls = _ctrl_c_in_update(monkeypatch, config, presses=2 if signal_it else 1, signal_it=signal_it)
+    logged: list[int] = []
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(policy, tokenizer, count_target, prompts(4), config,
+              on_step=lambda log: logged.append(int(log["step"])))
+    assert not caught.value.consistent and "mid-update" in str(caught.value)
+    assert [h["step"] for h in caught.value.result.history] == [1] and logged == [1]
+    assert calls[0] == config.ppo_epochs * config.num_minibatches + 2  # no further minibatch ran
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_generation_interrupts_at_once(policy_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.rl.ppo as ppo
+
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    real, calls, after = ppo.sample, [0], []
+
+    def sample(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 2:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while step 2 samples
+            raise AssertionError("the SIGINT did not interrupt the sampling")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "sample", sample)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(policy, tokenizer, count_target, prompts(4), RLConfig(**_INTERRUPT_CONFIG),
+              on_step=lambda _log: after.append(_trainable(policy)))
+    assert caught.value.consistent and [h["step"] for h in caught.value.result.history] == [1]
     now = _trainable(policy)
-    assert now.keys() == after[0].keys()
     for name, weights in after[0].items():
         torch.testing.assert_close(now[name], weights, rtol=0, atol=0)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_sigint_handler_someone_installed_is_left_alone_and_restored(
+        policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not Python's default handler: no holding off, their handler sees the SIGINT mid-update, and stays."""
+    config = RLConfig(**_INTERRUPT_CONFIG)
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    _ctrl_c_in_update(monkeypatch, config, presses=1)
+    seen: list[int] = []
+
+    def theirs(signum: int, _frame: object) -> None:
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGINT, theirs)
+    try:
+        result = train(policy, tokenizer, count_target, prompts(4), config)
+        assert signal.getsignal(signal.SIGINT) is theirs
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIGINT] and len(result.history) == 3
+
+
+def test_train_in_another_thread_runs_without_touching_signals(policy_dir: Path) -> None:
+    """signal.signal raises ValueError outside the main thread; KeyboardInterrupt cannot arrive there."""
+    policy, tokenizer = _policy(policy_dir, "ppo")
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(train(policy, tokenizer, count_target, prompts(4),
+                                 RLConfig(**{**_INTERRUPT_CONFIG, "steps": 2})))
+        except BaseException as e:  # noqa: BLE001 - reported to the main thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    [result] = outcome
+    assert not isinstance(result, BaseException), result
+    assert len(result.history) == 2  # type: ignore[attr-defined]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_policy_without_reference_is_the_bare_model(policy_dir: Path, tmp_path: Path) -> None:
