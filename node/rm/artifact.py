@@ -48,6 +48,8 @@ README_FILE = "README.md"
 ARTIFACT_FORMAT = "rewardnode-rm/1"
 # The card's "scoring" block: how texts were encoded in training; RewardScorer reuses it.
 SCORING_KEYS = ("max_length", "min_prompt_tokens", "prompt_head_fraction")
+TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "*.model", "*.tiktoken")
+"""Files a saved tokenizer consists of (fast, WordPiece, BPE, SentencePiece, tiktoken)."""
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -99,16 +101,26 @@ def save_reward_model(
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A new private folder next to `out` to write into: renamed to `out` (which must be new or empty) when
-    the block ends, removed if it raises, so a crash never leaves half a folder at `out`."""
+    the block ends, removed if it raises, so a crash never leaves half a folder at `out`; the parent
+    folders it had to make for `out` are removed with it."""
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            yield tmp
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in made:
+            try:
+                parent.rmdir()  # only if still empty: never what someone else put there meanwhile
+            except OSError:
+                break
         raise
 
 
@@ -176,6 +188,28 @@ def reward_model_problem(config: PretrainedConfig) -> str | None:
     return None
 
 
+def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a model folder; NotARewardModelError when it has none that can be loaded.
+
+    For some model types (BERT, GPT-2) transformers builds a tokenizer from config.json alone that knows
+    only the special tokens: every text would become [UNK] and score the same, so that is refused too.
+    """
+    fix = ("copy the tokenizer files (tokenizer.json, tokenizer_config.json, ...) of the model it was "
+           "trained from into it, or pass the folder `rewardnode train` wrote")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        if not any(next(Path(path).glob(pattern), None) for pattern in TOKENIZER_PATTERNS):
+            raise NotARewardModelError(f"{path} has no tokenizer files; {fix}") from None
+        cause = " ".join(str(e).split())[:200] or type(e).__name__
+        raise NotARewardModelError(f"{path}: its tokenizer does not load ({cause}); {fix}") from None
+    special = set(tokenizer.all_special_ids)
+    if not any(i not in special for i in tokenizer.get_vocab().values()):
+        raise NotARewardModelError(f"{path} has no tokenizer files (the tokenizer built without them knows "
+                                   f"only the special tokens, so every text would score the same); {fix}")
+    return tokenizer
+
+
 class RewardScorer:
     """Scores (prompt, response) pairs with a saved reward model, truncating as in training."""
 
@@ -203,7 +237,7 @@ class RewardScorer:
         self.card = read_card(path)
         scoring = self.card.get("scoring", {})
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer = load_tokenizer(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True).to(self.device)
         self.model.eval()
         if self.tokenizer.pad_token is None:  # saved decoders carry pad = eos; be lenient with older folders

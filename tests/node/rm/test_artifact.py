@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from node.rm.artifact import RewardScorer, file_sha256, read_card, save_reward_model
+from node.rm.artifact import NotARewardModelError, RewardScorer, file_sha256, read_card, save_reward_model
 from node.rm.data import PairCollator, PairEncoder, tokenize_pairs
 from node.rm.evaluate import evaluate_pairs, pair_rewards
 from node.rm.train import train_reward_model
@@ -108,3 +108,17 @@ def test_scorer_keeps_to_the_model_positions_whatever_the_card_says(tiny_config,
         assert len(scorer.score([long_prompt, "q"], ["r", long_prompt])) == 2  # cut to 128 tokens, no crash
     with pytest.raises(ValueError, match="more than the model's 128 positions"):
         RewardScorer(tmp_path / "no-card", max_length=1000)
+
+
+@pytest.mark.parametrize("base", ["bert", "llama"])
+def test_scorer_refuses_a_folder_without_its_tokenizer(base, tiny_config, llama_dir, tmp_path) -> None:
+    # without its tokenizer files, transformers built a BERT tokenizer that knows only the special tokens
+    # from config.json (every text scored the same); a Llama's failed with a traceback
+    config = tiny_config if base == "bert" else replace(tiny_config, base_model=str(llama_dir))
+    result = train_reward_model(synthetic_pairs(8), [], config, out_dir=tmp_path / "run", progress=False)
+    out = tmp_path / "model"
+    save_reward_model(result.model, result.tokenizer, out, {})
+    for path in [*out.glob("tokenizer*"), *out.glob("special_tokens*"), *out.glob("vocab*")]:
+        path.unlink()
+    with pytest.raises(NotARewardModelError, match="has no tokenizer files.*copy the tokenizer files"):
+        RewardScorer(out)
