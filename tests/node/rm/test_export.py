@@ -125,7 +125,8 @@ def test_gate_refuses_a_broken_int8_model(bert_rm: TrainedRM, tmp_path: Path, br
         export_onnx(bert_rm.model_dir, out, int8=True, dev_pairs=bert_rm.dev, measure_latency=False)
     assert info.value.agreement < 0.5 and info.value.n_pairs == 60
     assert isinstance(info.value, NodeError)  # the CLI prints it as one line
-    assert not out.exists() and list(out.parent.iterdir()) == []  # nothing final, no staging folder
+    # nothing final, no staging folder, and not the parent folder the export made for it
+    assert not out.exists() and not out.parent.exists() and list(tmp_path.iterdir()) == []
 
     with pytest.warns(ExportFidelityWarning, match="FAILED.*ANYWAY"):
         report = export_onnx(bert_rm.model_dir, out, int8=True, dev_pairs=bert_rm.dev, force=True,
