@@ -102,7 +102,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--skip-invalid", action="store_true", help="with --data: skip its invalid records")
         parser.add_argument("--min-agreement", type=float, default=0.995, metavar="X",
                             help="share of dev pairs int8 must order like fp32 (default 0.995)")
-        parser.add_argument("--int8", dest="int8_scheme", choices=INT8_SCHEMES, default="auto",
+        parser.add_argument("--int8", dest="int8_scheme", choices=INT8_SCHEMES,
                             help="with onnx-int8: dynamic = int8 weights and int8 compute (fastest; activations "
                             "rounded per tensor), weights = int8 weights, fp32 compute (as small, fp32 speed, "
                             "near-fp32 scores); auto (default) writes dynamic if it passes the gate, else weights")
@@ -428,6 +428,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--min-agreement {args.min_agreement} must lie in [0, 1]; 0.995 allows 1 flip in 200 pairs")
     if args.skip_invalid and not args.data:
         raise UsageError("--skip-invalid applies to --data FILE; add --data or drop --skip-invalid")
+    if args.int8_scheme is not None and args.fmt != "onnx-int8":  # --format onnx --int8 X wrote no int8 model
+        raise UsageError(f"--int8 {args.int8_scheme} applies to --format onnx-int8 (fp32 + int8), not "
+                         f"--format {args.fmt}; pass --format onnx-int8, or drop --int8")
     skipped = _Skipped() if args.skip_invalid else None
     dev: list[PreferencePair] | None = _read_pairs(args.data, skipped=skipped) if args.data else None
     if skipped is not None and skipped.count:
@@ -448,7 +451,8 @@ def run_export(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExportFidelityWarning)
         report = export_onnx(folder, out, int8=args.fmt == "onnx-int8", dev_pairs=dev,
-                             int8_scheme=args.int8_scheme, min_agreement=args.min_agreement, force=args.force,
+                             int8_scheme=args.int8_scheme or "auto", min_agreement=args.min_agreement,
+                             force=args.force,
                              measure_latency=not args.no_latency,
                              progress=lambda line: print(f"  {line} ...", flush=True))
     for w in caught:

@@ -259,6 +259,17 @@ def test_user_mistakes_give_one_line_and_the_right_code(trained: Trained, tmp_pa
     one_line_error((code, err), 2, "not a model folder")
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "hf"])
+def test_export_refuses_int8_flag_without_an_int8_format(fmt: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # `--format onnx --int8 dynamic` wrote an fp32 model only and said nothing of the ignored --int8
+    code, _, err = cli(capsys, "export", "--format", fmt, "--int8", "dynamic", "--out", str(tmp_path / "out"),
+                       "--home", str(tmp_path / "home"))
+    one_line_error((code, err), 2, "--int8 dynamic applies to --format onnx-int8 (fp32 + int8), not "
+                   f"--format {fmt}")
+    assert not (tmp_path / "out").exists()
+
+
 def _snapshots(home: Path) -> int:
     with Node.open(home) as n:
         return len(n.store.list_snapshots())
