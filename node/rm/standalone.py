@@ -91,6 +91,8 @@ class ScoringSpec:
     """scoring.json: how texts become the model's inputs (what training's PairEncoder did)."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        if not isinstance(spec, dict):
+            raise TypeError(f"a JSON {_json_type(spec)}, not an object")
         if spec.get("format") != EXPORT_FORMAT:
             raise ValueError(f"{SCORING_FILE} has format {spec.get('format')!r}, this scorer reads {EXPORT_FORMAT!r}; "
                              "export the model again with this version of rewardnode")
@@ -147,7 +149,12 @@ class OnnxRewardScorer:
             raise ValueError(f"{folder} is not an exported reward model (no {SCORING_FILE}); export one with "
                              "node.rm.export.export_onnx")
         self.folder = folder
-        self.spec = ScoringSpec(json.loads(spec_path.read_text(encoding="utf-8")))
+        again = "copy the whole export folder again, or export the model again"
+        try:
+            self.spec = ScoringSpec(json.loads(spec_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            why = f"no {e} entry" if isinstance(e, KeyError) else str(e)
+            raise ValueError(f"{spec_path} is not a valid {SCORING_FILE} ({why}); {again}") from None
         if variant == "auto":
             variant = "int8" if INT8_FILE in self.spec.files else "fp32"
         self.variant = variant
@@ -162,7 +169,14 @@ class OnnxRewardScorer:
                 raise ValueError(f"{self.model_path} has sha256 {actual}, {SCORING_FILE} says {expected}; the file "
                                  "was modified or belongs to another export: copy the whole export folder again")
 
-        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        tokenizer_path = folder / TOKENIZER_FILE
+        if not tokenizer_path.is_file():
+            raise ValueError(f"{folder} has no {TOKENIZER_FILE}, which the scorer encodes texts with; "
+                             f"{again}")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for a bad file
+            raise ValueError(f"{tokenizer_path} does not load ({e}); {again}") from None
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         options = ort.SessionOptions()
@@ -256,6 +270,13 @@ def read_pairs(lines: Iterable[str | bytes], where: str = "stdin") -> tuple[list
             if not isinstance(row[key], str):
                 kind = _json_type(row[key])
                 raise ValueError(f'{where} line {n}: "{key}" is a JSON {kind}, not a string; {shape}')
+            try:
+                row[key].encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone "\\ud800" escape: valid JSON, not text
+                char = f"\\u{ord(row[key][e.start]):04x}"
+                raise ValueError(f'{where} line {n}: "{key}" holds a lone surrogate ({char} at character '
+                                 f"{e.start}), which is not text; escape characters outside the BMP as "
+                                 "surrogate pairs") from None
         prompts.append(row["prompt"])
         responses.append(row["response"])
     return prompts, responses

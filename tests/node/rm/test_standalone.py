@@ -176,3 +176,34 @@ def test_command_line_reads_stdin_bytes_line_by_line(bert_onnx: Exported, tmp_pa
                           capture_output=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 1 and proc.stdout == b""
     assert proc.stderr.decode().startswith("error: stdin line 3: not UTF-8 ("), proc.stderr
+
+
+def test_command_line_names_a_lone_surrogate(bert_onnx: Exported, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # valid JSON, not text: the tokenizer raised a bare TypeError with no line number
+    stdin = '{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": "ok \\ud83d"}\n'
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert standalone.main([str(bert_onnx.folder)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith('error: stdin line 2: "response" holds a lone surrogate (\\ud83d at character '
+                          '3)'), err
+
+
+@pytest.mark.parametrize(("damage", "error"), [
+    (lambda f: (f / "tokenizer.json").unlink(), "has no tokenizer.json"),
+    (lambda f: (f / "tokenizer.json").write_text("{"), "tokenizer.json does not load (EOF while parsing"),
+    (lambda f: (f / "scoring.json").write_text("{"), "scoring.json is not a valid scoring.json (Expecting"),
+    (lambda f: (f / "scoring.json").write_text("[1]"), "not a valid scoring.json (a JSON array"),
+], ids=["no-tokenizer", "bad-tokenizer", "bad-spec", "spec-not-object"])
+def test_command_line_names_a_broken_export_file(
+        bert_onnx: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], damage, error: str) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(bert_onnx.folder, folder)
+    damage(folder)
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"prompt": "a", "response": "b"}\n'))
+    assert standalone.main([str(folder)]) == 1  # not a traceback
+    out, err = capsys.readouterr()
+    assert out == "" and error in err and err.count("\n") == 1, err
+    assert err.endswith("copy the whole export folder again, or export the model again\n"), err
