@@ -26,7 +26,8 @@ ERROR_SCHEMA_BODY: dict[str, Any] = {
     },
     "additionalProperties": {"type": "integer", "minimum": 1,
                              "description": "A server limit the request went over, under its config name: "
-                                            "max_body_bytes with 413, max_items with 422."},
+                                            "max_body_bytes with 413, max_items (/v1/score) or "
+                                            "max_compare_responses (/v1/compare) with 422."},
 }
 
 

@@ -474,6 +474,8 @@ async def models_handler(request: web.Request) -> web.Response:
 
 def _schemas(config: ServerConfig) -> dict[str, Schema]:
     text = {"type": "string", "maxLength": config.max_text_chars}
+    # what expect_text(allow_empty=False) enforces: at least one character that is not whitespace
+    response = {**text, "minLength": 1, "pattern": r"\S", "description": "Not empty, not only whitespace."}
     model = {"type": ["string", "null"], "minLength": 1,
              "description": "Model id from GET /v1/models; omitted or null: the default model."}
     score = {"type": "number", "description": "Reward r(prompt, response); higher is better."}
@@ -484,7 +486,7 @@ def _schemas(config: ServerConfig) -> dict[str, Schema]:
                 KEY_MODEL: model,
                 KEY_ITEMS: {"type": "array", "minItems": 1, "maxItems": config.max_items, "items": {
                     "type": "object", "additionalProperties": False, "required": [KEY_PROMPT, KEY_RESPONSE],
-                    "properties": {KEY_PROMPT: text, KEY_RESPONSE: {**text, "minLength": 1}},
+                    "properties": {KEY_PROMPT: text, KEY_RESPONSE: response},
                 }},
             },
         }),
@@ -499,7 +501,7 @@ def _schemas(config: ServerConfig) -> dict[str, Schema]:
                 KEY_MODEL: model,
                 KEY_PROMPT: text,
                 KEY_RESPONSES: {"type": "array", "minItems": 2, "maxItems": config.max_compare_responses,
-                                "items": {**text, "minLength": 1}},
+                                "items": response},
             },
         }),
         "compare_resp": Schema("CompareResponse", {

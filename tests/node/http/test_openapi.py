@@ -53,6 +53,8 @@ def check(schema: dict[str, Any], value: Any, doc: dict[str, Any], where: str = 
                 check(sub, item, doc, f"{where}[{i}]")
     if isinstance(value, str):
         assert schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)), where
+        pattern = schema.get("pattern", "")
+        assert re.search(pattern, value), f"{where}: {value!r} does not match {pattern}"
     if isinstance(value, int | float) and not isinstance(value, bool):
         assert schema.get("minimum", value) <= value <= schema.get("maximum", value), where
     return None
@@ -136,5 +138,8 @@ async def test_real_answers_match_the_documented_schemas(client) -> None:
     await call("GET", "/openapi.json")
     await call("POST", "/v1/score", {"items": []}, status=422)  # error bodies match the Error schema
     await call("POST", "/v1/score", {"items": [{"prompt": "", "response": ""}]}, status=422)
+    # a blank response is refused: the schema says so, not only minLength 1
+    await call("POST", "/v1/score", {"items": [{"prompt": "", "response": " \n\t"}]}, status=422)
+    await call("POST", "/v1/compare", {"prompt": "p", "responses": ["a", "  "]}, status=422)
     await call("POST", "/v1/compare", {"prompt": "p", "responses": ["a"], "x": 1}, status=422)
     await call("POST", "/v1/score", {"model": "zz", "items": [{"prompt": "", "response": "x"}]}, status=404)
