@@ -29,7 +29,6 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     PretrainedConfig,
     PreTrainedTokenizerBase,
 )
@@ -37,6 +36,7 @@ from transformers import (
 from node.errors import UsageError
 from node.rm.data import PairEncoder, pad_batch
 from node.rm.evaluate import forward_context
+from node.rm.model import load_tokenizer as load_any_tokenizer
 from node.rm.model import rewards, unwrap
 from node.rm.preflight import position_limit
 
@@ -48,8 +48,6 @@ README_FILE = "README.md"
 ARTIFACT_FORMAT = "rewardnode-rm/1"
 # The card's "scoring" block: how texts were encoded in training; RewardScorer reuses it.
 SCORING_KEYS = ("max_length", "min_prompt_tokens", "prompt_head_fraction")
-TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "*.model", "*.tiktoken")
-"""Files a saved tokenizer consists of (fast, WordPiece, BPE, SentencePiece, tiktoken)."""
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -189,25 +187,12 @@ def reward_model_problem(config: PretrainedConfig) -> str | None:
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in a model folder; NotARewardModelError when it has none that can be loaded.
-
-    For some model types (BERT, GPT-2) transformers builds a tokenizer from config.json alone that knows
-    only the special tokens: every text would become [UNK] and score the same, so that is refused too.
-    """
-    fix = ("copy the tokenizer files (tokenizer.json, tokenizer_config.json, ...) of the model it was "
-           "trained from into it, or pass the folder `rewardnode train` wrote")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        if not any(next(Path(path).glob(pattern), None) for pattern in TOKENIZER_PATTERNS):
-            raise NotARewardModelError(f"{path} has no tokenizer files; {fix}") from None
-        cause = " ".join(str(e).split())[:200] or type(e).__name__
-        raise NotARewardModelError(f"{path}: its tokenizer does not load ({cause}); {fix}") from None
-    special = set(tokenizer.all_special_ids)
-    if not any(i not in special for i in tokenizer.get_vocab().values()):
-        raise NotARewardModelError(f"{path} has no tokenizer files (the tokenizer built without them knows "
-                                   f"only the special tokens, so every text would score the same); {fix}")
-    return tokenizer
+    """The tokenizer saved in a reward-model folder; NotARewardModelError when it has none that loads
+    (node.rm.model.load_tokenizer: also one that knows only the special tokens)."""
+    return load_any_tokenizer(
+        path, error=NotARewardModelError,
+        fix="copy the tokenizer files (tokenizer.json, tokenizer_config.json, ...) of the model it was trained "
+            "from into it, or pass the folder `rewardnode train` wrote")
 
 
 class RewardScorer:

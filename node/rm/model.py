@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from node.errors import UsageError
 
 MINILM = "minilm"
 # LoRA targets per attention naming scheme, tried in order: BERT/RoBERTa/ELECTRA, Llama/Mistral/Qwen,
@@ -34,6 +37,8 @@ LORA_TARGETS: tuple[tuple[str, ...], ...] = (
 LORA_TARGET_SETS = ("attention", "all-linear")
 """Which linear layers get LoRA adapters: the attention's query/value projections (`LORA_TARGETS`), or
 every linear layer but the reward head (peft's "all-linear": attention, feed-forward, pooler)."""
+TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "*.model", "*.tiktoken")
+"""Files a saved tokenizer consists of (fast, WordPiece, BPE, SentencePiece, tiktoken)."""
 # Reward heads of Hugging Face sequence classifiers: BERT-likes use `classifier`, decoders `score`.
 HEAD_NAMES = ("classifier", "score")
 
@@ -50,6 +55,27 @@ def resolve_backbone_path(name_or_path: str) -> str:
             f'never downloads models: use "minilm" or copy the model folder to this machine and pass its path'
         )
     return name_or_path
+
+
+def load_tokenizer(path: str | os.PathLike[str], *, fix: str,
+                   error: type[Exception] = UsageError) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a model folder; `error` saying what is wrong, then `fix`, when it has none.
+
+    For some model types (BERT, GPT-2) transformers builds a tokenizer from config.json alone that knows
+    only the special tokens: every text would become [UNK] and score the same, so that is refused too.
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        if not any(next(Path(path).glob(pattern), None) for pattern in TOKENIZER_PATTERNS):
+            raise error(f"{path} has no tokenizer files; {fix}") from None
+        cause = " ".join(str(e).split())[:200] or type(e).__name__
+        raise error(f"{path}: its tokenizer does not load ({cause}); {fix}") from None
+    special = set(tokenizer.all_special_ids)
+    if not any(i not in special for i in tokenizer.get_vocab().values()):
+        raise error(f"{path} has no tokenizer files (the tokenizer built without them knows only the special "
+                    f"tokens, so every text would score the same); {fix}")
+    return tokenizer
 
 
 def load_backbone(
@@ -72,7 +98,8 @@ def load_backbone(
     if lora_targets not in LORA_TARGET_SETS:
         raise ValueError(f"lora_targets {lora_targets!r} is unknown; use one of {', '.join(LORA_TARGET_SETS)}")
     path = resolve_backbone_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer = load_tokenizer(path, fix="copy the tokenizer files (tokenizer.json, tokenizer_config.json, ...) "
+                                         "of that model into the folder, as save_pretrained writes them")
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, dtype=dtype, local_files_only=True, output_loading_info=True
     )

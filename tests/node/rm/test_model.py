@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from node.errors import UsageError
 from node.rm.model import (
     MINILM,
     cls_path_supported,
@@ -209,3 +211,17 @@ def test_lora_target_sets_agree_and_bad_ones_are_refused() -> None:
     assert federation_commands.STRATEGY_CHOICES == STRATEGIES
     with pytest.raises(ValueError, match="rm.lora_targets = 'mlp' is unknown; use one of attention, all-linear"):
         TrainConfig(lora_targets="mlp")
+
+
+@pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir"])
+def test_a_backbone_folder_without_its_tokenizer_is_refused(request, fixture, tmp_path: Path) -> None:
+    # a BERT folder without tokenizer files got a special-tokens-only tokenizer built from config.json:
+    # `train --base PATH` trained on all-[UNK] text; a Llama folder failed with a traceback
+    source: Path = request.getfixturevalue(fixture)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in source.iterdir():
+        if not path.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(path, bare / path.name)
+    with pytest.raises(UsageError, match="has no tokenizer files.*copy the tokenizer files"):
+        load_backbone(str(bare))
