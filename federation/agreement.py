@@ -37,6 +37,16 @@ _FLOATS = ("learning_rate", "trim_fraction", "clip_norm", "dp_clip_norm", "dp_no
            "outlier_norm_ratio", "outlier_min_cosine")
 _SCREEN_FIELDS = ("screen_outliers", "outlier_norm_ratio", "outlier_min_cosine")
 
+CREATE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"lora_targets": "all-linear", "lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4,
+             "batch_size": 16, "max_length": 256, "mean_pool_init": True},
+    "full": {"learning_rate": 5e-5, "batch_size": 16, "max_length": 256, "mean_pool_init": True},
+}
+"""The training settings `federation create` writes, by what is shared, where its flags are not given: the
+best measured in the four-organization benchmark (README, Performance). The dataclass defaults below are
+what an agreement file means when it lacks a setting (files written before the setting existed), so
+they stay as they were."""
+
 
 class InvalidSetting(FederationError):
     """One agreement setting is out of range: `field`, its `value`, the `problem` and the `fix`."""

@@ -350,7 +350,7 @@ class Demo:
             cfg = self.cfg
             argv = ["federation", "create", FEDERATION, *[a for k in ids.values() for a in ("--member", k.public_key_hex)],
                     "--base-model", base, "--rounds", str(cfg.rounds), "--max-length", str(cfg.max_length),
-                    "--batch-size", "8", "--learning-rate", "1e-2" if cfg.quick else "1e-3"]
+                    *(["--batch-size", "8", "--learning-rate", "1e-2"] if cfg.quick else [])]  # else defaults
             self.rn("org-a writes and signs the agreement (members: org-a, org-b, org-c)", "org-a", *argv)
             self.say("  (in this process) org-a announces it over gossip: node.mesh.announce_federation(...)")
             with self.guard("join over gossip", "org-b"), self.progress("waiting for org-b and org-c to join"):

@@ -1,6 +1,7 @@
 """Four organizations, one per source in shared/data: private vs centralized vs federated reward models.
 
-    python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 128] [--mean-pool-init]
+    python scripts/bench_federation_orgs.py [--pairs 150] [--dev 100] [--rounds 3] [--max-length 256]
+        [--[no-]mean-pool-init]
         [--share lora|full] [--lora-targets attention|all-linear] [--lora-r N] [--learning-rate X]
         [--attacks none label-flip scale100 sign-flip absent] [--attacker ORG] [--robust RULE] [--screen-outliers]
         [--batch-size N] [--local-epochs N] [--models private centralized ...]
@@ -28,6 +29,7 @@ here for the benchmark and never copied into the project.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from federation.aggregation import STRATEGIES  # noqa: E402
-from federation.agreement import LORA_TARGET_SETS, SHARES, Agreement  # noqa: E402
+from federation.agreement import CREATE_DEFAULTS, LORA_TARGET_SETS, SHARES, Agreement  # noqa: E402
 from federation.apps import make_client_app, run_federation  # noqa: E402
 from federation.codec import Arrays  # noqa: E402
 from federation.local_grid import LocalGrid  # noqa: E402
@@ -98,23 +100,26 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=150, help="training pairs per organization")
     parser.add_argument("--dev", type=int, default=100, help="dev pairs per organization")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--max-length", type=int, help="default: federation create's for --share (256)")
+    parser.add_argument("--learning-rate", type=float,
+                        help="default: federation create's for --share (5e-4 lora, 5e-5 full)")
     parser.add_argument("--base-model", default="minilm")
     parser.add_argument("--robust", choices=STRATEGIES, default="median", help="the robust rule beside FedAvg")
     parser.add_argument("--screen-outliers", action="store_true",
                         help="the robust run leaves out outlier updates first (federation create --screen-outliers)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mean-pool-init", action="store_true",
-                        help="start the reward from the mean of the tokens (federation create --mean-pool-init)")
+    parser.add_argument("--mean-pool-init", action=argparse.BooleanOptionalAction,
+                        help="start the reward from the mean of the tokens (federation create "
+                             "--mean-pool-init, its default)")
     parser.add_argument("--share", choices=SHARES, default="lora",
                         help="what the models train and share: LoRA adapters + head, or every weight "
                              "(full: use a learning rate near 5e-5)")
-    parser.add_argument("--lora-targets", choices=LORA_TARGET_SETS, default="attention",
-                        help="with --share lora: adapters on the query/value projections or on every linear layer")
-    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha is twice the rank)")
-    parser.add_argument("--batch-size", type=int, default=8, help="local batch size (pairs)")
+    parser.add_argument("--lora-targets", choices=LORA_TARGET_SETS,
+                        help="with --share lora: adapters on every linear layer (default) or the query/value "
+                             "projections")
+    parser.add_argument("--lora-r", type=int, help="LoRA rank (default 16; alpha is twice the rank)")
+    parser.add_argument("--batch-size", type=int, help="local batch size (pairs; default 16)")
     parser.add_argument("--local-epochs", type=int, default=1, help="passes over a member's data per round")
     parser.add_argument("--attacks", nargs="+", choices=(*ATTACKS, "absent"), default=["none"],
                         help="federated runs to make: clean (none), with one poisoning member, and/or without it "
@@ -126,6 +131,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help="which models to train and compare (default: all)")
     args = parser.parse_args()
+    agreement_defaults = {f.name: f.default for f in dataclasses.fields(Agreement)}
+    for name in ("learning_rate", "batch_size", "max_length", "mean_pool_init", "lora_targets", "lora_r"):
+        if getattr(args, name) is None:  # what `federation create` writes for what is shared
+            setattr(args, name, CREATE_DEFAULTS[args.share].get(name, agreement_defaults[name]))
     if min(args.pairs, args.dev, args.rounds, args.batch_size, args.local_epochs, args.lora_r) < 1:
         parser.error("--pairs, --dev, --rounds, --batch-size, --local-epochs and --lora-r must be at least 1")
     if args.robust == "fedavg" and not args.screen_outliers and {"fedavg", "robust"} <= set(args.models):

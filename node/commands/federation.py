@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from node.errors import NodeError, UsageError
 
@@ -50,15 +52,17 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     create.add_argument("--base-model", default="minilm", help='"minilm" or a local model folder')
     create.add_argument("--share", choices=("lora", "full"), default="lora",
                         help="what leaves a node: LoRA adapters + head (default) or all weights")
-    create.add_argument("--lora-targets", choices=LORA_TARGET_CHOICES, default="attention",
-                        help="with --share lora: adapt the attention's query/value (default) or every linear layer")
-    create.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
-    create.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale numerator (default 16)")
-    create.add_argument("--learning-rate", type=float, default=1e-3,
-                        help="members' peak learning rate (default 1e-3, for LoRA; ~5e-5 suits --share full)")
-    create.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step (default 8)")
-    create.add_argument("--max-length", type=int, default=128,
-                        help="tokens per (prompt, response); longer ones are truncated (default 128)")
+    create.add_argument("--lora-targets", choices=LORA_TARGET_CHOICES,
+                        help="with --share lora: adapt every linear layer (default) or the attention's "
+                             "query/value")
+    create.add_argument("--lora-r", type=int, help="LoRA rank (default 16)")
+    create.add_argument("--lora-alpha", type=int, help="LoRA scale numerator (default twice the rank)")
+    create.add_argument("--learning-rate", type=float,
+                        help="members' peak learning rate (default 5e-4 with --share lora, 5e-5 with full)")
+    create.add_argument("--batch-size", type=int, help="pairs per optimizer step (default 16)")
+    create.add_argument("--max-length", type=int,
+                        help="tokens per (prompt, response); longer ones are truncated (default 256, or "
+                             "the base model's positions if fewer)")
     create.add_argument("--clip-norm", type=float, default=0.0, help="server-side update norm bound (0 = off)")
     create.add_argument("--screen-outliers", action="store_true",
                         help="leave out of each round the updates whose norm or direction is an outlier among the "
@@ -74,9 +78,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="client-side DP: Gaussian noise std as a multiple of --dp-clip-norm (default 0)")
     create.add_argument("--round-timeout", type=float, default=600.0,
                         help="seconds to wait for a round's replies (default 600)")
-    create.add_argument("--mean-pool-init", action="store_true",
-                        help="start the reward from the mean of the tokens instead of the pretrained [CLS] vector "
-                             "(as train --mean-pool-init)")
+    create.add_argument("--mean-pool-init", action=argparse.BooleanOptionalAction,
+                        help="start the reward from the mean of the tokens (default) instead of the "
+                             "pretrained [CLS] vector (as train --mean-pool-init)")
     join = sub.add_parser("join", help="join a federation: check the signed agreement, record the coordinator")
     join.add_argument("name", metavar="NAME")
     join.add_argument("--coordinator", metavar="HOST:PORT", required=True, help="the coordinator's SuperLink")
@@ -146,15 +150,14 @@ def _create(args: argparse.Namespace) -> int:
             members = tuple(PublicKey.parse(k).hex for k in args.member)
         except ValueError as exc:
             raise UsageError(f"--member: {exc}") from None
+        trained = _training_settings(args)
         settings = dict(
             strategy=args.strategy, rounds=args.rounds,
             min_participants=len(members) if args.min_participants is None else args.min_participants,
-            local_epochs=args.local_epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
-            max_length=args.max_length, clip_norm=args.clip_norm, dp_clip_norm=args.dp_clip_norm,
+            local_epochs=args.local_epochs, clip_norm=args.clip_norm, dp_clip_norm=args.dp_clip_norm,
             dp_noise_multiplier=args.dp_noise_multiplier, round_timeout_s=args.round_timeout,
-            mean_pool_init=args.mean_pool_init, lora_targets=args.lora_targets, lora_r=args.lora_r,
-            lora_alpha=args.lora_alpha, screen_outliers=args.screen_outliers,
-            outlier_norm_ratio=args.outlier_norm_ratio, outlier_min_cosine=args.outlier_min_cosine)
+            screen_outliers=args.screen_outliers, outlier_norm_ratio=args.outlier_norm_ratio,
+            outlier_min_cosine=args.outlier_min_cosine, **trained)
         try:  # the settings first: a typo should not wait for the base model to be hashed
             Agreement(name=args.name, coordinator=node.identity.public_key_hex, members=members,
                       base_model=args.base_model, base_model_sha256="0" * 64, share=args.share, **settings)
@@ -164,7 +167,10 @@ def _create(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} {show_value(exc.value)}: {text}") from None
         except (FederationError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-        _check_max_length(args.base_model, args.max_length)
+        if args.max_length is not None:
+            _check_max_length(args.base_model, args.max_length)
+        else:  # the default, within the base model's positions
+            settings["max_length"] = _default_max_length(args.base_model, settings["max_length"])
         try:
             base_sha256 = base_model_sha256(args.base_model)
         except (ValueError, NodeError) as exc:  # no model folder there, or no weights in it
@@ -182,6 +188,30 @@ def _create(args: argparse.Namespace) -> int:
           "--coordinator HOST:PORT --agreement FILE --ca CA)")
     print(f"  TLS CA     {ca}")
     return 0
+
+
+def _training_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The agreement's training settings: the flags given, else federation.agreement.CREATE_DEFAULTS for
+    what is shared, else the agreement's own defaults (LoRA settings with --share full)."""
+    from federation.agreement import CREATE_DEFAULTS, Agreement
+
+    given = {"learning_rate": args.learning_rate, "batch_size": args.batch_size,
+             "max_length": args.max_length, "mean_pool_init": args.mean_pool_init,
+             "lora_targets": args.lora_targets, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha}
+    fields = {f.name: f.default for f in dataclasses.fields(Agreement)}
+    chosen = {k: v if v is not None else CREATE_DEFAULTS[args.share].get(k, fields[k])
+              for k, v in given.items()}
+    if args.lora_alpha is None and args.lora_r is not None:
+        chosen["lora_alpha"] = 2 * args.lora_r  # alpha follows a rank given alone (the defaults' ratio)
+    return chosen
+
+
+def _default_max_length(base_model: str, max_length: int) -> int:
+    """`max_length`, or the base model's positions where it has fewer."""
+    from node.rm.preflight import backbone_positions
+
+    limit = backbone_positions(base_model)
+    return max_length if limit is None else min(max_length, limit)
 
 
 def _check_max_length(base_model: str, max_length: int) -> None:

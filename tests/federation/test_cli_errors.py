@@ -94,6 +94,34 @@ def test_create_writes_the_lora_settings_it_is_given(homes, bert_dir, capsys) ->
     assert (status["share"], status["lora_targets"], status["lora_r"]) == ("lora", "all-linear", 16)
 
 
+@pytest.mark.parametrize(("share", "expected"), [
+    ("lora", {"lora_targets": "all-linear", "lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4,
+              "batch_size": 16, "mean_pool_init": True}),
+    ("full", {"lora_targets": "attention", "learning_rate": 5e-5, "batch_size": 16, "mean_pool_init": True}),
+])
+def test_create_without_training_flags_writes_the_measured_defaults_for_what_is_shared(
+        homes, bert_dir, share, expected) -> None:
+    coord, _, key = homes
+    assert cli("--home", str(coord), "federation", "create", "fed", "--member", key, "--base-model",
+               str(bert_dir), "--share", share) == 0
+    agreement = verify_agreement((coord / "federation" / "fed" / "agreement.json").read_bytes())
+    assert {k: getattr(agreement, k) for k in expected} == expected
+    assert agreement.max_length == 64  # 256 by default, cut to the tiny BERT's 64 positions
+
+
+def test_create_flags_override_the_defaults_and_alpha_follows_a_rank_given_alone(homes, bert_dir) -> None:
+    coord, _, key = homes
+    assert create(coord, key, bert_dir, "--lora-targets", "attention", "--lora-r", "8", "--no-mean-pool-init",
+                  "--learning-rate", "1e-3", "--batch-size", "8") == 0
+    agreement = verify_agreement((coord / "federation" / "fed" / "agreement.json").read_bytes())
+    assert (agreement.lora_targets, agreement.lora_r, agreement.lora_alpha, agreement.mean_pool_init,
+            agreement.learning_rate, agreement.batch_size, agreement.max_length) == (
+        "attention", 8, 16, False, 1e-3, 8, 32)
+    # the settings an older agreement file lacks still read as they did: its federation id is unchanged
+    legacy = {k: v for k, v in agreement.to_dict().items() if k not in ("lora_targets", "mean_pool_init")}
+    assert Agreement.from_dict(legacy).federation_id == agreement.federation_id
+
+
 def test_create_writes_the_outlier_screen_it_is_given(homes, bert_dir, capsys) -> None:
     coord, _, key = homes
     assert create(coord, key, bert_dir, "--strategy", "median", "--screen-outliers", "--outlier-norm-ratio", "5",
