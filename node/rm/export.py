@@ -6,7 +6,7 @@
                           fp32 compute); same inputs and output
       tokenizer.json, tokenizer_config.json, ...
       scoring.json        training-time truncation, the pair template as token ids, sha256 and size of each
-                          model file, the checks below
+                          model file and of tokenizer.json, the checks below
       standalone.py       the on-device scorer: onnxruntime + tokenizers + numpy, nothing else
 
 Checks run on the folder before it is moved into place (nothing half-checked is ever left at out_dir):
@@ -268,7 +268,7 @@ def export_onnx(
 
         files = [FP32_FILE] + ([INT8_FILE] if int8 else [])
         spec["files"] = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-                         for name in files}
+                         for name in [*files, TOKENIZER_FILE]}  # another export's vocabulary scores garbage
         spec["exporter"], spec["opset"] = exporter, used_opset
         spec["checks"] = {
             "max_abs_diff_vs_torch": max_diff, "n_checked": len(prompts),

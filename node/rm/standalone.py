@@ -136,7 +136,8 @@ class OnnxRewardScorer:
     ) -> None:
         """Load `folder`; variant "auto" takes model.int8.onnx when the export wrote one, else model.onnx.
 
-        verify=True checks the model file's sha256 against scoring.json (a few ms per 10 MB).
+        verify=True checks the sha256 of the model file and of tokenizer.json against scoring.json (a few ms
+        per 10 MB); an export older than the tokenizer's entry has its model file checked only.
         `providers` are onnxruntime execution providers, CPU by default.
         """
         folder = Path(folder)
@@ -163,11 +164,8 @@ class OnnxRewardScorer:
             raise ValueError(f"{self.model_path} does not exist; export with int8 to get {INT8_FILE}, or pass "
                              "variant='fp32'")
         if verify:
-            expected = self.spec.files.get(self.model_path.name, {}).get("sha256")
-            actual = file_sha256(self.model_path)
-            if expected != actual:
-                raise ValueError(f"{self.model_path} has sha256 {actual}, {SCORING_FILE} says {expected}; the file "
-                                 "was modified or belongs to another export: copy the whole export folder again")
+            _check_sha256(self.model_path, self.spec.files.get(self.model_path.name, {}).get("sha256"),
+                          "copy the whole export folder again")
 
         tokenizer_path = folder / TOKENIZER_FILE
         if not tokenizer_path.is_file():
@@ -177,6 +175,10 @@ class OnnxRewardScorer:
             self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for a bad file
             raise ValueError(f"{tokenizer_path} does not load ({e}); {again}") from None
+        expected_tokenizer = self.spec.files.get(TOKENIZER_FILE, {}).get("sha256")
+        if verify and expected_tokenizer is not None:  # None: exported before scoring.json recorded it
+            # another export's tokenizer.json loads fine and gives other ids: silently wrong scores
+            _check_sha256(tokenizer_path, expected_tokenizer, again)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         options = ort.SessionOptions()
@@ -280,6 +282,14 @@ def read_pairs(lines: Iterable[str | bytes], where: str = "stdin") -> tuple[list
         prompts.append(row["prompt"])
         responses.append(row["response"])
     return prompts, responses
+
+
+def _check_sha256(path: Path, expected: str | None, fix: str) -> None:
+    """Refuse a file whose sha256 is not the one scoring.json records for it."""
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"{path} has sha256 {actual}, {SCORING_FILE} says {expected}; the file was modified "
+                         f"or belongs to another export: {fix}")
 
 
 def _json_type(value: Any) -> str:

@@ -207,3 +207,45 @@ def test_command_line_names_a_broken_export_file(
     out, err = capsys.readouterr()
     assert out == "" and error in err and err.count("\n") == 1, err
     assert err.endswith("copy the whole export folder again, or export the model again\n"), err
+
+
+@pytest.mark.parametrize("swap", ["another-export", "one-byte"])
+def test_refuses_a_tokenizer_of_another_export(bert_onnx: Exported, llama_onnx: Exported, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str], swap: str) -> None:
+    # another model's tokenizer.json loads fine and gives other ids: the scorer gave wrong scores, silently
+    folder = tmp_path / "copy"
+    shutil.copytree(bert_onnx.folder, folder)
+    tokenizer = folder / "tokenizer.json"
+    recorded = json.loads((folder / "scoring.json").read_text())["files"]["tokenizer.json"]
+    assert recorded == {"sha256": standalone.file_sha256(tokenizer), "bytes": tokenizer.stat().st_size}
+    if swap == "another-export":
+        shutil.copyfile(llama_onnx.folder / "tokenizer.json", tokenizer)
+    else:  # still valid JSON, still a tokenizer that loads
+        tokenizer.write_bytes(tokenizer.read_bytes() + b"\n")
+    assert standalone.Tokenizer.from_file(str(tokenizer)) is not None
+    for variant in ("int8", "fp32"):  # the model files are intact: only the tokenizer is refused
+        with pytest.raises(ValueError, match=r"tokenizer\.json has sha256 .*, scoring\.json says "):
+            OnnxRewardScorer(folder, variant=variant)
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"prompt": "a", "response": "b"}\n'))
+    assert standalone.main([str(folder)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: {tokenizer} has sha256 "), err
+    assert err.endswith("copy the whole export folder again, or export the model again\n"), err
+
+
+def test_an_export_without_the_tokenizer_hash_still_scores(bert_onnx: Exported, tmp_path: Path) -> None:
+    # exports written before scoring.json recorded tokenizer.json's sha256 keep loading, model files checked
+    folder = tmp_path / "old"
+    shutil.copytree(bert_onnx.folder, folder)
+    spec = json.loads((folder / "scoring.json").read_text())
+    del spec["files"]["tokenizer.json"]
+    (folder / "scoring.json").write_text(json.dumps(spec))
+    prompts, responses = varied_texts(5)
+    expected = OnnxRewardScorer(bert_onnx.folder).score(prompts, responses)
+    assert OnnxRewardScorer(folder).score(prompts, responses) == pytest.approx(expected, abs=1e-6)
+    with (folder / "model.int8.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match=r"model\.int8\.onnx has sha256"):
+        OnnxRewardScorer(folder)
