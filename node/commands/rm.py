@@ -24,6 +24,7 @@ EXPORT_FORMATS = ("hf", "onnx", "onnx-int8")
 EVAL_BATCH_PAIRS = 32
 """Pairs per forward pass in `eval` (evaluate_pairs' default)."""
 INT8_SCHEMES = ("auto", "dynamic", "weights")  # node.rm.export.INT8_SCHEMES, without importing torch
+MIN_AGREEMENT = 0.995  # export_onnx's default min_agreement, likewise
 LORA_TARGET_CHOICES = ("attention", "all-linear")  # node.rm.model.LORA_TARGET_SETS, likewise
 THREADS_HELP = "torch CPU threads (default, or 0: torch's default)"
 
@@ -95,13 +96,14 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             help="hf: a copy of the Hugging Face folder; onnx: fp32 ONNX; onnx-int8: fp32 + int8, "
                             "the int8 model gated on the dev pairs")
         parser.add_argument("--out", metavar="DIR", required=True, help="new (or empty) output folder")
-        parser.add_argument("--force", action="store_true", help="write the int8 model even when it fails its "
-                            "fidelity gate (loudly)")
+        parser.add_argument("--force", action="store_true", help="with onnx-int8: write the int8 model even "
+                            "when it fails its fidelity gate (loudly)")
         parser.add_argument("--data", metavar="FILE", help="dev pairs for the checks (default: the dev split of "
                             "the model's training snapshot)")
         parser.add_argument("--skip-invalid", action="store_true", help="with --data: skip its invalid records")
-        parser.add_argument("--min-agreement", type=float, default=0.995, metavar="X",
-                            help="share of dev pairs int8 must order like fp32 (default 0.995)")
+        parser.add_argument("--min-agreement", type=float, metavar="X",
+                            help=f"with onnx-int8: share of dev pairs int8 must order like fp32 "
+                            f"(default {MIN_AGREEMENT})")
         parser.add_argument("--int8", dest="int8_scheme", choices=INT8_SCHEMES,
                             help="with onnx-int8: dynamic = int8 weights and int8 compute (fastest; activations "
                             "rounded per tensor), weights = int8 weights, fp32 compute (as small, fp32 speed, "
@@ -424,13 +426,21 @@ def run_export(args: argparse.Namespace) -> int:
     _threads(args.threads)
     out = Path(args.out)
     check_out_dir(out)
-    if not 0.0 <= args.min_agreement <= 1.0:
-        raise UsageError(f"--min-agreement {args.min_agreement} must lie in [0, 1]; 0.995 allows 1 flip in 200 pairs")
     if args.skip_invalid and not args.data:
         raise UsageError("--skip-invalid applies to --data FILE; add --data or drop --skip-invalid")
-    if args.int8_scheme is not None and args.fmt != "onnx-int8":  # --format onnx --int8 X wrote no int8 model
-        raise UsageError(f"--int8 {args.int8_scheme} applies to --format onnx-int8 (fp32 + int8), not "
-                         f"--format {args.fmt}; pass --format onnx-int8, or drop --int8")
+    # the int8 flags mean nothing without an int8 model: --format onnx --int8 X wrote fp32 only, in silence
+    given = {"--int8": args.int8_scheme, "--force": "" if args.force else None,
+             "--min-agreement": args.min_agreement}
+    int8_flags = {flag: value for flag, value in given.items() if value is not None}
+    if int8_flags and args.fmt != "onnx-int8":
+        shown = " ".join(f"{flag} {value}".strip() for flag, value in int8_flags.items())
+        verb = "applies" if len(int8_flags) == 1 else "apply"
+        raise UsageError(f"{shown} {verb} to --format onnx-int8 (fp32 + int8), not --format {args.fmt}; pass "
+                         f"--format onnx-int8, or drop {' and '.join(int8_flags)}")
+    min_agreement = MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
+    if not 0.0 <= min_agreement <= 1.0:
+        raise UsageError(f"--min-agreement {min_agreement} must lie in [0, 1]; 0.995 allows 1 flip in 200 "
+                         "pairs")
     skipped = _Skipped() if args.skip_invalid else None
     dev: list[PreferencePair] | None = _read_pairs(args.data, skipped=skipped) if args.data else None
     if skipped is not None and skipped.count:
@@ -451,7 +461,7 @@ def run_export(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExportFidelityWarning)
         report = export_onnx(folder, out, int8=args.fmt == "onnx-int8", dev_pairs=dev,
-                             int8_scheme=args.int8_scheme or "auto", min_agreement=args.min_agreement,
+                             int8_scheme=args.int8_scheme or "auto", min_agreement=min_agreement,
                              force=args.force,
                              measure_latency=not args.no_latency,
                              progress=lambda line: print(f"  {line} ...", flush=True))

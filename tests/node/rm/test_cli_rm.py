@@ -270,6 +270,39 @@ def test_export_refuses_int8_flag_without_an_int8_format(fmt: str, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "hf"])
+@pytest.mark.parametrize(("flags", "shown", "dropped"), [
+    (["--force"], "--force applies", "drop --force"),
+    (["--min-agreement", "0.9"], "--min-agreement 0.9 applies", "drop --min-agreement"),
+    (["--min-agreement", "0.995"], "--min-agreement 0.995 applies", "drop --min-agreement"),  # default value
+    (["--force", "--min-agreement", "0.5"], "--force --min-agreement 0.5 apply",
+     "drop --force and --min-agreement"),
+], ids=["force", "min-agreement", "min-agreement-default-value", "both"])
+def test_export_refuses_gate_flags_without_an_int8_format(
+        fmt: str, flags: list[str], shown: str, dropped: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # --force and --min-agreement tune the int8 fidelity gate: with onnx or hf they were silently ignored
+    code, _, err = cli(capsys, "export", "--format", fmt, *flags, "--out", str(tmp_path / "out"),
+                       "--home", str(tmp_path / "home"))
+    one_line_error((code, err), 2, f"{shown} to --format onnx-int8 (fp32 + int8), not --format {fmt}",
+                   f"pass --format onnx-int8, or {dropped}")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()
+
+
+def test_export_min_agreement_defaults_to_0995_and_is_range_checked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from node.cli import build_parser
+
+    args = build_parser().parse_args(["export", "--format", "onnx-int8", "--out", str(tmp_path / "out")])
+    assert args.min_agreement is None and not args.force  # "not given" is told apart from the default value
+    code, _, err = cli(capsys, "export", "--format", "onnx-int8", "--min-agreement", "1.5",
+                       "--out", str(tmp_path / "out"), "--home", str(tmp_path / "home"))
+    one_line_error((code, err), 2, "--min-agreement 1.5 must lie in [0, 1]")
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "(default 0.995)" in " ".join(capsys.readouterr().out.split())
+
+
 def _snapshots(home: Path) -> int:
     with Node.open(home) as n:
         return len(n.store.list_snapshots())
