@@ -234,6 +234,23 @@ class Agreement:
         return sign_envelope(coordinator, AGREEMENT_TYPE, self.payload())
 
 
+TRAINING_SETTINGS = ("learning_rate", "batch_size", "max_length", "mean_pool_init", "lora_targets", "lora_r",
+                     "lora_alpha")
+"""The settings CREATE_DEFAULTS chooses by what is shared."""
+
+
+def create_settings(share: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The TRAINING_SETTINGS `federation create` writes: each one `given` (not None), else CREATE_DEFAULTS for
+    `share`, else the agreement's default (the LoRA settings with share "full"); lora_alpha follows a
+    lora_r given alone (twice the rank, the defaults' ratio)."""
+    fields = {f.name: f.default for f in dataclasses.fields(Agreement)}
+    chosen = {k: given[k] if given.get(k) is not None else CREATE_DEFAULTS[share].get(k, fields[k])
+              for k in TRAINING_SETTINGS}
+    if given.get("lora_alpha") is None and given.get("lora_r") is not None:
+        chosen["lora_alpha"] = 2 * given["lora_r"]
+    return chosen
+
+
 def verify_agreement(data: bytes, *, expected_coordinator: str | None = None) -> Agreement:
     """Parse and check a signed agreement file: canonical, signed by the coordinator it names."""
     try:

@@ -29,7 +29,6 @@ here for the benchmark and never copied into the project.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import random
 import sys
@@ -44,7 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from federation.aggregation import STRATEGIES  # noqa: E402
-from federation.agreement import CREATE_DEFAULTS, LORA_TARGET_SETS, SHARES, Agreement  # noqa: E402
+from federation.agreement import (  # noqa: E402
+    LORA_TARGET_SETS,
+    SHARES,
+    TRAINING_SETTINGS,
+    Agreement,
+    create_settings,
+)
 from federation.apps import make_client_app, run_federation  # noqa: E402
 from federation.codec import Arrays  # noqa: E402
 from federation.local_grid import LocalGrid  # noqa: E402
@@ -131,10 +136,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help="which models to train and compare (default: all)")
     args = parser.parse_args()
-    agreement_defaults = {f.name: f.default for f in dataclasses.fields(Agreement)}
-    for name in ("learning_rate", "batch_size", "max_length", "mean_pool_init", "lora_targets", "lora_r"):
-        if getattr(args, name) is None:  # what `federation create` writes for what is shared
-            setattr(args, name, CREATE_DEFAULTS[args.share].get(name, agreement_defaults[name]))
+    given = {k: getattr(args, k, None) for k in TRAINING_SETTINGS}  # lora_alpha: no flag, twice the rank
+    for name, value in create_settings(args.share, given).items():  # what `federation create` writes
+        setattr(args, name, value)
     if min(args.pairs, args.dev, args.rounds, args.batch_size, args.local_epochs, args.lora_r) < 1:
         parser.error("--pairs, --dev, --rounds, --batch-size, --local-epochs and --lora-r must be at least 1")
     if args.robust == "fedavg" and not args.screen_outliers and {"fedavg", "robust"} <= set(args.models):
@@ -161,7 +165,7 @@ def main() -> None:
                          max_length=args.max_length, round_timeout_s=36000, seed=args.seed,
                          mean_pool_init=args.mean_pool_init, share=args.share, batch_size=args.batch_size,
                          local_epochs=args.local_epochs, lora_targets=args.lora_targets, lora_r=args.lora_r,
-                         lora_alpha=2 * args.lora_r, screen_outliers=screen)
+                         lora_alpha=args.lora_alpha, screen_outliers=screen)
 
     def federate(members: dict[str, tuple[Identity, list[PreferencePair]]], strategy: str,
                  attack: str = "none", screen: bool = False) -> tuple[Agreement, Arrays]:

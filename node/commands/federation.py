@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -191,19 +190,10 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _training_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The agreement's training settings: the flags given, else federation.agreement.CREATE_DEFAULTS for
-    what is shared, else the agreement's own defaults (LoRA settings with --share full)."""
-    from federation.agreement import CREATE_DEFAULTS, Agreement
+    """The agreement's training settings: the flags given, else what `create` writes for what is shared."""
+    from federation.agreement import TRAINING_SETTINGS, create_settings
 
-    given = {"learning_rate": args.learning_rate, "batch_size": args.batch_size,
-             "max_length": args.max_length, "mean_pool_init": args.mean_pool_init,
-             "lora_targets": args.lora_targets, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha}
-    fields = {f.name: f.default for f in dataclasses.fields(Agreement)}
-    chosen = {k: v if v is not None else CREATE_DEFAULTS[args.share].get(k, fields[k])
-              for k, v in given.items()}
-    if args.lora_alpha is None and args.lora_r is not None:
-        chosen["lora_alpha"] = 2 * args.lora_r  # alpha follows a rank given alone (the defaults' ratio)
-    return chosen
+    return create_settings(args.share, {k: getattr(args, k) for k in TRAINING_SETTINGS})
 
 
 def _default_max_length(base_model: str, max_length: int) -> int:
