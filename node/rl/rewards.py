@@ -141,12 +141,7 @@ class HttpReward(RewardSource):
         if items and not self._asked_limits:
             self._asked_limits = True
             self._read_advertised_limits()
-        scores: list[float] = []
-        start = 0
-        while start < len(items):
-            chunk = self._chunks(items[start:start + self.max_items])[0]  # the limits may drop while sending
-            scores += self._send(chunk)
-            start += len(chunk)
+        scores = self._send(items) if items else []
         out = [min(scores, default=BLANK_FLOOR)] * len(responses)
         for i, s in zip(sent, scores, strict=True):
             out[i] = s
@@ -167,7 +162,8 @@ class HttpReward(RewardSource):
         return chunks
 
     def _send(self, chunk: list[dict[str, str]]) -> list[float]:
-        """The scores of `chunk`: one request, or, refused as too large, its parts under the lower limits."""
+        """The scores of `chunk` (not empty): one request per part that fits the limits, each part cut again
+        when it is sent (a refusal lowers the limits for the rest), and a refused part split."""
         parts = self._chunks(chunk)  # the limits may have dropped since it was cut
         if len(parts) > 1:
             return [s for part in parts for s in self._send(part)]
